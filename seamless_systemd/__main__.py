@@ -1,0 +1,3 @@
+from seamless_systemd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""seamless-upgrade: the command line. The only place errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from seamless_systemd import __version__, config, log, report, restore, state, upgrade
+from seamless_systemd.errors import CommandError, PreflightError, SeamlessError
+
+
+def _mib(n: int | None) -> str:
+    return "?" if n is None else f"{n / (1 << 20):.0f} MiB"
+
+
+def _print_plan(plan: upgrade.Plan) -> None:
+    print(f"Kernel:  {plan.kernel_from} -> {plan.kernel_to.version}")
+    print(f"         {plan.kernel_to.image}" + (f" + {plan.kernel_to.initrd}" if plan.kernel_to.initrd else ""))
+    print(f"PMEM:    {plan.pmem_device}: size {_mib(plan.pmem_size)}, free {_mib(plan.pmem_free)}, "
+          f"images need about {_mib(plan.estimate_bytes)}")
+    print("         memmap= reservation " + ("kept on the new kernel's command line" if plan.memmap_kept
+                                              else "NOT on the command line: the images would be lost"))
+    print("Units:")
+    for u in plan.units:
+        state_ = f"PID {u.main_pid}, {len(u.pids)} process(es), memory {_mib(u.memory_bytes)}"
+        print(f"  {u.unit}: " + (f"cannot be preserved: {u.problem}" if u.problem else state_))
+    for n in plan.notes:
+        print(f"Note: {n}")
+    if plan.problems:
+        print("Refusing to upgrade:")
+        for p in plan.problems:
+            print(f"  - {p}")
+    else:
+        print("Ready: 'seamless-upgrade run' (or 'systemctl start kexec-upgrade.target') upgrades now.")
+
+
+def cmd_plan(args: argparse.Namespace, cfg: config.Config) -> int:
+    plan = upgrade.make_plan(cfg, args.kernel)
+    if args.json:
+        print(json.dumps(plan.as_dict(), indent=2))
+    else:
+        _print_plan(plan)
+    return PreflightError.exit_code if plan.problems else 0
+
+
+def cmd_arm(args: argparse.Namespace, cfg: config.Config) -> int:
+    with upgrade.lock():
+        gen = upgrade.arm(cfg, args.kernel, trial=not args.no_trial)
+    print(f"Armed upgrade {gen.id}: 'systemctl kexec' now preserves {', '.join(cfg.units)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
+    with upgrade.lock():
+        gen = upgrade.run_upgrade(cfg, args.kernel)
+    print(f"Upgrade {gen.id} started: the machine now kexecs into the new kernel")
+    return 0
+
+
+def cmd_disarm(args: argparse.Namespace, cfg: config.Config) -> int:
+    upgrade.disarm()
+    return 0
+
+
+def _last_report() -> dict[str, Any] | None:
+    gen = restore.current_generation()
+    if gen is not None and gen.report.exists():
+        data: dict[str, Any] = state.read_json(gen.report)
+        return data
+    last = state.REPORT_DIR / "last.json"
+    if last.exists():
+        data = state.read_json(last)
+        return data
+    return None
+
+
+def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
+    armed = state.read_json(state.ARMED) if state.ARMED.exists() else None
+    out = {"armed": armed, "kexec_loaded": upgrade.kexec_loaded(), "units": list(cfg.units),
+           "last_report": _last_report()}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    if armed:
+        print(f"Armed: upgrade {armed['generation']}; the next 'systemctl kexec' preserves "
+              f"{', '.join(armed['units'])}" + ("" if out["kexec_loaded"] else " (but no kernel is loaded!)"))
+    else:
+        print("Not armed: shutdowns are ordinary.")
+    print(f"Configured units: {', '.join(cfg.units) or '(none)'}")
+    if out["last_report"]:
+        print("Last upgrade:\n" + report.render(out["last_report"]))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, cfg: config.Config) -> int:
+    rep = _last_report()
+    if rep is None:
+        print("No upgrade report on this machine yet.", file=sys.stderr)
+        return 1
+    print(json.dumps(rep, indent=2) if args.json else report.render(rep))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="seamless-upgrade",
+                                     description="Upgrade the kernel with kexec, keeping services running.")
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("--config-dir", type=Path, default=config.DEFAULT_DIR)
+    parser.add_argument("--debug", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, helptext in (("plan", "show what an upgrade would do, refuse what would fail"),
+                           ("arm", "prepare the upgrade; the next 'systemctl kexec' performs it"),
+                           ("run", "arm and kexec into the new kernel now")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--kernel", metavar="VERSION", help="target kernel (default: newest installed)")
+        if name == "plan":
+            p.add_argument("--json", action="store_true")
+        if name == "arm":
+            p.add_argument("--no-trial", action="store_true", help="skip the trial checkpoint")
+    sub.add_parser("disarm", help="cancel an armed upgrade")
+    for name in ("status", "report"):
+        sub.add_parser(name, help=f"show the {name}").add_argument("--json", action="store_true")
+    # Called by the package's units, not by people.
+    for name in ("checkpoint", "restore-unit"):
+        sub.add_parser(name, help=argparse.SUPPRESS).add_argument("unit")
+    sub.add_parser("restore-prepare", help=argparse.SUPPRESS)
+    sub.add_parser("restore-finish", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    log.setup(args.debug)
+    try:
+        if args.command == "checkpoint":
+            return upgrade.checkpoint(args.unit)
+        if args.command == "restore-unit":
+            return restore.restore_unit(args.unit)
+        if args.command == "restore-prepare":
+            return restore.prepare()
+        if args.command == "restore-finish":
+            return restore.finish()
+        cfg = config.load(args.config_dir)
+        handler = {"plan": cmd_plan, "arm": cmd_arm, "run": cmd_run, "disarm": cmd_disarm,
+                   "status": cmd_status, "report": cmd_report}[args.command]
+        return handler(args, cfg)
+    except CommandError as e:
+        log.log.error("%s", e)
+        return e.exit_code
+    except SeamlessError as e:
+        log.log.error("%s", e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,143 @@
+"""Configuration: /etc/seamless/config.yaml plus /etc/seamless/conf.d/*.yaml.
+
+Fragments are read in this order: the main file, then the conf.d files sorted
+by name. Lists (``units``) are concatenated, mappings merged key by key, and a
+scalar in a later fragment overrides an earlier one. Unknown keys, wrong types
+and bad unit names are errors that name the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seamless_systemd.errors import ConfigError
+
+DEFAULT_DIR = Path("/etc/seamless")
+DEFAULT_DEVICE = Path("/dev/pmem0")
+DEFAULT_MOUNTPOINT = Path("/run/seamless/pmem")
+
+# Allowed keys, with the type each must have.
+_TOP: dict[str, type | tuple[type, ...]] = {
+    "units": list,
+    "pmem": dict,
+    "kernel": (str, type(None)),
+    "checkpoint_timeout": int,
+}
+_PMEM: dict[str, type | tuple[type, ...]] = {"device": str}
+
+_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]+)?\.service$")
+_SUFFIXES = (".service", ".socket", ".target", ".mount", ".timer", ".path", ".scope", ".slice")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    units: tuple[str, ...] = ()
+    pmem_device: Path = DEFAULT_DEVICE
+    # Fixed: the initramfs mounts it there and the checkpoint hook orders itself
+    # against that mount (RequiresMountsFor= in seamless-checkpoint@.service).
+    pmem_mountpoint: Path = DEFAULT_MOUNTPOINT
+    kernel: str | None = None
+    checkpoint_timeout: int = 120
+    sources: tuple[Path, ...] = ()
+
+
+def check_unit_name(name: str) -> str | None:
+    """Return why NAME cannot be a preserved unit, or None if it can."""
+    if not name:
+        return "empty unit name"
+    if len(name) > 255:
+        return f"unit name {name!r} is longer than 255 characters"
+    if not name.endswith(_SUFFIXES):
+        return f"unit name {name!r} has no type suffix; did you mean '{name}.service'?"
+    if not name.endswith(".service"):
+        return f"{name!r} is not a service; only .service units can be preserved"
+    if name.endswith("@.service"):
+        return f"{name!r} is a template; name an instance, e.g. '{name[:-9]}@NAME.service'"
+    if not _UNIT_RE.match(name):
+        return f"unit name {name!r} has characters systemd does not allow (escape them with systemd-escape)"
+    return None
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    types = t if isinstance(t, tuple) else (t,)
+    names = {list: "a list", dict: "a mapping", str: "a string", int: "an integer", type(None): "null"}
+    return " or ".join(names.get(x, x.__name__) for x in types)
+
+
+def _check_keys(
+    data: dict[str, Any], schema: dict[str, type | tuple[type, ...]], path: Path, prefix: str
+) -> None:
+    for key, value in data.items():
+        if key not in schema:
+            allowed = ", ".join(sorted(prefix + k for k in schema))
+            raise ConfigError(f"{path}: unknown key '{prefix}{key}' (allowed: {allowed})")
+        want = schema[key]
+        # bool is an int subclass; a yes/no where a number belongs is a mistake.
+        if isinstance(value, bool) or not isinstance(value, want):
+            raise ConfigError(f"{path}: '{prefix}{key}' must be {_type_name(want)}, not {value!r}")
+
+
+def _read_fragment(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (e.g. 'units: [foo.service]')")
+    _check_keys(data, _TOP, path, "")
+    if "pmem" in data:
+        _check_keys(data["pmem"], _PMEM, path, "pmem.")
+    for i, unit in enumerate(data.get("units", [])):
+        if not isinstance(unit, str):
+            raise ConfigError(f"{path}: units[{i}] must be a unit name string, not {unit!r}")
+        why = check_unit_name(unit)
+        if why:
+            raise ConfigError(f"{path}: units[{i}]: {why}")
+    timeout = data.get("checkpoint_timeout")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"{path}: 'checkpoint_timeout' must be a positive number of seconds")
+    return data
+
+
+def load(config_dir: Path = DEFAULT_DIR) -> Config:
+    """Load and validate the configuration below CONFIG_DIR."""
+    main = config_dir / "config.yaml"
+    paths = [main] if main.exists() else []
+    conf_d = config_dir / "conf.d"
+    if conf_d.is_dir():
+        paths += sorted(p for p in conf_d.iterdir() if p.suffix in (".yaml", ".yml"))
+    units: list[str] = []
+    pmem: dict[str, str] = {}
+    kernel: str | None = None
+    timeout = Config.checkpoint_timeout
+    for path in paths:
+        data = _read_fragment(path)
+        for unit in data.get("units", []):
+            if unit not in units:
+                units.append(unit)
+        pmem.update(data.get("pmem", {}))
+        if "kernel" in data:
+            kernel = data["kernel"]
+        timeout = data.get("checkpoint_timeout", timeout)
+    device = Path(pmem.get("device", str(DEFAULT_DEVICE)))
+    where = paths[-1] if paths else main
+    if not device.is_absolute() or not str(device).startswith("/dev/"):
+        raise ConfigError(f"{where}: 'pmem.device' must be a device path under /dev, not '{device}'")
+    return Config(
+        units=tuple(units),
+        pmem_device=device,
+        kernel=kernel,
+        checkpoint_timeout=timeout,
+        sources=tuple(paths),
+    )

@@ -1,0 +1,93 @@
+"""Processes: trees, cgroups, open files, memory."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+PROC = Path("/proc")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def parent_of(pid: int) -> int:
+    stat = (PROC / str(pid) / "stat").read_text()
+    # comm may hold spaces and parentheses: the fields start after the last ')'.
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def all_pids() -> list[int]:
+    return [int(p.name) for p in PROC.iterdir() if p.name.isdigit()]
+
+
+def tree(root: int) -> list[int]:
+    """ROOT and all its descendants (processes, not threads)."""
+    children: dict[int, list[int]] = {}
+    for pid in all_pids():
+        try:
+            children.setdefault(parent_of(pid), []).append(pid)
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return sorted(out)
+
+
+def cgroup_pids(control_group: str) -> list[int]:
+    """All processes in CONTROL_GROUP and below it."""
+    base = CGROUP_ROOT / control_group.lstrip("/")
+    pids: set[int] = set()
+    for procs in base.rglob("cgroup.procs"):
+        try:
+            pids.update(int(x) for x in procs.read_text().split())
+        except OSError:
+            continue
+    return sorted(pids)
+
+
+def comm(pid: int) -> str:
+    try:
+        return (PROC / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def threads(pid: int) -> list[int]:
+    return sorted(int(t.name) for t in (PROC / str(pid) / "task").iterdir())
+
+
+def fds(pid: int) -> dict[int, str]:
+    """fd number -> readlink target for PID."""
+    out = {}
+    base = PROC / str(pid) / "fd"
+    for entry in base.iterdir():
+        try:
+            out[int(entry.name)] = os.readlink(entry)
+        except OSError:
+            continue
+    return out
+
+
+_SOCKET_RE = re.compile(r"^socket:\[(\d+)\]$")
+
+
+def socket_inode(target: str) -> int | None:
+    m = _SOCKET_RE.match(target)
+    return int(m.group(1)) if m else None
+
+
+def anon_bytes(pid: int) -> int:
+    """An upper estimate of the memory CRIU writes for PID: anonymous plus private dirty pages."""
+    try:
+        text = (PROC / str(pid) / "smaps_rollup").read_text()
+    except OSError:
+        return 0
+    total = 0
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Anonymous", "Private_Dirty"):
+            total += int(rest.split()[0]) * 1024
+    return total

@@ -1,0 +1,77 @@
+"""The upgrade report: what happened to each unit, and how long each phase took."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from seamless_systemd import state
+
+
+def _span(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(b - a, 3)
+
+
+def build(gen: state.Generation) -> dict[str, Any]:
+    manifest = state.read_json(gen.manifest)
+    boot = state.read_json(gen.boot) if gen.boot.exists() else {}
+    units = []
+    dump_starts, dump_ends, rest_starts, rest_ends = [], [], [], []
+    for unit in manifest["units"]:
+        dump = state.read_json(gen.dump_info(unit)) if gen.dump_info(unit).exists() else {}
+        rest = state.read_json(gen.restore_info(unit)) if gen.restore_info(unit).exists() else {}
+        outcome = rest.get("outcome") or ("not-checkpointed" if not dump else "unknown")
+        entry = {
+            "unit": unit,
+            "outcome": outcome,
+            "reason": rest.get("reason") or dump.get("reason"),
+            "main_pid_before": dump.get("main_pid", manifest.get("main_pids", {}).get(unit)),
+            "main_pid_after": rest.get("main_pid"),
+            "image_bytes": dump.get("image_bytes"),
+            "seconds": {
+                "checkpoint": _span(dump.get("started_at"), dump.get("dumped_at")),
+                "restore": _span(rest.get("started_at"), rest.get("finished_at")),
+                "downtime": _span(dump.get("started_at"), rest.get("finished_at"))
+                if outcome == "restored" else None,
+            },
+        }
+        units.append(entry)
+        if dump.get("started_at"):
+            dump_starts.append(dump["started_at"])
+            dump_ends.append(dump.get("finished_at", dump["started_at"]))
+        if outcome == "restored":
+            rest_starts.append(rest["started_at"])
+            rest_ends.append(rest["finished_at"])
+    kstart = boot.get("kernel_started_at")
+    first_dump = min(dump_starts, default=None)
+    last_dump = max(dump_ends, default=None)
+    first_rest = min(rest_starts, default=None)
+    last_rest = max(rest_ends, default=None)
+    return {
+        "generation": gen.id,
+        "kernel": {"from": manifest["kernel"]["from"], "to": boot.get("kernel", manifest["kernel"]["to"])},
+        "units": units,
+        "seconds": {
+            # Arming (preflight, trial checkpoints, kexec load) to the kexec request.
+            "arm": _span(manifest.get("armed_at"), manifest.get("kexec_requested_at")),
+            # First dump start to last dump end (services stop one by one meanwhile).
+            "checkpoint": _span(first_dump, last_dump),
+            # Last dump end to the new kernel's start: rest of the shutdown, kexec.
+            "kexec": _span(last_dump, kstart),
+            # New kernel start to the first restore.
+            "boot": _span(kstart, first_rest),
+            "restore": _span(first_rest, last_rest),
+            # First service frozen to last service back.
+            "downtime": _span(first_dump, last_rest),
+        },
+    }
+
+
+def render(rep: dict[str, Any]) -> str:
+    lines = [f"Upgrade {rep['generation']}: kernel {rep['kernel']['from']} -> {rep['kernel']['to']}"]
+    for u in rep["units"]:
+        pids = f"PID {u['main_pid_before']} -> {u['main_pid_after']}" if u["main_pid_after"] else ""
+        why = f" ({u['reason']})" if u.get("reason") and u["outcome"] != "restored" else ""
+        lines.append(f"  {u['unit']}: {u['outcome']} {pids}{why}".rstrip())
+    secs = ", ".join(f"{k} {v:.1f} s" for k, v in rep["seconds"].items() if v is not None)
+    lines.append(f"  phases: {secs}")
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""After the kexec: check the images, restore each unit inside itself, finish up.
+
+Three steps, each run by a unit the generator wires on a restore boot:
+  prepare  (seamless-restore.service, early): verify every unit's images;
+           a unit whose images are bad loses its restore drop-in and starts cold.
+  unit     (ExecStart=+ of the unit's restore drop-in): criu restore, detached,
+           in the unit's own cgroup; systemd takes the MainPID from the PID file.
+  finish   (seamless-restore-finish.service, after the units): cold-start what
+           failed, remove the drop-ins, write the report.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from seamless_systemd import criu, kernels, procs, report, state, systemd
+from seamless_systemd.config import DEFAULT_MOUNTPOINT
+from seamless_systemd.errors import RestoreError, SeamlessError
+from seamless_systemd.log import log
+
+
+def current_generation(cmdline_path: Path = Path("/proc/cmdline")) -> state.Generation | None:
+    """The generation named on this boot's command line, if any."""
+    words = kernels.split_cmdline(cmdline_path.read_text())
+    gens = kernels.param_values(words, kernels.RESTORE_PARAM)
+    if not gens or not gens[-1]:
+        return None
+    mounts = kernels.param_values(words, kernels.MOUNT_PARAM)
+    mount = Path(mounts[-1]) if mounts and mounts[-1] else DEFAULT_MOUNTPOINT
+    return state.Generation(mount, gens[-1])
+
+
+def kernel_started_at() -> float:
+    """Wall-clock time this kernel started."""
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _verdict_path(unit: str) -> Path:
+    return state.RESTORE_DIR / f"{unit}.verdict"
+
+
+def _done_path(unit: str) -> Path:
+    return state.RESTORE_DIR / f"{unit}.done"
+
+
+def verify_unit(gen: state.Generation, unit: str) -> str | None:
+    """Why UNIT's images cannot be restored, or None if they can."""
+    if not gen.complete(unit).exists():
+        info = gen.dump_info(unit)
+        if info.exists():
+            data = state.read_json(info)
+            return f"no complete images ({data.get('outcome')}: {data.get('reason', 'unknown')})"
+        return "no images (the unit was not checkpointed)"
+    try:
+        marker = state.read_json(gen.complete(unit))
+        expected = state.read_json(gen.checksums(unit))
+    except (OSError, ValueError) as e:
+        return f"image metadata unreadable: {e}"
+    if marker.get("generation") != gen.id:
+        return f"images belong to generation {marker.get('generation')}, not {gen.id}"
+    actual = criu.checksum_tree(gen.images(unit))
+    if actual != expected:
+        bad = sorted(k for k in set(actual) | set(expected) if actual.get(k) != expected.get(k))
+        return f"images damaged: checksum mismatch in {', '.join(bad[:5])}"
+    dump = state.read_json(gen.dump_info(unit))
+    taken = [p for p in dump.get("pids", []) if (procs.PROC / str(p)).exists()]
+    if taken:
+        who = ", ".join(f"{p} ({procs.comm(p)})" for p in taken)
+        return f"PIDs already taken in this boot: {who}"
+    return None
+
+
+def prepare() -> int:
+    gen = current_generation()
+    if gen is None:
+        log.info("Not a restore boot")
+        return 0
+    if not gen.manifest.exists():
+        log.error("No images for generation %s at %s; every unit starts afresh", gen.id, gen.mount)
+        return 0
+    state.RESTORE_DIR.mkdir(parents=True, exist_ok=True)
+    manifest = state.read_json(gen.manifest)
+    state.update_json(gen.boot, kernel_started_at=kernel_started_at(), prepare_started_at=time.time(),
+                      kernel=os.uname().release)
+    dropped = []
+    for unit in manifest["units"]:
+        why = verify_unit(gen, unit)
+        if why is None:
+            _verdict_path(unit).write_text("ok\n")
+            log.info("%s: images verified", unit)
+        else:
+            _verdict_path(unit).write_text(f"bad: {why}\n")
+            if gen.complete(unit).exists():
+                dropped.append(unit)
+                _done_path(unit).write_text(why + "\n")
+            log.warning("%s will start afresh: %s", unit, why)
+            state.write_json(gen.restore_info(unit), {"outcome": "cold-started", "reason": why})
+    if dropped:
+        # Their drop-ins go away, so their start jobs run the normal ExecStart.
+        systemd.daemon_reload()
+    state.update_json(gen.boot, prepare_finished_at=time.time())
+    return 0
+
+
+def restore_unit(unit: str) -> int:
+    """ExecStart=+ of UNIT's restore drop-in."""
+    gen = current_generation()
+    if gen is None:
+        raise RestoreError("not a restore boot (no seamless.restore= on the kernel command line)")
+    started = time.time()
+    verdict = _verdict_path(unit).read_text().strip() if _verdict_path(unit).exists() else None
+    if verdict is None:
+        why = verify_unit(gen, unit)
+        verdict = "ok" if why is None else f"bad: {why}"
+    record: dict[str, Any] = {"started_at": started}
+    try:
+        if verdict != "ok":
+            raise RestoreError(verdict.removeprefix("bad: "))
+        dump = state.read_json(gen.dump_info(unit))
+        pidfile = state.RESTORE_DIR / f"{unit}.pid"
+        pidfile.unlink(missing_ok=True)
+        criu.restore(gen.images(unit), pidfile, state.RESTORE_DIR / f"{unit}.log",
+                     dump.get("journal_inodes", []), timeout=300)
+        main_pid = int(pidfile.read_text().strip())
+        record.update(outcome="restored", finished_at=time.time(), main_pid=main_pid)
+        log.info("Restored %s, main PID %d", unit, main_pid)
+        return 0
+    except (SeamlessError, OSError, ValueError) as e:
+        record.update(outcome="restore-failed", finished_at=time.time(), reason=str(e))
+        raise RestoreError(f"{unit}: restore failed, it will be started afresh: {e}") from e
+    finally:
+        state.write_json(gen.restore_info(unit), record)
+
+
+def finish() -> int:
+    """Cold-start what was not restored, drop the restore drop-ins, write the report."""
+    gen = current_generation()
+    if gen is None or not gen.manifest.exists():
+        return 0
+    manifest = state.read_json(gen.manifest)
+    state.RESTORE_DIR.mkdir(parents=True, exist_ok=True)
+    to_restart = []
+    for unit in manifest["units"]:
+        info = gen.restore_info(unit)
+        data = state.read_json(info) if info.exists() else {}
+        u = systemd.unit_info(unit)
+        if data.get("outcome") == "restored" and u.active_state == "active" and u.main_pid == data.get("main_pid"):
+            pass
+        elif data.get("outcome") in (None, "restore-failed", "cold-started"):
+            if data.get("outcome") is None:
+                data = {"outcome": "cold-started", "reason": verify_unit(gen, unit) or "not restored"}
+            elif data["outcome"] == "restore-failed":
+                data = {**data, "outcome": "cold-started"}
+                to_restart.append(unit)
+            state.write_json(info, data)
+        _done_path(unit).write_text("finished\n")
+    systemd.daemon_reload()
+    for unit in to_restart:
+        log.warning("Starting %s afresh after its failed restore", unit)
+        try:
+            systemd.restart_unit(unit)
+        except SeamlessError as e:
+            log.error("Could not start %s: %s", unit, e)
+    state.update_json(gen.boot, finished_at=time.time())
+    rep = report.build(gen)
+    state.write_json(gen.report, rep)
+    state.REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    state.write_json(state.REPORT_DIR / f"{gen.id}.json", rep)
+    state.write_json(state.REPORT_DIR / "last.json", rep)
+    log.info("Upgrade %s finished: %s", gen.id,
+             ", ".join(f"{u['unit']} {u['outcome']}" for u in rep["units"]))
+    return 0

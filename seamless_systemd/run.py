@@ -1,0 +1,45 @@
+"""The one way this package runs external programs."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from seamless_systemd.errors import CommandError
+from seamless_systemd.log import log
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    inherit_stdout: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run ARGV (no shell, stdin closed); raise CommandError on failure.
+
+    Output is captured as text unless INHERIT_STDOUT, in which case the
+    child's stdout/stderr are ours (used when the child must write to the
+    unit's journal stream, e.g. criu restore).
+    """
+    args = [str(a) for a in argv]
+    log.debug("+ %s", shlex.join(args))
+    try:
+        proc = subprocess.run(
+            args,
+            stdin=subprocess.DEVNULL,
+            capture_output=not inherit_stdout,
+            text=True,
+            env=None if env is None else dict(env),
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as e:
+        raise CommandError(args, 127, "", f"{args[0]}: command not found") from e
+    except subprocess.TimeoutExpired as e:
+        raise CommandError(args, -1, "", f"timed out after {timeout} s") from e
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, proc.stdout or "", proc.stderr or "")
+    return proc

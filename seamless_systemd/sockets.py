@@ -1,0 +1,93 @@
+"""Unix socket peers, from the kernel's sock_diag netlink interface.
+
+CRIU refuses to dump a connected unix stream whose other end is outside the
+dumped tree. A service's stdout/stderr are such streams: systemd connects
+them to journald's /run/systemd/journal/stdout. We find them here, dump them
+as external and give the restored process a fresh stream from its unit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import struct
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+UDIAG_SHOW_NAME = 0x1
+UDIAG_SHOW_PEER = 0x4
+UNIX_DIAG_NAME = 0
+UNIX_DIAG_PEER = 2
+JOURNAL_STDOUT = "/run/systemd/journal/stdout"
+
+
+@dataclasses.dataclass(frozen=True)
+class UnixSocket:
+    inode: int
+    type: int  # socket.SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+    state: int
+    name: str  # bound path ("@…" for abstract), "" if unnamed
+    peer: int  # inode of the peer, 0 if none
+
+
+def unix_sockets() -> dict[int, UnixSocket]:
+    """All unix sockets of this network namespace, by inode."""
+    req = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0,
+                      UDIAG_SHOW_NAME | UDIAG_SHOW_PEER, 0xFFFFFFFF, 0xFFFFFFFF)
+    hdr = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+    out: dict[int, UnixSocket] = {}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
+        nl.sendto(hdr + req, (0, 0))
+        while True:
+            data = nl.recv(1 << 16)
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, off)
+                if mtype == NLMSG_DONE:
+                    return out
+                if mtype == NLMSG_ERROR:
+                    (err,) = struct.unpack_from("=i", data, off + 16)
+                    raise OSError(-err, "sock_diag: " + os.strerror(-err))
+                _parse(data[off + 16 : off + length], out)
+                off += (length + 3) & ~3
+            if off == 0:
+                return out
+
+
+def _parse(msg: bytes, out: dict[int, UnixSocket]) -> None:
+    _family, stype, state, _pad, inode = struct.unpack_from("=BBBBI", msg, 0)
+    name, peer = "", 0
+    off = 16  # unix_diag_msg: 4 bytes + ino + 2 cookies
+    while off + 4 <= len(msg):
+        alen, atype = struct.unpack_from("=HH", msg, off)
+        if alen < 4:
+            break
+        payload = msg[off + 4 : off + alen]
+        if atype == UNIX_DIAG_NAME:
+            if payload[:1] == b"\0":
+                name = "@" + payload[1:].decode(errors="replace")
+            else:
+                name = payload.split(b"\0", 1)[0].decode(errors="replace")
+        elif atype == UNIX_DIAG_PEER:
+            (peer,) = struct.unpack_from("=I", payload)
+        off += (alen + 3) & ~3
+    out[inode] = UnixSocket(inode, stype, state, name, peer)
+
+
+def journal_streams(inodes: set[int], sockets: dict[int, UnixSocket] | None = None) -> set[int]:
+    """Those of INODES that are stream sockets connected to journald's stdout socket."""
+    socks = unix_sockets() if sockets is None else sockets
+    found = set()
+    for ino in inodes:
+        s = socks.get(ino)
+        if s is None or s.type != socket.SOCK_STREAM or not s.peer:
+            continue
+        peer = socks.get(s.peer)
+        if peer is not None and peer.name == JOURNAL_STDOUT:
+            found.add(ino)
+    return found

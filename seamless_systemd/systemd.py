@@ -1,0 +1,154 @@
+"""What this package asks of systemd (PID 1), over D-Bus with pystemd.
+
+As root we talk to PID 1 on its private socket: it works during shutdown,
+after the D-Bus broker may already be gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from seamless_systemd.errors import SeamlessError
+
+PRIVATE_SOCKET = Path("/run/systemd/private")
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitInfo:
+    name: str
+    load_state: str
+    active_state: str
+    sub_state: str
+    main_pid: int
+    control_group: str
+    service_type: str
+    memory_current: int | None
+    syslog_identifier: str
+    exec_start: str
+    fragment_path: str
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@contextlib.contextmanager
+def _bus() -> Iterator[Any]:
+    try:
+        from pystemd.dbuslib import DBus, DBusAddress
+    except ImportError as e:  # pragma: no cover - depends on the host
+        raise SeamlessError("pystemd is not installed (Debian: apt install python3-pystemd)") from e
+    if os.geteuid() == 0 and PRIVATE_SOCKET.exists():
+        bus = DBusAddress(b"unix:path=" + bytes(PRIVATE_SOCKET), peer_to_peer=True)
+    else:
+        bus = DBus()
+    try:
+        bus.open()
+    except Exception as e:
+        raise SeamlessError(f"cannot talk to systemd over D-Bus: {e}") from e
+    try:
+        yield bus
+    except SeamlessError:
+        raise
+    except Exception as e:  # pystemd raises its own D-Bus error types
+        raise SeamlessError(f"systemd D-Bus call failed: {e}") from e
+    finally:
+        bus.close()
+
+
+def unit_info(name: str) -> UnitInfo:
+    from pystemd.systemd1 import Unit
+
+    with _bus() as bus:
+        u = Unit(name.encode(), bus=bus)
+        u.load()
+        load_state = _s(u.Unit.LoadState)
+        if load_state != "loaded" or not name.endswith(".service"):
+            return UnitInfo(name, load_state, _s(u.Unit.ActiveState), _s(u.Unit.SubState),
+                            0, "", "", None, "", "", _s(u.Unit.FragmentPath))
+        mem = int(u.Service.MemoryCurrent)
+        exec_start = u.Service.ExecStart
+        path = _s(exec_start[0][0]) if exec_start else ""
+        return UnitInfo(
+            name=name,
+            load_state=load_state,
+            active_state=_s(u.Unit.ActiveState),
+            sub_state=_s(u.Unit.SubState),
+            main_pid=int(u.Service.MainPID),
+            control_group=_s(u.Service.ControlGroup),
+            service_type=_s(u.Service.Type),
+            memory_current=None if mem == 2**64 - 1 else mem,
+            syslog_identifier=_s(u.Service.SyslogIdentifier) or os.path.basename(path),
+            exec_start=path,
+            fragment_path=_s(u.Unit.FragmentPath),
+        )
+
+
+def has_start_job(name: str) -> bool:
+    """Whether a start job for NAME is queued (e.g. kexec.target during a kexec shutdown)."""
+    with _bus() as bus:
+        from pystemd.systemd1 import Manager
+
+        m = Manager(bus=bus)
+        m.load()
+        for job in m.Manager.ListJobs():
+            # (id, unit, type, state, job path, unit path)
+            if _s(job[1]) == name and _s(job[2]) == "start":
+                return True
+    return False
+
+
+def start_unit(name: str, mode: str = "replace", wait: float = 0) -> None:
+    """Queue a start job for NAME; with WAIT, wait that long for it to be active."""
+    from pystemd.systemd1 import Manager, Unit
+
+    with _bus() as bus:
+        m = Manager(bus=bus)
+        m.load()
+        m.Manager.StartUnit(name.encode(), mode.encode())
+        if not wait:
+            return
+        u = Unit(name.encode(), bus=bus)
+        u.load()
+        deadline = time.monotonic() + wait
+        while True:
+            state = _s(u.Unit.ActiveState)
+            if state == "active":
+                return
+            if state == "failed" or time.monotonic() > deadline:
+                raise SeamlessError(f"{name} did not start (state {state}); see 'journalctl -u {name}'")
+            time.sleep(0.1)
+
+
+def stop_unit(name: str) -> None:
+    from pystemd.systemd1 import Manager
+
+    with _bus() as bus:
+        m = Manager(bus=bus)
+        m.load()
+        m.Manager.StopUnit(name.encode(), b"replace")
+
+
+def restart_unit(name: str) -> None:
+    from pystemd.systemd1 import Manager
+
+    with _bus() as bus:
+        m = Manager(bus=bus)
+        m.load()
+        m.Manager.ResetFailedUnit(name.encode())
+        m.Manager.RestartUnit(name.encode(), b"replace")
+
+
+def daemon_reload() -> None:
+    from pystemd.systemd1 import Manager
+
+    with _bus() as bus:
+        m = Manager(bus=bus)
+        m.load()
+        m.Manager.Reload()

@@ -1,0 +1,362 @@
+"""Before the kexec: plan, arm, run, and the per-unit checkpoint at shutdown."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from seamless_systemd import criu, kernels, pmem, procs, state, systemd
+from seamless_systemd.config import Config
+from seamless_systemd.errors import CheckpointError, CommandError, LockedError, PreflightError, SeamlessError
+from seamless_systemd.log import log
+from seamless_systemd.run import run
+
+# Room for processes forked between arming and the checkpoint, so that the
+# new boot's PIDs (all above the floor) never meet a restored one.
+PID_MARGIN = 10000
+IMAGE_OVERHEAD = 4 << 20  # per unit: CRIU's non-memory images, logs
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitPlan:
+    unit: str
+    main_pid: int
+    pids: tuple[int, ...]
+    memory_bytes: int
+    estimate_bytes: int
+    problem: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    kernel_from: str
+    kernel_to: kernels.Kernel
+    cmdline: str
+    units: tuple[UnitPlan, ...]
+    pmem_device: Path
+    pmem_size: int | None
+    pmem_free: int | None
+    estimate_bytes: int
+    memmap_kept: bool
+    pid_floor: int
+    problems: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kernel": {"from": self.kernel_from, "to": self.kernel_to.version,
+                       "image": str(self.kernel_to.image),
+                       "initrd": str(self.kernel_to.initrd) if self.kernel_to.initrd else None},
+            "cmdline": self.cmdline,
+            "units": [dataclasses.asdict(u) for u in self.units],
+            "pmem": {"device": str(self.pmem_device), "size": self.pmem_size, "free": self.pmem_free,
+                     "estimate": self.estimate_bytes, "memmap_kept": self.memmap_kept},
+            "pid_floor": self.pid_floor,
+            "problems": list(self.problems),
+            "notes": list(self.notes),
+        }
+
+
+def _kexec_supported() -> str | None:
+    if not Path("/sys/kernel/kexec_loaded").exists():
+        return "the running kernel has no kexec support (/sys/kernel/kexec_loaded is missing)"
+    if shutil.which("kexec") is None:
+        return "kexec is not installed (Debian: apt install kexec-tools)"
+    return None
+
+
+def _initrd_has_hook(initrd: Path) -> bool | None:
+    """Whether INITRD carries our initramfs script; None if that cannot be told."""
+    lister = shutil.which("lsinitramfs") or shutil.which("lsinitrd")
+    if lister is None:
+        return None
+    try:
+        out = run([lister, str(initrd)], timeout=120).stdout
+    except CommandError:
+        return None
+    return "seamless" in out
+
+
+def make_plan(cfg: Config, kernel: str | None = None, check_initrd: bool = True) -> Plan:
+    problems: list[str] = []
+    notes: list[str] = []
+    current = os.uname().release
+    target = kernels.choose(kernels.installed(), kernel or cfg.kernel)
+    if target.version == current:
+        notes.append(f"the target kernel is the running one ({current}); the services are still "
+                     "checkpointed and restored across a kexec")
+    if target.initrd is None:
+        problems.append(f"no initramfs for {target.version} in /boot; run 'update-initramfs -c -k {target.version}'")
+    elif check_initrd and _initrd_has_hook(target.initrd) is False:
+        problems.append(f"{target.initrd} lacks the seamless-systemd hook that mounts the images at boot; "
+                        f"run 'update-initramfs -u -k {target.version}'")
+    why = _kexec_supported()
+    if why:
+        problems.append(why)
+    if shutil.which(criu.CRIU) is None:
+        problems.append("criu is not installed (Debian: apt install criu)")
+    if not cfg.units:
+        problems.append("no units to preserve: list them under 'units:' in /etc/seamless/config.yaml")
+
+    # The PMEM device, and whether the new kernel keeps it reserved.
+    words = kernels.split_cmdline(Path("/proc/cmdline").read_text())
+    reserved = kernels.memmap_reservations(words)
+    size = free = None
+    memmap_kept = False
+    if not cfg.pmem_device.is_block_device():
+        problems.append(f"{cfg.pmem_device} does not exist: {pmem.HOW_TO_RESERVE}")
+    else:
+        size = pmem.device_size(cfg.pmem_device)
+        ranges = pmem.legacy_ranges()
+        memmap_kept = bool(ranges) and all(
+            any(s <= lo and hi <= e for s, e in reserved) for lo, hi in ranges
+        )
+        if not memmap_kept:
+            problems.append(
+                f"{cfg.pmem_device} is not a memmap=SIZE!OFFSET reservation on the kernel command line, "
+                "so the new kernel would hand its contents to the memory allocator: " + pmem.HOW_TO_RESERVE
+            )
+        mounted = pmem.is_mounted(cfg.pmem_mountpoint)
+        free = pmem.free_bytes(cfg.pmem_mountpoint) if mounted else int(size * 0.95)
+
+    unit_plans = []
+    max_pid = 0
+    for unit in cfg.units:
+        up = _plan_unit(unit)
+        unit_plans.append(up)
+        if up.problem:
+            problems.append(up.problem)
+        max_pid = max([max_pid, *up.pids])
+    estimate = sum(u.estimate_bytes for u in unit_plans)
+    if free is not None and estimate > free:
+        problems.append(f"the images need about {estimate >> 20} MiB but {cfg.pmem_device} has "
+                        f"{free >> 20} MiB free: reserve more memory with memmap=")
+    last_pid = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+    floor = max(max_pid, last_pid) + PID_MARGIN
+    early = _early_boot_last_pid()
+    for up in unit_plans:
+        low = [p for p in up.pids if early is not None and p <= early]
+        if low:
+            problems.append(
+                f"{up.unit}: PIDs {low} are in the range the kernel and initramfs use at boot (up to "
+                f"{early}); restart {up.unit} before the upgrade so that it gets higher PIDs"
+            )
+    cmdline = kernels.new_cmdline(" ".join(words), {})
+    return Plan(current, target, cmdline, tuple(unit_plans), cfg.pmem_device, size, free, estimate,
+                memmap_kept, floor, tuple(problems), tuple(notes))
+
+
+def _early_boot_last_pid() -> int | None:
+    """The last PID handed out when our initramfs script ran in this boot, if it did."""
+    try:
+        return int((state.RUN_DIR / "initramfs-last-pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _plan_unit(unit: str) -> UnitPlan:
+    try:
+        info = systemd.unit_info(unit)
+    except SeamlessError as e:
+        return UnitPlan(unit, 0, (), 0, 0, f"{unit}: {e}")
+    if info.load_state != "loaded":
+        return UnitPlan(unit, 0, (), 0, 0, f"{unit}: no such unit (load state {info.load_state})")
+    if info.service_type == "oneshot":
+        return UnitPlan(unit, info.main_pid, (), 0, 0,
+                        f"{unit}: Type=oneshot units have no running process to preserve")
+    try:
+        facts = criu.inspect(info)
+    except CheckpointError as e:
+        return UnitPlan(unit, info.main_pid, (), 0, 0, f"{unit}: {e}")
+    estimate = int(facts.memory_bytes * 1.1) + IMAGE_OVERHEAD * len(facts.pids)
+    return UnitPlan(unit, facts.main_pid, facts.pids, facts.memory_bytes, estimate, None)
+
+
+@contextmanager
+def lock() -> Iterator[None]:
+    state.RUN_DIR.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state.RUN_DIR / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise LockedError("another seamless-upgrade is running (lock /run/seamless/lock)") from e
+        yield
+    finally:
+        os.close(fd)
+
+
+def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Generation:
+    """Prepare everything so that the next kexec shutdown preserves the units.
+
+    Nothing here stops a service. Any failure disarms again and leaves the
+    machine as it was.
+    """
+    plan = make_plan(cfg, kernel)
+    if plan.problems:
+        raise PreflightError(list(plan.problems))
+    pmem.prepare(cfg.pmem_device, cfg.pmem_mountpoint)
+    gen = state.Generation(cfg.pmem_mountpoint, state.new_generation())
+    try:
+        _clean_old_generations(cfg.pmem_mountpoint)
+        if trial:
+            _trial_dumps(cfg, gen, plan)
+        cmdline = kernels.new_cmdline(plan.cmdline, {
+            kernels.RESTORE_PARAM: gen.id,
+            kernels.DEVICE_PARAM: str(cfg.pmem_device),
+            kernels.MOUNT_PARAM: str(cfg.pmem_mountpoint),
+            kernels.PIDFLOOR_PARAM: str(plan.pid_floor),
+        })
+        state.write_json(gen.manifest, {
+            "generation": gen.id,
+            "kernel": {"from": plan.kernel_from, "to": plan.kernel_to.version},
+            "cmdline": cmdline,
+            "units": list(cfg.units),
+            "pid_floor": plan.pid_floor,
+            "main_pids": {u.unit: u.main_pid for u in plan.units},
+            "armed_at": criu.now(),
+            "checkpoint_timeout": cfg.checkpoint_timeout,
+        })
+        _kexec_load(plan.kernel_to, cmdline)
+        state.write_json(state.ARMED, {"generation": gen.id, "mount": str(cfg.pmem_mountpoint),
+                                       "units": list(cfg.units)})
+        for unit in cfg.units:
+            systemd.start_unit(f"seamless-checkpoint@{unit}", wait=30)
+    except BaseException:
+        disarm(quiet=True)
+        shutil.rmtree(gen.dir, ignore_errors=True)
+        raise
+    log.info("Armed generation %s: %s -> %s, %d unit(s)", gen.id, plan.kernel_from,
+             plan.kernel_to.version, len(cfg.units))
+    return gen
+
+
+def _clean_old_generations(mount: Path) -> None:
+    for entry in mount.iterdir():
+        if entry.is_dir() and (entry / "manifest.json").exists():
+            log.debug("Removing old generation %s", entry.name)
+            shutil.rmtree(entry)
+
+
+def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan) -> None:
+    """Dump every unit once while it keeps running: what fails here fails before the kexec."""
+    for up in plan.units:
+        info = systemd.unit_info(up.unit)
+        facts = criu.inspect(info)
+        trial = gen.unit_dir(up.unit) / "trial"
+        try:
+            criu.dump(facts, trial, gen.unit_dir(up.unit) / "trial-dump.log",
+                      leave_running=True, timeout=cfg.checkpoint_timeout)
+        except CheckpointError as e:
+            raise PreflightError([f"{up.unit}: trial checkpoint failed: {e}"]) from e
+        finally:
+            shutil.rmtree(trial, ignore_errors=True)
+
+
+def _kexec_load(kernel: kernels.Kernel, cmdline: str) -> None:
+    argv = ["kexec", "--load", str(kernel.image), f"--command-line={cmdline}"]
+    if kernel.initrd:
+        argv.insert(3, f"--initrd={kernel.initrd}")
+    try:
+        run(argv)
+    except CommandError:
+        # Kernels in lockdown only take signed images through kexec_file_load.
+        run([*argv[:1], "--kexec-file-syscall", *argv[1:]])
+
+
+def kexec_loaded() -> bool:
+    try:
+        return Path("/sys/kernel/kexec_loaded").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def disarm(quiet: bool = False) -> None:
+    armed = state.read_json(state.ARMED) if state.ARMED.exists() else None
+    state.ARMED.unlink(missing_ok=True)
+    if kexec_loaded():
+        run(["kexec", "--unload"], check=False)
+    if armed:
+        for unit in armed.get("units", []):
+            # With nothing armed any more, stopping the hook does nothing to UNIT.
+            try:
+                systemd.stop_unit(f"seamless-checkpoint@{unit}")
+            except SeamlessError as e:
+                log.debug("Could not stop seamless-checkpoint@%s: %s", unit, e)
+    if not quiet:
+        log.info("Disarmed: the next shutdown is an ordinary one")
+
+
+def run_upgrade(cfg: Config, kernel: str | None = None) -> state.Generation:
+    """Arm, then start systemd's kexec shutdown."""
+    gen = arm(cfg, kernel)
+    state.update_json(gen.manifest, kexec_requested_at=criu.now())
+    log.info("Starting kexec.target; the units are checkpointed as systemd stops them")
+    try:
+        systemd.start_unit("kexec.target", "replace-irreversibly")
+    except BaseException:
+        disarm(quiet=True)
+        raise
+    return gen
+
+
+def checkpoint(unit: str) -> int:
+    """ExecStop= of seamless-checkpoint@UNIT: dump UNIT if this is an armed kexec shutdown.
+
+    Always returns 0: a failed checkpoint must not hold up the shutdown; the
+    unit then starts afresh after the kexec and the report says why.
+    """
+    if not state.ARMED.exists():
+        log.debug("No upgrade armed; %s stops normally", unit)
+        return 0
+    armed = state.read_json(state.ARMED)
+    gen = state.Generation(Path(armed["mount"]), armed["generation"])
+    if not kexec_loaded():
+        log.warning("Upgrade armed but no kexec kernel loaded; %s stops normally", unit)
+        return 0
+    try:
+        kexec_shutdown = systemd.has_start_job("kexec.target")
+    except SeamlessError as e:
+        log.warning("Cannot tell whether this is a kexec shutdown (%s); %s stops normally", e, unit)
+        return 0
+    if not kexec_shutdown:
+        log.info("Not a kexec shutdown; %s stops normally, the upgrade stays armed", unit)
+        return 0
+    manifest = state.read_json(gen.manifest)
+    record: dict[str, Any] = {"unit": unit, "started_at": criu.now()}
+    try:
+        info = systemd.unit_info(unit)
+        facts = criu.inspect(info)
+        above = [p for p in facts.pids if p > manifest["pid_floor"]]
+        if above:
+            raise CheckpointError(f"PIDs {above} are above the PID floor {manifest['pid_floor']} "
+                                  "the new kernel was loaded with")
+        record.update(main_pid=facts.main_pid, pids=list(facts.pids),
+                      journal_inodes=list(facts.journal_inodes),
+                      syslog_identifier=info.syslog_identifier, service_type=info.service_type)
+        log.info("Checkpointing %s (PID %d, %d process(es))", unit, facts.main_pid, len(facts.pids))
+        criu.dump(facts, gen.images(unit), gen.unit_dir(unit) / "dump.log",
+                  leave_running=False, timeout=manifest.get("checkpoint_timeout", 120))
+        record["dumped_at"] = criu.now()
+        record["image_bytes"] = criu.tree_size(gen.images(unit))
+        state.write_json(gen.checksums(unit), criu.checksum_tree(gen.images(unit)))
+        record["finished_at"] = criu.now()
+        record["outcome"] = "checkpointed"
+        state.write_json(gen.dump_info(unit), record)
+        state.write_json(gen.complete(unit), {"generation": gen.id})
+        log.info("Checkpointed %s in %.2f s", unit, record["dumped_at"] - record["started_at"])
+    except (SeamlessError, OSError) as e:
+        record.update(finished_at=criu.now(), outcome="checkpoint-failed", reason=str(e))
+        state.write_json(gen.dump_info(unit), record)
+        log.error("Checkpoint of %s failed, it will start afresh after the kexec: %s", unit, e)
+    return 0
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if (procs.PROC / str(p)).exists()]

@@ -1,0 +1,37 @@
+#!/usr/bin/python3
+"""A demo service whose state lives only in its memory.
+
+At start it draws a random 1 MiB blob and sets a counter to 0. Over TCP on
+127.0.0.1:7777 it answers 'GET' with its state and 'INC' by adding one to the
+counter first. It logs to stdout, i.e. to the journal. A restart cannot fake
+the state: the blob would differ.
+"""
+
+import hashlib
+import json
+import os
+import socket
+import time
+
+blob = os.urandom(1 << 20)
+state = {
+    "counter": 0,
+    "blob_sha256": hashlib.sha256(blob).hexdigest(),
+    "started_at": time.time(),
+    "start_boot_id": open("/proc/sys/kernel/random/boot_id").read().strip(),
+}
+print(f"starting fresh: blob {state['blob_sha256'][:16]}", flush=True)
+
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 7777))
+srv.listen(8)
+while True:
+    conn, _ = srv.accept()
+    with conn:
+        cmd = conn.recv(64).decode(errors="replace").strip()
+        if cmd == "INC":
+            state["counter"] += 1
+        reply = dict(state, pid=os.getpid(), kernel=os.uname().release)
+        conn.sendall(json.dumps(reply).encode() + b"\n")
+        print(f"{cmd or 'EMPTY'}: counter={state['counter']}", flush=True)

@@ -1,0 +1,219 @@
+"""Build the Debian bookworm guest image the VM tests boot.
+
+Two layers, so that a code change does not rebuild the world:
+
+* the *base* root tree (debootstrap + both kernels + criu + kexec-tools + the
+  Python libraries) is cached under ``~/.cache/seamless-systemd/base-KEY``,
+  KEY being a hash of everything that goes into it;
+* the *test* image is made for every run: a copy of the base tree, this
+  project's Debian package (built from ``packaging/``) and the guest test
+  files installed into it, initramfs images regenerated, then packed into a
+  raw ext4 image with ``mkfs.ext4 -d`` (no loop device needed).
+
+Run as root (debootstrap and chroot need it). ``python3 -m tests.vm.image``
+builds the image and prints its paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("SEAMLESS_CACHE", Path.home() / ".cache" / "seamless-systemd"))
+BUILD = Path(os.environ.get("SEAMLESS_BUILD", REPO / "build"))
+
+MIRROR = "http://deb.debian.org/debian"
+SECURITY = "http://deb.debian.org/debian-security"
+SUITE = "bookworm"
+KERNEL_A = "6.1.0-47-cloud-amd64"
+KERNEL_B = "6.1.0-53-cloud-amd64"
+KERNEL_PACKAGES = ["linux-image-6.1.0-47-cloud-amd64", "linux-image-6.1.0-53-cloud-amd64-unsigned"]
+BOOTSTRAP_INCLUDE = [
+    "systemd-sysv", "udev", "dbus", "kmod", "iproute2", "procps", "e2fsprogs",
+    "initramfs-tools", "zstd", "ca-certificates", "less",
+]
+# Runtime dependencies of the package (also listed in packaging/debian/control)
+# plus what the test scenarios use inside the guest.
+GUEST_PACKAGES = [
+    "criu", "kexec-tools", "python3", "python3-pystemd", "python3-yaml",
+    "python3-dbus-fast", "ndctl", "util-linux", "netcat-openbsd",
+]
+IMAGE_SIZE = "4G"
+# Bump when the base build steps below change in a way the lists don't show.
+BASE_RECIPE_VERSION = "3"
+
+
+def log(msg: str) -> None:
+    print(f"[image] {msg}", file=sys.stderr, flush=True)
+
+
+def sh(*args: str | Path, env: dict[str, str] | None = None) -> None:
+    cmd = [str(a) for a in args]
+    log("$ " + " ".join(cmd))
+    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, env=env)
+
+
+def base_key() -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([BASE_RECIPE_VERSION, SUITE, MIRROR, SECURITY, BOOTSTRAP_INCLUDE,
+                         GUEST_PACKAGES, KERNEL_PACKAGES]).encode())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def chroot_mounts(root: Path) -> Iterator[None]:
+    """Bind the API file systems into ROOT for the duration of the block."""
+    mounted: list[Path] = []
+    try:
+        for src, kind in (("/proc", "proc"), ("/sys", "sysfs"), ("/dev", None), ("/dev/pts", None)):
+            dst = root / src.lstrip("/")
+            dst.mkdir(parents=True, exist_ok=True)
+            if kind:
+                sh("mount", "-t", kind, kind, dst)
+            else:
+                sh("mount", "--bind", src, dst)
+            mounted.append(dst)
+        yield
+    finally:
+        for dst in reversed(mounted):
+            subprocess.run(["umount", "-l", str(dst)], check=False)
+
+
+def in_chroot(root: Path, *args: str) -> None:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
+           "LC_ALL": "C.UTF-8", "HOME": "/root"}
+    sh("chroot", root, *args, env=env)
+
+
+def build_base() -> Path:
+    """Return the cached base root tree, building it first if needed."""
+    dest = CACHE / f"base-{base_key()}"
+    if (dest / ".complete").exists():
+        log(f"base tree cached: {dest}")
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    sh("debootstrap", "--variant=minbase", "--include=" + ",".join(BOOTSTRAP_INCLUDE), SUITE, tmp, MIRROR)
+    root = tmp / "rootfs"
+    # debootstrap wrote into tmp itself; keep the tree one level down so the
+    # completion marker lives outside it.
+    root.mkdir()
+    for entry in list(tmp.iterdir()):
+        if entry.name != "rootfs":
+            entry.rename(root / entry.name)
+    (root / "etc/apt/sources.list").write_text(
+        f"deb {MIRROR} {SUITE} main\n"
+        f"deb {MIRROR} {SUITE}-updates main\n"
+        f"deb {SECURITY} {SUITE}-security main\n"
+    )
+    # Debian ships LOAD_KEXEC=true; keep it, the product must cope with it.
+    with chroot_mounts(root):
+        in_chroot(root, "apt-get", "update", "-q")
+        in_chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends",
+                  *KERNEL_PACKAGES, *GUEST_PACKAGES)
+        in_chroot(root, "apt-get", "clean")
+    configure_base(root)
+    (tmp / ".complete").write_text(base_key() + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    log(f"base tree built: {dest}")
+    return dest
+
+
+def configure_base(root: Path) -> None:
+    (root / "etc/hostname").write_text("seamless-guest\n")
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 seamless-guest\n")
+    (root / "etc/fstab").write_text("/dev/vda / ext4 rw,errors=remount-ro 0 1\n")
+    # Root without a password on the serial console, for debugging by hand.
+    shadow = root / "etc/shadow"
+    shadow.write_text(shadow.read_text().replace("root:*:", "root::", 1))
+    # A quiet, fast boot: nothing in the guest should wait for a network.
+    for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
+                 "fstrim.timer", "man-db.timer"):
+        link = root / "etc/systemd/system" / unit
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to("/dev/null")
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    disk: Path
+    kernel_a: Path
+    initrd_a: Path
+    kernel_b: Path
+    initrd_b: Path
+
+
+def build_deb(out: Path) -> Path:
+    """Build this project's Debian package from packaging/ and return its path."""
+    src = out / "src"
+    if src.exists():
+        shutil.rmtree(src)
+    sh("git", "-C", REPO, "ls-files", "-z")  # fail early outside a checkout
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
+                            "--exclude-standard"], check=True, capture_output=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        p = REPO / name
+        if not p.is_file():
+            continue
+        d = src / name
+        d.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, d)
+    shutil.copytree(REPO / "packaging/debian", src / "debian")
+    for old in out.glob("seamless-systemd_*"):
+        old.unlink()
+    subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src, check=True,
+                   stdin=subprocess.DEVNULL, stdout=sys.stderr)
+    debs = sorted(out.glob("seamless-systemd_*_all.deb"))
+    if not debs:
+        raise SystemExit("dpkg-buildpackage produced no seamless-systemd_*_all.deb")
+    return debs[-1]
+
+
+def build_image(workload: Path | None = None) -> Image:
+    base = build_base() / "rootfs"
+    out = BUILD / "vm"
+    out.mkdir(parents=True, exist_ok=True)
+    deb = build_deb(out)
+    root = out / "rootfs"
+    if root.exists():
+        shutil.rmtree(root)
+    sh("cp", "-a", "--reflink=auto", base, root)
+    shutil.copy2(deb, root / "tmp/seamless-systemd.deb")
+    guest = REPO / "tests/vm/guest"
+    sh("cp", "-a", f"{guest}/.", root / "usr/local/lib/seamless-test")
+    with chroot_mounts(root):
+        in_chroot(root, "dpkg", "-i", "/tmp/seamless-systemd.deb")
+        in_chroot(root, "sh", "/usr/local/lib/seamless-test/install.sh")
+        in_chroot(root, "update-initramfs", "-u", "-k", "all")
+    (root / "tmp/seamless-systemd.deb").unlink()
+    disk = out / "disk.raw"
+    if disk.exists():
+        disk.unlink()
+    sh("mkfs.ext4", "-q", "-F", "-L", "root", "-d", root, disk, IMAGE_SIZE)
+    boot = out / "boot"
+    boot.mkdir(exist_ok=True)
+    for ver, tag in ((KERNEL_A, "a"), (KERNEL_B, "b")):
+        shutil.copy2(root / f"boot/vmlinuz-{ver}", boot / f"vmlinuz-{tag}")
+        shutil.copy2(root / f"boot/initrd.img-{ver}", boot / f"initrd-{tag}")
+    return Image(disk, boot / "vmlinuz-a", boot / "initrd-a", boot / "vmlinuz-b", boot / "initrd-b")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["base"]:
+        print(build_base())
+    else:
+        print(build_image())

@@ -1,0 +1,182 @@
+"""Boot the test image under QEMU and follow the scenario on the serial console.
+
+The guest's driver (tests/vm/guest/driver.py) prints 'SEAMLESS-TEST <event>
+<json>' lines. One QEMU process covers boot 1 and, after the kexec, boot 2;
+the ordinary reboot ends QEMU (-no-reboot) and boot 3 is a new QEMU process.
+
+``python3 -m tests.vm.vm demo`` is what ``make demo`` runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.vm import image as vmimage
+
+MEMMAP = "memmap=512M!1536M"
+MEMORY = "2560M"
+# Generous: under TCG a kexec can take minutes to reach userspace (PLATFORM.md).
+QEMU_TIMEOUT = float(os.environ.get("SEAMLESS_QEMU_TIMEOUT", "900"))
+
+
+@dataclasses.dataclass
+class Event:
+    name: str
+    data: dict[str, Any]
+    at: float  # host time
+
+
+@dataclasses.dataclass
+class Scenario:
+    events: list[Event]
+    consoles: list[Path]
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        for e in self.events:
+            if e.name == name:
+                return e.data
+        return None
+
+    def at(self, name: str) -> float | None:
+        for e in self.events:
+            if e.name == name:
+                return e.at
+        return None
+
+    def console_tail(self, lines: int = 80) -> str:
+        out = []
+        for c in self.consoles:
+            text = c.read_text(errors="replace").splitlines() if c.exists() else []
+            out.append(f"--- {c} (last {lines} lines)")
+            out += text[-lines:]
+        return "\n".join(out)
+
+
+def qemu_argv(img: vmimage.Image, console: Path, append: str = "") -> list[str]:
+    cmdline = f"root=/dev/vda rw console=ttyS0 {MEMMAP} panic=-1 {append}".strip()
+    return [
+        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", MEMORY,
+        "-display", "none", "-monitor", "none", "-serial", f"file:{console}", "-nic", "none",
+        "-no-reboot",
+        "-drive", f"file={img.disk},format=raw,if=virtio,cache=unsafe",
+        "-kernel", str(img.kernel_a), "-initrd", str(img.initrd_a), "-append", cmdline,
+    ]
+
+
+def boot(img: vmimage.Image, console: Path, events: list[Event], stop_on: set[str]) -> None:
+    """Run one QEMU process until it exits (or times out); collect events."""
+    console.unlink(missing_ok=True)
+    argv = qemu_argv(img, console)
+    print(f"[vm] booting kernel A, console: {console}", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + QEMU_TIMEOUT
+    pos = 0
+    partial = ""
+    try:
+        while True:
+            if console.exists():
+                with console.open("rb") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+                    pos += len(chunk)
+                partial += chunk.decode(errors="replace")
+                *lines, partial = partial.split("\n")
+                for line in lines:
+                    idx = line.find("SEAMLESS-TEST ")
+                    if idx < 0:
+                        continue
+                    _, name, payload = line[idx:].rstrip("\r").split(" ", 2)
+                    try:
+                        data = json.loads(payload)
+                    except ValueError:
+                        data = {"raw": payload}
+                    events.append(Event(name, data, time.time()))
+                    print(f"[vm] {name}: {payload[:300]}", file=sys.stderr, flush=True)
+            if proc.poll() is not None:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"QEMU did not finish within {QEMU_TIMEOUT:.0f} s")
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if err.strip():
+            print(f"[vm] qemu stderr: {err.strip()[-2000:]}", file=sys.stderr)
+
+
+def run_scenario(img: vmimage.Image, out: Path) -> Scenario:
+    """Boot 1 (upgrade) + boot 2 (after kexec) in one QEMU run, then boot 3 (after reboot)."""
+    out.mkdir(parents=True, exist_ok=True)
+    sc = Scenario([], [])
+    for n in (1, 2):
+        console = out / f"console-{n}.log"
+        sc.consoles.append(console)
+        try:
+            boot(img, console, sc.events, set())
+        except TimeoutError as e:
+            sc.events.append(Event("timeout", {"error": str(e)}, time.time()))
+            return sc
+        names = {e.name for e in sc.events}
+        if "after" not in names or names & {"error", "rebooted"}:
+            break
+    return sc
+
+
+def demo(workdir: Path) -> int:
+    """make demo: build, boot, upgrade, show what happened, write the report."""
+    img = vmimage.build_image()
+    t0 = time.time()
+    sc = run_scenario(img, workdir)
+    before, after, rebooted = sc.get("before"), sc.get("after"), sc.get("rebooted")
+    print()
+    if before is None or after is None:
+        print("The scenario did not get through; console output:")
+        print(sc.console_tail())
+        return 1
+    rep = dict(after["report"])
+    sb, sa = before["state"], after["state"]
+    state_ok = (sb["counter"] == sa["counter"] and sb["blob_sha256"] == sa["blob_sha256"]
+                and sb["pid"] == sa["pid"])
+    for u in rep.get("units", []):
+        if u["unit"] == "seamless-demo.service":
+            u["state_ok"] = state_ok
+    rep["demo"] = {
+        "state_before": sb, "state_after": sa,
+        "unit_after": {k: after["unit"].get(k) for k in ("ActiveState", "MainPID", "fresh_starts")},
+        "host_seconds": {
+            "upgrade_started_to_state_back": round(sc.at("after") - sc.at("before"), 1)  # type: ignore[operator]
+            if sc.at("after") and sc.at("before") else None,
+            "whole_run": round(time.time() - t0, 1),
+        },
+        "after_ordinary_reboot": rebooted["state"] if rebooted else None,
+    }
+    (workdir / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
+    print("Before the upgrade (kernel %s): counter=%s blob=%s… pid=%s" % (
+        sb["kernel"], sb["counter"], sb["blob_sha256"][:16], sb["pid"]))
+    print("After the upgrade  (kernel %s): counter=%s blob=%s… pid=%s" % (
+        sa["kernel"], sa["counter"], sa["blob_sha256"][:16], sa["pid"]))
+    print(f"State kept: {'yes' if state_ok else 'NO'}; unit {after['unit'].get('ActiveState')}, "
+          f"MainPID {after['unit'].get('MainPID')}, fresh starts this boot: {after['unit'].get('fresh_starts')}")
+    print("Phases (seconds, guest clocks): " + ", ".join(
+        f"{k} {v}" for k, v in rep.get("seconds", {}).items()))
+    if rebooted:
+        print(f"After an ordinary reboot: counter={rebooted['state']['counter']} (started afresh, as it should)")
+    print(f"Report: {workdir / 'report.json'}")
+    return 0 if state_ok else 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["demo"]:
+        sys.exit(demo(vmimage.BUILD / "demo"))
+    print("usage: python3 -m tests.vm.vm demo", file=sys.stderr)
+    sys.exit(2)
