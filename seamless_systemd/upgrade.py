@@ -227,7 +227,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
         state.write_json(state.ARMED, {"generation": gen.id, "mount": str(cfg.pmem_mountpoint),
                                        "units": list(cfg.units)})
         for unit in cfg.units:
-            systemd.start_unit(f"seamless-checkpoint@{unit}", wait=30)
+            systemd.start_unit(hook_unit(unit), wait=30)
     except BaseException:
         disarm(quiet=True)
         shutil.rmtree(gen.dir, ignore_errors=True)
@@ -270,6 +270,11 @@ def _kexec_load(kernel: kernels.Kernel, cmdline: str) -> None:
         run([*argv[:1], "--kexec-file-syscall", *argv[1:]])
 
 
+def hook_unit(unit: str) -> str:
+    """The checkpoint hook instance for UNIT (the instance is the full unit name)."""
+    return f"seamless-checkpoint@{unit}.service"
+
+
 def kexec_loaded() -> bool:
     try:
         return Path("/sys/kernel/kexec_loaded").read_text().strip() == "1"
@@ -286,7 +291,7 @@ def disarm(quiet: bool = False) -> None:
         for unit in armed.get("units", []):
             # With nothing armed any more, stopping the hook does nothing to UNIT.
             try:
-                systemd.stop_unit(f"seamless-checkpoint@{unit}")
+                systemd.stop_unit(hook_unit(unit))
             except SeamlessError as e:
                 log.debug("Could not stop seamless-checkpoint@%s: %s", unit, e)
     if not quiet:

@@ -69,7 +69,8 @@ def wait_for_finish():
 
 
 def debug_dump():
-    for cmd in (["journalctl", "-b", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*", "-u", UNIT],
+    for cmd in (["journalctl", "-b", "-1", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*", "-u", UNIT],
+                ["journalctl", "-b", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*", "-u", UNIT],
                 ["systemctl", "--failed", "--no-pager"]):
         emit("debug", {"cmd": cmd, "out": sh(*cmd)[1][-6000:]})
 

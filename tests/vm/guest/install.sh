@@ -9,3 +9,7 @@ mkdir -p /var/lib/seamless-test
 # Messages of the kernel and of systemd on the serial console help when a boot hangs.
 mkdir -p /etc/systemd/system.conf.d
 printf '[Manager]\nShowStatus=yes\n' > /etc/systemd/system.conf.d/50-test.conf
+# A persistent journal: the old boot's messages are read after the kexec.
+mkdir -p /var/log/journal
+# Not used by the tests, and it fails without real NVDIMMs to monitor.
+systemctl mask ndctl-monitor.service

@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from seamless_systemd import config
+from seamless_systemd.errors import ConfigError
+
+
+def write(d: Path, name: str, text: str) -> None:
+    p = d / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+
+
+def test_defaults_without_any_file(tmp_path: Path) -> None:
+    cfg = config.load(tmp_path)
+    assert cfg.units == ()
+    assert cfg.pmem_device == Path("/dev/pmem0")
+    assert cfg.pmem_mountpoint == Path("/run/seamless/pmem")
+
+
+def test_fragments_merge_in_order(tmp_path: Path) -> None:
+    write(tmp_path, "config.yaml", "units: [a.service]\npmem: {device: /dev/pmem1}\nkernel: 6.1.0-1\n")
+    write(tmp_path, "conf.d/20-b.yaml", "units: [b.service, a.service]\n")
+    write(tmp_path, "conf.d/10-c.yaml", "units: [c.service]\nkernel: 6.1.0-2\n")
+    write(tmp_path, "conf.d/ignored.txt", "units: [x.service]\n")
+    cfg = config.load(tmp_path)
+    assert cfg.units == ("a.service", "c.service", "b.service")
+    assert cfg.pmem_device == Path("/dev/pmem1")
+    assert cfg.kernel == "6.1.0-2"
+
+
+def test_empty_file_is_fine(tmp_path: Path) -> None:
+    write(tmp_path, "config.yaml", "# nothing yet\n")
+    assert config.load(tmp_path).units == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("unit: [a.service]\n", "unknown key 'unit' (allowed: checkpoint_timeout, kernel, pmem, units)"),
+        ("pmem: {dev: /dev/pmem0}\n", "unknown key 'pmem.dev' (allowed: pmem.device)"),
+        ("units: a.service\n", "'units' must be a list"),
+        ("units: [nginx]\n", "did you mean 'nginx.service'"),
+        ("units: [foo.socket]\n", "only .service units can be preserved"),
+        ("units: [getty@.service]\n", "is a template"),
+        ("units: ['a b.service']\n", "characters systemd does not allow"),
+        ("units: [3]\n", "units[0] must be a unit name string"),
+        ("checkpoint_timeout: yes\n", "'checkpoint_timeout' must be an integer"),
+        ("checkpoint_timeout: 0\n", "positive number of seconds"),
+        ("pmem: {device: pmem0}\n", "device path under /dev"),
+        ("- a.service\n", "top level must be a mapping"),
+        ("units: [a.service\n", "not valid YAML"),
+    ],
+)
+def test_bad_input_names_file_and_problem(tmp_path: Path, text: str, message: str) -> None:
+    write(tmp_path, "conf.d/50-x.yaml", text)
+    with pytest.raises(ConfigError) as e:
+        config.load(tmp_path)
+    assert message in str(e.value)
+    assert str(tmp_path / "conf.d/50-x.yaml") in str(e.value)
+
+
+def test_unit_name_checks() -> None:
+    assert config.check_unit_name("seamless-demo.service") is None
+    assert config.check_unit_name("foo@bar.service") is None
+    assert config.check_unit_name("a\\x2db.service") is None
+    assert config.check_unit_name("") == "empty unit name"
+    assert "longer than 255" in (config.check_unit_name("a" * 250 + ".service") or "")
