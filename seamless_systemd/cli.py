@@ -26,7 +26,7 @@ def _print_plan(plan: upgrade.Plan) -> None:
     print("Units:")
     for u in plan.units:
         state_ = f"PID {u.main_pid}, {len(u.pids)} process(es), memory {_mib(u.memory_bytes)}"
-        print(f"  {u.unit}: " + (f"cannot be preserved: {u.problem}" if u.problem else state_))
+        print(f"  {u.unit}: " + ("cannot be preserved (see below)" if u.problem else state_))
     for n in plan.notes:
         print(f"Note: {n}")
     if plan.problems:

@@ -172,8 +172,8 @@ def _plan_unit(unit: str) -> UnitPlan:
                         f"{unit}: Type=oneshot units have no running process to preserve")
     try:
         facts = criu.inspect(info)
-    except CheckpointError as e:
-        return UnitPlan(unit, info.main_pid, (), 0, 0, f"{unit}: {e}")
+    except CheckpointError as e:  # its message names the unit
+        return UnitPlan(unit, info.main_pid, (), 0, 0, str(e))
     estimate = int(facts.memory_bytes * 1.1) + IMAGE_OVERHEAD * len(facts.pids)
     return UnitPlan(unit, facts.main_pid, facts.pids, facts.memory_bytes, estimate, None)
 

@@ -183,7 +183,7 @@ def build_deb(out: Path) -> Path:
     return debs[-1]
 
 
-def build_image(workload: Path | None = None) -> Image:
+def build_image(scenario: str = "full") -> Image:
     base = build_base() / "rootfs"
     out = BUILD / "vm"
     out.mkdir(parents=True, exist_ok=True)
@@ -195,6 +195,8 @@ def build_image(workload: Path | None = None) -> Image:
     shutil.copy2(deb, root / "tmp/seamless-systemd.deb")
     guest = REPO / "tests/vm/guest"
     sh("cp", "-a", f"{guest}/.", root / "usr/local/lib/seamless-test")
+    (root / "etc/seamless-test").mkdir(exist_ok=True)
+    (root / "etc/seamless-test/scenario").write_text(scenario + "\n")
     with chroot_mounts(root):
         in_chroot(root, "dpkg", "-i", "/tmp/seamless-systemd.deb")
         in_chroot(root, "sh", "/usr/local/lib/seamless-test/install.sh")

@@ -118,16 +118,18 @@ def run_scenario(img: vmimage.Image, out: Path) -> Scenario:
     """Boot 1 (upgrade) + boot 2 (after kexec) in one QEMU run, then boot 3 (after reboot)."""
     out.mkdir(parents=True, exist_ok=True)
     sc = Scenario([], [])
-    for n in (1, 2):
+    for n in (1, 2, 3):
         console = out / f"console-{n}.log"
         sc.consoles.append(console)
+        seen = len(sc.events)
         try:
             boot(img, console, sc.events, set())
         except TimeoutError as e:
             sc.events.append(Event("timeout", {"error": str(e)}, time.time()))
             return sc
         names = {e.name for e in sc.events}
-        if "after" not in names or names & {"error", "rebooted"}:
+        # Done, failed, or no progress in this QEMU run: stop.
+        if names & {"error", "rebooted", "done", "idle"} or len(sc.events) == seen:
             break
     return sc
 

@@ -2,7 +2,7 @@
 """A demo service whose state lives only in its memory.
 
 At start it draws a random 1 MiB blob and sets a counter to 0. Over TCP on
-127.0.0.1:7777 it answers 'GET' with its state and 'INC' by adding one to the
+127.0.0.1:PORT (7777 unless given) it answers 'GET' with its state and 'INC' by adding one to the
 counter first. It logs to stdout, i.e. to the journal. A restart cannot fake
 the state: the blob would differ.
 """
@@ -11,8 +11,10 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import time
 
+port = int(sys.argv[1]) if len(sys.argv) > 1 else 7777
 blob = os.urandom(1 << 20)
 state = {
     "counter": 0,
@@ -24,7 +26,7 @@ print(f"starting fresh: blob {state['blob_sha256'][:16]}", flush=True)
 
 srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", 7777))
+srv.bind(("127.0.0.1", port))
 srv.listen(8)
 while True:
     conn, _ = srv.accept()

@@ -1,11 +1,22 @@
 #!/usr/bin/python3
-"""The guest side of the VM scenario: one step per boot, the phase kept on disk.
+"""The guest side of the VM scenarios: one step per boot, the phase kept on disk.
 
 Each step prints 'SEAMLESS-TEST <event> <json>' lines on the serial console,
-which the host harness (tests/vm/vm.py) reads. Phases:
-  (none)        boot 1, kernel A: touch the demo's state, plan, run the upgrade
-  upgraded      boot 2, after kexec: read the state back, the report; reboot
-  rebooted      boot 3, ordinary reboot: the demo started afresh; power off
+which the host harness (tests/vm/vm.py) reads. /etc/seamless-test/scenario
+names the scenario:
+
+full (the test):
+  boot 1, kernel A   touch the demos' state; a refused upgrade (a unit CRIU
+                     cannot dump) leaves everything running; then
+                     'systemctl start kexec-upgrade.target'. A test unit
+                     damages the images of demo 7778 and 7779 at shutdown.
+  boot 2, kernel B   7777 restored, 7778/7779 started afresh; then
+                     'seamless-upgrade arm --kernel A' + plain 'systemctl kexec'
+  boot 3, kernel A   all three restored; 'seamless-upgrade arm', then an
+                     ordinary 'systemctl reboot' (the upgrade must not happen)
+  boot 4, kernel A   all started afresh; power off
+demo:
+  boot 1 -> 'seamless-upgrade run' -> boot 2: report, power off
 """
 
 import json
@@ -16,7 +27,12 @@ import time
 
 STATE = "/var/lib/seamless-test"
 PHASE = f"{STATE}/phase"
-UNIT = "seamless-demo.service"
+SPOIL = f"{STATE}/spoil"
+PORTS = (7777, 7778, 7779)
+
+
+def unit(port):
+    return f"seamless-demo@{port}.service"
 
 
 def emit(event, data):
@@ -40,77 +56,144 @@ def set_phase(phase):
     os.sync()
 
 
-def demo(cmd="GET"):
-    for _ in range(60):
+def demo(port, cmd="GET"):
+    for _ in range(120):
         try:
-            with socket.create_connection(("127.0.0.1", 7777), timeout=10) as s:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
                 s.sendall(cmd.encode() + b"\n")
                 return json.loads(s.makefile().readline())
         except OSError:
             time.sleep(1)
-    raise SystemExit("the demo service does not answer")
+    raise SystemExit(f"the demo service on port {port} does not answer")
 
 
-def unit_state():
-    _, out = sh("systemctl", "show", UNIT, "-p", "MainPID,ActiveState,SubState,NRestarts,ExecMainStartTimestampMonotonic")
+def unit_state(name):
+    _, out = sh("systemctl", "show", name, "-p",
+                "MainPID,ActiveState,SubState,NRestarts,DropInPaths,Result")
     props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    props["fresh_starts"] = sh("journalctl", "-b", "-u", UNIT, "-o", "cat", "--grep", "starting fresh")[1].count("starting fresh")
-    props["journal_tail"] = sh("journalctl", "-b", "-u", UNIT, "-o", "cat", "-n", "5")[1].splitlines()
+    log = sh("journalctl", "-b", "-u", name, "-o", "cat", "--no-pager")[1]
+    props["fresh_starts"] = log.count("starting fresh")
+    props["journal_tail"] = log.splitlines()[-6:]
     return props
+
+
+def all_states():
+    return {str(p): {"state": demo(p), "unit": unit_state(unit(p))} for p in PORTS}
 
 
 def wait_for_finish():
     for _ in range(300):
-        rc, out = sh("systemctl", "show", "seamless-restore-finish.service", "-p", "ActiveState")
+        _, out = sh("systemctl", "show", "seamless-restore-finish.service", "-p", "ActiveState")
         if out.strip() in ("ActiveState=active", "ActiveState=failed"):
-            return out.strip()
+            return out.strip().split("=")[1]
         time.sleep(1)
     return "timeout"
 
 
+def report():
+    rc, out = sh("seamless-upgrade", "report", "--json")
+    try:
+        return json.loads(out)
+    except ValueError:
+        return {"rc": rc, "unparsed": out}
+
+
+def other_kernel():
+    mine = os.uname().release
+    versions = [n.removeprefix("vmlinuz-") for n in os.listdir("/boot") if n.startswith("vmlinuz-")]
+    return next(v for v in versions if v != mine)
+
+
 def debug_dump():
-    for cmd in (["journalctl", "-b", "-1", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*", "-u", UNIT],
-                ["journalctl", "-b", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*", "-u", UNIT],
+    for cmd in (["journalctl", "-b", "-1", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*",
+                 "-u", "kexec*"],
+                ["journalctl", "-b", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*"],
                 ["systemctl", "--failed", "--no-pager"]):
-        emit("debug", {"cmd": cmd, "out": sh(*cmd)[1][-6000:]})
+        emit("debug", {"cmd": cmd, "out": sh(*cmd)[1][-8000:]})
+
+
+def kexec_loaded():
+    return open("/sys/kernel/kexec_loaded").read().strip()
+
+
+def refused_upgrade():
+    """An upgrade that must be refused before anything is stopped."""
+    sh("systemctl", "start", "seamless-blocker.service")
+    frag = "/etc/seamless/conf.d/90-blocker.yaml"
+    with open(frag, "w") as f:
+        f.write("units: [seamless-blocker.service]\n")
+    pids = {p: demo(p)["pid"] for p in PORTS}
+    plan_rc, plan_out = sh("seamless-upgrade", "plan")
+    run_rc, run_out = sh("seamless-upgrade", "run")
+    emit("refused", {
+        "plan_rc": plan_rc, "plan_out": plan_out, "run_rc": run_rc, "run_out": run_out,
+        "pids_before": pids, "pids_after": {p: demo(p)["pid"] for p in PORTS},
+        "kexec_loaded": kexec_loaded(), "armed": os.path.exists("/run/seamless/armed.json"),
+        "blocker": unit_state("seamless-blocker.service")["ActiveState"],
+    })
+    os.unlink(frag)
+    sh("systemctl", "stop", "seamless-blocker.service")
 
 
 def main():
     os.makedirs(STATE, exist_ok=True)
+    scenario = open("/etc/seamless-test/scenario").read().strip()
     phase = open(PHASE).read().strip() if os.path.exists(PHASE) else ""
-    emit("boot", {"phase": phase, "kernel": os.uname().release, "cmdline": open("/proc/cmdline").read().strip()})
+    emit("boot", {"scenario": scenario, "phase": phase, "kernel": os.uname().release,
+                  "cmdline": open("/proc/cmdline").read().strip()})
     if phase == "":
-        demo("INC")
-        demo("INC")
-        before = demo("INC")
-        emit("before", {"state": before, "unit": unit_state()})
+        for _ in range(3):
+            demo(7777, "INC")
+        demo(7778, "INC")
+        demo(7779, "INC")
+        if scenario == "full":
+            refused_upgrade()
+        emit("before", all_states())
         rc, out = sh("seamless-upgrade", "plan")
         emit("plan", {"rc": rc, "out": out})
         set_phase("upgraded")
-        rc, out = sh("seamless-upgrade", "run")
+        if scenario == "full":
+            open(SPOIL, "w").close()
+            os.sync()
+            rc, out = sh("systemctl", "start", "kexec-upgrade.target")
+        else:
+            rc, out = sh("seamless-upgrade", "run")
         emit("run", {"rc": rc, "out": out})
-        if rc != 0:
-            debug_dump()
-            set_phase("failed")
-            sh("systemctl", "poweroff")
     elif phase == "upgraded":
+        if os.path.exists(SPOIL):
+            os.unlink(SPOIL)
         finish = wait_for_finish()
-        after = demo("GET")
-        _, rep = sh("seamless-upgrade", "report", "--json")
-        try:
-            report = json.loads(rep)
-        except ValueError:
-            report = {"unparsed": rep}
-        emit("after", {"state": after, "unit": unit_state(), "finish": finish, "report": report,
-                       "dropins": sh("systemctl", "show", UNIT, "-p", "DropInPaths")[1].strip()})
+        emit("after", {"states": all_states(), "finish": finish, "report": report(),
+                       "uname": os.uname().release})
         debug_dump()
-        after_inc = demo("INC")
-        emit("after-inc", {"state": after_inc})
+        if scenario != "full":
+            emit("done", {})
+            set_phase("done")
+            sh("systemctl", "poweroff")
+            return
+        demo(7777, "INC")
+        set_phase("armed-kexec")
+        target = other_kernel()
+        rc, out = sh("seamless-upgrade", "arm", "--kernel", target)
+        emit("arm", {"rc": rc, "out": out, "target": target})
+        rc, out = sh("systemctl", "kexec")
+        emit("kexec", {"rc": rc, "out": out})
+    elif phase == "armed-kexec":
+        finish = wait_for_finish()
+        emit("after2", {"states": all_states(), "finish": finish, "report": report(),
+                        "uname": os.uname().release})
+        debug_dump()
+        rc, out = sh("seamless-upgrade", "arm")
+        _, status = sh("seamless-upgrade", "status", "--json")
+        emit("arm2", {"rc": rc, "out": out, "status": json.loads(status)})
         set_phase("rebooted")
         sh("systemctl", "reboot")
     elif phase == "rebooted":
-        state = demo("GET")
-        emit("rebooted", {"state": state, "unit": unit_state()})
+        reports = sorted(os.listdir("/var/lib/seamless/reports"))
+        emit("rebooted", {"states": all_states(), "uname": os.uname().release,
+                          "cmdline": open("/proc/cmdline").read().strip(), "reports": reports,
+                          "pmem_mounted": os.path.ismount("/run/seamless/pmem")})
+        debug_dump()
         set_phase("done")
         sh("systemctl", "poweroff")
     else:

@@ -1,0 +1,31 @@
+# seamless-systemd — see README.md.
+PYTHON ?= python3
+export PYTHON
+
+.PHONY: all demo test unit lint deps clean
+
+all: unit
+
+deps:
+	./tests/vm/host-deps.sh
+
+# Build the guest image, boot it under QEMU, upgrade its kernel seamlessly and
+# show what happened; the report lands in build/demo/report.json.
+demo: deps
+	$(PYTHON) -m tests.vm.vm demo
+
+# Every test: unit tests, generator golden files, and the VM upgrade test.
+test: deps
+	$(PYTHON) -m pytest -v -rs tests
+
+# Only what runs without root and without a VM.
+unit:
+	$(PYTHON) -m pytest -v -m "not integration" tests
+
+lint:
+	$(PYTHON) -m ruff format --check seamless_systemd tests generators/seamless-generator
+	$(PYTHON) -m ruff check seamless_systemd tests
+	$(PYTHON) -m mypy seamless_systemd
+
+clean:
+	rm -rf build

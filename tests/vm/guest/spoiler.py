@@ -1,0 +1,38 @@
+#!/usr/bin/python3
+"""Test-only: damage two units' checkpoint images between checkpoint and kexec.
+
+seamless-demo@7778: a flipped byte, checksums left alone  -> the restore service
+                    must notice and start the unit afresh.
+seamless-demo@7779: core image truncated, checksums redone -> CRIU itself fails
+                    at restore; the unit must still come up afresh.
+Runs as ExecStop= of seamless-spoiler.service, only if /var/lib/seamless-test/spoil exists.
+"""
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+if not os.path.exists("/var/lib/seamless-test/spoil"):
+    sys.exit(0)
+armed = json.loads(Path("/run/seamless/armed.json").read_text())
+gen = Path(armed["mount"]) / armed["generation"] / "units"
+
+imgs = gen / "seamless-demo@7778.service/images"
+pages = max(imgs.glob("pages-*.img"), key=lambda p: p.stat().st_size)
+data = bytearray(pages.read_bytes())
+data[len(data) // 2] ^= 0xFF
+pages.write_bytes(bytes(data))
+print(f"flipped a byte in {pages}", flush=True)
+
+udir = gen / "seamless-demo@7779.service"
+for core in (udir / "images").glob("core-*.img"):
+    core.write_bytes(core.read_bytes()[:16])
+    print(f"truncated {core}", flush=True)
+sums = {}
+for p in sorted((udir / "images").rglob("*")):
+    if p.is_file() and not p.is_symlink():
+        sums[str(p.relative_to(udir / "images"))] = hashlib.sha256(p.read_bytes()).hexdigest()
+(udir / "checksums.json").write_text(json.dumps(sums))
+os.sync()

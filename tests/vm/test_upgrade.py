@@ -1,0 +1,138 @@
+"""The VM upgrade test: real kernels, systemd, CRIU, kexec and PMEM under QEMU.
+
+One scenario run (tests/vm/guest/driver.py, 'full') carries every check; the
+tests below read what it saw. What they assert is what a sysadmin would
+check: the service answers with the same in-memory state, `uname -r` changed,
+the unit is active with the same MainPID, nothing was started afresh that
+should not have been, and what could not be restored came up afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import pytest
+
+from tests.vm import image as vmimage
+from tests.vm import vm
+
+pytestmark = pytest.mark.integration
+
+MAIN = "7777"
+
+
+@pytest.fixture(scope="module")
+def scenario() -> vm.Scenario:
+    if os.geteuid() != 0:
+        pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
+    for tool in ("qemu-system-x86_64", "debootstrap", "dpkg-buildpackage"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: run tests/vm/host-deps.sh (make test does)")
+    img = vmimage.build_image("full")
+    out = vmimage.BUILD / "vm" / "run"
+    sc = vm.run_scenario(img, out)
+    return sc
+
+
+def need(sc: vm.Scenario, event: str) -> dict[str, Any]:
+    data = sc.get(event)
+    if data is None:
+        errors = [e.data for e in sc.events if e.name in ("error", "timeout")]
+        pytest.fail(f"the guest never reported '{event}' (errors: {errors})\n{sc.console_tail()}")
+    return data
+
+
+def unit_report(rep: dict[str, Any], port: str) -> dict[str, Any]:
+    return next(u for u in rep["units"] if u["unit"] == f"seamless-demo@{port}.service")
+
+
+def test_refused_upgrade_leaves_everything_running(scenario: vm.Scenario) -> None:
+    r = need(scenario, "refused")
+    assert r["plan_rc"] == 3, r["plan_out"]
+    assert r["run_rc"] == 3, r["run_out"]
+    assert "seamless-blocker.service" in r["run_out"] and "/run/dbus/system_bus_socket" in r["run_out"]
+    assert r["pids_after"] == r["pids_before"]
+    assert r["kexec_loaded"] == "0" and not r["armed"]
+    assert r["blocker"] == "active"
+
+
+def test_plan_before_upgrade(scenario: vm.Scenario) -> None:
+    plan = need(scenario, "plan")
+    assert plan["rc"] == 0, plan["out"]
+    assert f"{vmimage.KERNEL_A} -> {vmimage.KERNEL_B}" in plan["out"]
+    assert "memmap= reservation kept" in plan["out"]
+
+
+def test_kernel_changed_and_state_kept(scenario: vm.Scenario) -> None:
+    before, after = need(scenario, "before"), need(scenario, "after")
+    assert before[MAIN]["state"]["kernel"] == vmimage.KERNEL_A
+    assert after["uname"] == vmimage.KERNEL_B
+    b, a = before[MAIN]["state"], after["states"][MAIN]["state"]
+    assert a["kernel"] == vmimage.KERNEL_B
+    assert (a["counter"], a["blob_sha256"], a["started_at"]) == (b["counter"], b["blob_sha256"], b["started_at"])
+    assert b["counter"] == 3
+
+
+def test_unit_active_with_same_main_pid_no_cold_start(scenario: vm.Scenario) -> None:
+    before, after = need(scenario, "before"), need(scenario, "after")
+    ub, ua = before[MAIN]["unit"], after["states"][MAIN]["unit"]
+    assert ua["ActiveState"] == "active"
+    assert ua["MainPID"] == ub["MainPID"] == str(before[MAIN]["state"]["pid"])
+    assert ua["fresh_starts"] == 0, ua["journal_tail"]
+    # Its output still reaches the journal under its own name after the restore.
+    assert any("GET: counter=3" in line for line in ua["journal_tail"]), ua["journal_tail"]
+    # The restore drop-in is gone: a later crash starts the service normally.
+    assert "50-seamless-restore.conf" not in ua["DropInPaths"]
+
+
+def test_report(scenario: vm.Scenario) -> None:
+    rep = need(scenario, "after")["report"]
+    assert rep["kernel"] == {"from": vmimage.KERNEL_A, "to": vmimage.KERNEL_B}
+    main = unit_report(rep, MAIN)
+    assert main["outcome"] == "restored"
+    assert main["main_pid_before"] == main["main_pid_after"]
+    for phase in ("checkpoint", "kexec", "boot", "restore", "downtime"):
+        assert isinstance(rep["seconds"][phase], float) and rep["seconds"][phase] >= 0, phase
+
+
+def test_damaged_images_start_afresh(scenario: vm.Scenario) -> None:
+    before, after = need(scenario, "before"), need(scenario, "after")
+    rep = after["report"]
+    for port, why in (("7778", "checksum mismatch"), ("7779", "criu restore failed")):
+        u = unit_report(rep, port)
+        assert u["outcome"] == "cold-started", u
+        assert why in (u["reason"] or ""), u
+        st = after["states"][port]
+        assert st["unit"]["ActiveState"] == "active"
+        assert st["state"]["counter"] == 0  # a fresh start, as promised
+        assert st["state"]["blob_sha256"] != before[port]["state"]["blob_sha256"]
+        assert st["unit"]["fresh_starts"] == 1
+
+
+def test_arm_then_plain_systemctl_kexec(scenario: vm.Scenario) -> None:
+    arm, after2 = need(scenario, "arm"), need(scenario, "after2")
+    assert arm["rc"] == 0, arm["out"]
+    assert after2["uname"] == vmimage.KERNEL_A
+    after = need(scenario, "after")
+    a, b = after["states"][MAIN]["state"], after2["states"][MAIN]["state"]
+    assert b["counter"] == a["counter"] + 1  # the INC done between the upgrades
+    assert b["blob_sha256"] == a["blob_sha256"]
+    for port in ("7777", "7778", "7779"):
+        assert unit_report(after2["report"], port)["outcome"] == "restored"
+        assert after2["states"][port]["unit"]["fresh_starts"] == 0
+
+
+def test_armed_but_ordinary_reboot_starts_fresh(scenario: vm.Scenario) -> None:
+    arm2, rb = need(scenario, "arm2"), need(scenario, "rebooted")
+    assert arm2["rc"] == 0, arm2["out"]
+    assert arm2["status"]["armed"] is not None
+    assert "seamless.restore" not in rb["cmdline"]
+    for port in ("7777", "7778", "7779"):
+        assert rb["states"][port]["unit"]["ActiveState"] == "active"
+        assert rb["states"][port]["state"]["counter"] == 0
+        assert rb["states"][port]["unit"]["fresh_starts"] == 1
+    assert len([r for r in rb["reports"] if r != "last.json"]) == 2
+    assert not rb["pmem_mounted"]
+
