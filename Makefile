@@ -15,7 +15,7 @@ demo: deps
 	$(PYTHON) -m tests.vm.vm demo
 
 # Every test: unit tests, generator golden files, and the VM upgrade test.
-test: deps
+test: deps lint
 	$(PYTHON) -m pytest -v -rs tests
 
 # Only what runs without root and without a VM.
@@ -23,6 +23,7 @@ unit:
 	$(PYTHON) -m pytest -v -m "not integration" tests
 
 lint:
+	shellcheck -s sh initramfs-tools/hooks/seamless initramfs-tools/scripts/*/seamless tests/vm/host-deps.sh .ci/run
 	$(PYTHON) -m ruff format --check seamless_systemd tests generators/seamless-generator
 	$(PYTHON) -m ruff check seamless_systemd tests
 	$(PYTHON) -m mypy seamless_systemd

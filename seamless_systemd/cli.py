@@ -18,11 +18,21 @@ def _mib(n: int | None) -> str:
 
 def _print_plan(plan: upgrade.Plan) -> None:
     print(f"Kernel:  {plan.kernel_from} -> {plan.kernel_to.version}")
-    print(f"         {plan.kernel_to.image}" + (f" + {plan.kernel_to.initrd}" if plan.kernel_to.initrd else ""))
-    print(f"PMEM:    {plan.pmem_device}: size {_mib(plan.pmem_size)}, free {_mib(plan.pmem_free)}, "
-          f"images need about {_mib(plan.estimate_bytes)}")
-    print("         memmap= reservation " + ("kept on the new kernel's command line" if plan.memmap_kept
-                                              else "NOT on the command line: the images would be lost"))
+    print(
+        f"         {plan.kernel_to.image}" + (f" + {plan.kernel_to.initrd}" if plan.kernel_to.initrd else "")
+    )
+    print(
+        f"PMEM:    {plan.pmem_device}: size {_mib(plan.pmem_size)}, free {_mib(plan.pmem_free)}, "
+        f"images need about {_mib(plan.estimate_bytes)}"
+    )
+    print(
+        "         memmap= reservation "
+        + (
+            "kept on the new kernel's command line"
+            if plan.memmap_kept
+            else "NOT on the command line: the images would be lost"
+        )
+    )
     print("Units:")
     for u in plan.units:
         state_ = f"PID {u.main_pid}, {len(u.pids)} process(es), memory {_mib(u.memory_bytes)}"
@@ -79,19 +89,26 @@ def _last_report() -> dict[str, Any] | None:
 
 def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
     armed = state.read_json(state.ARMED) if state.ARMED.exists() else None
-    out = {"armed": armed, "kexec_loaded": upgrade.kexec_loaded(), "units": list(cfg.units),
-           "last_report": _last_report()}
+    last = _last_report()
+    out: dict[str, Any] = {
+        "armed": armed,
+        "kexec_loaded": upgrade.kexec_loaded(),
+        "units": list(cfg.units),
+        "last_report": last,
+    }
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     if armed:
-        print(f"Armed: upgrade {armed['generation']}; the next 'systemctl kexec' preserves "
-              f"{', '.join(armed['units'])}" + ("" if out["kexec_loaded"] else " (but no kernel is loaded!)"))
+        print(
+            f"Armed: upgrade {armed['generation']}; the next 'systemctl kexec' preserves "
+            f"{', '.join(armed['units'])}" + ("" if out["kexec_loaded"] else " (but no kernel is loaded!)")
+        )
     else:
         print("Not armed: shutdowns are ordinary.")
     print(f"Configured units: {', '.join(cfg.units) or '(none)'}")
-    if out["last_report"]:
-        print("Last upgrade:\n" + report.render(out["last_report"]))
+    if last:
+        print("Last upgrade:\n" + report.render(last))
     return 0
 
 
@@ -105,15 +122,18 @@ def cmd_report(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="seamless-upgrade",
-                                     description="Upgrade the kernel with kexec, keeping services running.")
+    parser = argparse.ArgumentParser(
+        prog="seamless-upgrade", description="Upgrade the kernel with kexec, keeping services running."
+    )
     parser.add_argument("--version", action="version", version=__version__)
     parser.add_argument("--config-dir", type=Path, default=config.DEFAULT_DIR)
     parser.add_argument("--debug", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, helptext in (("plan", "show what an upgrade would do, refuse what would fail"),
-                           ("arm", "prepare the upgrade; the next 'systemctl kexec' performs it"),
-                           ("run", "arm and kexec into the new kernel now")):
+    for name, helptext in (
+        ("plan", "show what an upgrade would do, refuse what would fail"),
+        ("arm", "prepare the upgrade; the next 'systemctl kexec' performs it"),
+        ("run", "arm and kexec into the new kernel now"),
+    ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--kernel", metavar="VERSION", help="target kernel (default: newest installed)")
         if name == "plan":
@@ -140,8 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "restore-finish":
             return restore.finish()
         cfg = config.load(args.config_dir)
-        handler = {"plan": cmd_plan, "arm": cmd_arm, "run": cmd_run, "disarm": cmd_disarm,
-                   "status": cmd_status, "report": cmd_report}[args.command]
+        handler = {
+            "plan": cmd_plan,
+            "arm": cmd_arm,
+            "run": cmd_run,
+            "disarm": cmd_disarm,
+            "status": cmd_status,
+            "report": cmd_report,
+        }[args.command]
         return handler(args, cfg)
     except CommandError as e:
         log.log.error("%s", e)

@@ -64,8 +64,19 @@ def dump(facts: TreeFacts, images: Path, log: Path, *, leave_running: bool, time
     if images.exists():
         shutil.rmtree(images)
     images.mkdir(parents=True)
-    argv = [CRIU, "dump", "--tree", str(facts.main_pid), "--images-dir", str(images),
-            "--log-file", str(log), "-v4", "--file-locks", "--ext-unix-sk"]
+    argv = [
+        CRIU,
+        "dump",
+        "--tree",
+        str(facts.main_pid),
+        "--images-dir",
+        str(images),
+        "--log-file",
+        str(log),
+        "-v4",
+        "--file-locks",
+        "--ext-unix-sk",
+    ]
     for ino in facts.journal_inodes:
         argv += ["--external", f"unix[{ino}]"]
     if leave_running:
@@ -82,8 +93,20 @@ def restore(images: Path, pidfile: Path, log: Path, journal_inodes: list[int], t
     The dumped journal streams are replaced by our own stdout, which systemd
     connected to the journal for this unit.
     """
-    argv = [CRIU, "restore", "--restore-detached", "--images-dir", str(images),
-            "--log-file", str(log), "-v4", "--pidfile", str(pidfile), "--file-locks", "--ext-unix-sk"]
+    argv = [
+        CRIU,
+        "restore",
+        "--restore-detached",
+        "--images-dir",
+        str(images),
+        "--log-file",
+        str(log),
+        "-v4",
+        "--pidfile",
+        str(pidfile),
+        "--file-locks",
+        "--ext-unix-sk",
+    ]
     for ino in journal_inodes:
         argv += ["--inherit-fd", f"fd[1]:socket:[{ino}]"]
     try:

@@ -31,7 +31,8 @@ def build(gen: state.Generation) -> dict[str, Any]:
                 "checkpoint": _span(dump.get("started_at"), dump.get("dumped_at")),
                 "restore": _span(rest.get("started_at"), rest.get("finished_at")),
                 "downtime": _span(dump.get("started_at"), rest.get("finished_at"))
-                if outcome == "restored" else None,
+                if outcome == "restored"
+                else None,
             },
         }
         units.append(entry)

@@ -83,8 +83,12 @@ def prepare() -> int:
         return 0
     state.RESTORE_DIR.mkdir(parents=True, exist_ok=True)
     manifest = state.read_json(gen.manifest)
-    state.update_json(gen.boot, kernel_started_at=kernel_started_at(), prepare_started_at=time.time(),
-                      kernel=os.uname().release)
+    state.update_json(
+        gen.boot,
+        kernel_started_at=kernel_started_at(),
+        prepare_started_at=time.time(),
+        kernel=os.uname().release,
+    )
     dropped = []
     for unit in manifest["units"]:
         why = verify_unit(gen, unit)
@@ -122,8 +126,13 @@ def restore_unit(unit: str) -> int:
         dump = state.read_json(gen.dump_info(unit))
         pidfile = state.RESTORE_DIR / f"{unit}.pid"
         pidfile.unlink(missing_ok=True)
-        criu.restore(gen.images(unit), pidfile, state.RESTORE_DIR / f"{unit}.log",
-                     dump.get("journal_inodes", []), timeout=300)
+        criu.restore(
+            gen.images(unit),
+            pidfile,
+            state.RESTORE_DIR / f"{unit}.log",
+            dump.get("journal_inodes", []),
+            timeout=300,
+        )
         main_pid = int(pidfile.read_text().strip())
         record.update(outcome="restored", finished_at=time.time(), main_pid=main_pid)
         log.info("Restored %s, main PID %d", unit, main_pid)
@@ -147,7 +156,11 @@ def finish() -> int:
         info = gen.restore_info(unit)
         data = state.read_json(info) if info.exists() else {}
         u = systemd.unit_info(unit)
-        if data.get("outcome") == "restored" and u.active_state == "active" and u.main_pid == data.get("main_pid"):
+        if (
+            data.get("outcome") == "restored"
+            and u.active_state == "active"
+            and u.main_pid == data.get("main_pid")
+        ):
             pass
         elif data.get("outcome") in (None, "restore-failed", "cold-started"):
             if data.get("outcome") is None:
@@ -170,6 +183,7 @@ def finish() -> int:
     state.REPORT_DIR.mkdir(parents=True, exist_ok=True)
     state.write_json(state.REPORT_DIR / f"{gen.id}.json", rep)
     state.write_json(state.REPORT_DIR / "last.json", rep)
-    log.info("Upgrade %s finished: %s", gen.id,
-             ", ".join(f"{u['unit']} {u['outcome']}" for u in rep["units"]))
+    log.info(
+        "Upgrade %s finished: %s", gen.id, ", ".join(f"{u['unit']} {u['outcome']}" for u in rep["units"])
+    )
     return 0

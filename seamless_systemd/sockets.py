@@ -37,8 +37,17 @@ class UnixSocket:
 
 def unix_sockets() -> dict[int, UnixSocket]:
     """All unix sockets of this network namespace, by inode."""
-    req = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0,
-                      UDIAG_SHOW_NAME | UDIAG_SHOW_PEER, 0xFFFFFFFF, 0xFFFFFFFF)
+    req = struct.pack(
+        "=BBHIIIII",
+        socket.AF_UNIX,
+        0,
+        0,
+        0xFFFFFFFF,
+        0,
+        UDIAG_SHOW_NAME | UDIAG_SHOW_PEER,
+        0xFFFFFFFF,
+        0xFFFFFFFF,
+    )
     hdr = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
     out: dict[int, UnixSocket] = {}
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:

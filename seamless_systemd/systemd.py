@@ -70,8 +70,19 @@ def unit_info(name: str) -> UnitInfo:
         u.load()
         load_state = _s(u.Unit.LoadState)
         if load_state != "loaded" or not name.endswith(".service"):
-            return UnitInfo(name, load_state, _s(u.Unit.ActiveState), _s(u.Unit.SubState),
-                            0, "", "", None, "", "", _s(u.Unit.FragmentPath))
+            return UnitInfo(
+                name,
+                load_state,
+                _s(u.Unit.ActiveState),
+                _s(u.Unit.SubState),
+                0,
+                "",
+                "",
+                None,
+                "",
+                "",
+                _s(u.Unit.FragmentPath),
+            )
         mem = int(u.Service.MemoryCurrent)
         exec_start = u.Service.ExecStart
         path = _s(exec_start[0][0]) if exec_start else ""

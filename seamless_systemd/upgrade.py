@@ -50,13 +50,21 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "kernel": {"from": self.kernel_from, "to": self.kernel_to.version,
-                       "image": str(self.kernel_to.image),
-                       "initrd": str(self.kernel_to.initrd) if self.kernel_to.initrd else None},
+            "kernel": {
+                "from": self.kernel_from,
+                "to": self.kernel_to.version,
+                "image": str(self.kernel_to.image),
+                "initrd": str(self.kernel_to.initrd) if self.kernel_to.initrd else None,
+            },
             "cmdline": self.cmdline,
             "units": [dataclasses.asdict(u) for u in self.units],
-            "pmem": {"device": str(self.pmem_device), "size": self.pmem_size, "free": self.pmem_free,
-                     "estimate": self.estimate_bytes, "memmap_kept": self.memmap_kept},
+            "pmem": {
+                "device": str(self.pmem_device),
+                "size": self.pmem_size,
+                "free": self.pmem_free,
+                "estimate": self.estimate_bytes,
+                "memmap_kept": self.memmap_kept,
+            },
             "pid_floor": self.pid_floor,
             "problems": list(self.problems),
             "notes": list(self.notes),
@@ -89,13 +97,19 @@ def make_plan(cfg: Config, kernel: str | None = None, check_initrd: bool = True)
     current = os.uname().release
     target = kernels.choose(kernels.installed(), kernel or cfg.kernel)
     if target.version == current:
-        notes.append(f"the target kernel is the running one ({current}); the services are still "
-                     "checkpointed and restored across a kexec")
+        notes.append(
+            f"the target kernel is the running one ({current}); the services are still "
+            "checkpointed and restored across a kexec"
+        )
     if target.initrd is None:
-        problems.append(f"no initramfs for {target.version} in /boot; run 'update-initramfs -c -k {target.version}'")
+        problems.append(
+            f"no initramfs for {target.version} in /boot; run 'update-initramfs -c -k {target.version}'"
+        )
     elif check_initrd and _initrd_has_hook(target.initrd) is False:
-        problems.append(f"{target.initrd} lacks the seamless-systemd hook that mounts the images at boot; "
-                        f"run 'update-initramfs -u -k {target.version}'")
+        problems.append(
+            f"{target.initrd} lacks the seamless-systemd hook that mounts the images at boot; "
+            f"run 'update-initramfs -u -k {target.version}'"
+        )
     why = _kexec_supported()
     if why:
         problems.append(why)
@@ -114,9 +128,7 @@ def make_plan(cfg: Config, kernel: str | None = None, check_initrd: bool = True)
     else:
         size = pmem.device_size(cfg.pmem_device)
         ranges = pmem.legacy_ranges()
-        memmap_kept = bool(ranges) and all(
-            any(s <= lo and hi <= e for s, e in reserved) for lo, hi in ranges
-        )
+        memmap_kept = bool(ranges) and all(any(s <= lo and hi <= e for s, e in reserved) for lo, hi in ranges)
         if not memmap_kept:
             problems.append(
                 f"{cfg.pmem_device} is not a memmap=SIZE!OFFSET reservation on the kernel command line, "
@@ -135,8 +147,10 @@ def make_plan(cfg: Config, kernel: str | None = None, check_initrd: bool = True)
         max_pid = max([max_pid, *up.pids])
     estimate = sum(u.estimate_bytes for u in unit_plans)
     if free is not None and estimate > free:
-        problems.append(f"the images need about {estimate >> 20} MiB but {cfg.pmem_device} has "
-                        f"{free >> 20} MiB free: reserve more memory with memmap=")
+        problems.append(
+            f"the images need about {estimate >> 20} MiB but {cfg.pmem_device} has "
+            f"{free >> 20} MiB free: reserve more memory with memmap="
+        )
     last_pid = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
     floor = max(max_pid, last_pid) + PID_MARGIN
     early = _early_boot_last_pid()
@@ -148,8 +162,20 @@ def make_plan(cfg: Config, kernel: str | None = None, check_initrd: bool = True)
                 f"{early}); restart {up.unit} before the upgrade so that it gets higher PIDs"
             )
     cmdline = kernels.new_cmdline(" ".join(words), {})
-    return Plan(current, target, cmdline, tuple(unit_plans), cfg.pmem_device, size, free, estimate,
-                memmap_kept, floor, tuple(problems), tuple(notes))
+    return Plan(
+        current,
+        target,
+        cmdline,
+        tuple(unit_plans),
+        cfg.pmem_device,
+        size,
+        free,
+        estimate,
+        memmap_kept,
+        floor,
+        tuple(problems),
+        tuple(notes),
+    )
 
 
 def _early_boot_last_pid() -> int | None:
@@ -168,8 +194,9 @@ def _plan_unit(unit: str) -> UnitPlan:
     if info.load_state != "loaded":
         return UnitPlan(unit, 0, (), 0, 0, f"{unit}: no such unit (load state {info.load_state})")
     if info.service_type == "oneshot":
-        return UnitPlan(unit, info.main_pid, (), 0, 0,
-                        f"{unit}: Type=oneshot units have no running process to preserve")
+        return UnitPlan(
+            unit, info.main_pid, (), 0, 0, f"{unit}: Type=oneshot units have no running process to preserve"
+        )
     try:
         facts = criu.inspect(info)
     except CheckpointError as e:  # its message names the unit
@@ -207,33 +234,45 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
         _clean_old_generations(cfg.pmem_mountpoint)
         if trial:
             _trial_dumps(cfg, gen, plan)
-        cmdline = kernels.new_cmdline(plan.cmdline, {
-            kernels.RESTORE_PARAM: gen.id,
-            kernels.DEVICE_PARAM: str(cfg.pmem_device),
-            kernels.MOUNT_PARAM: str(cfg.pmem_mountpoint),
-            kernels.PIDFLOOR_PARAM: str(plan.pid_floor),
-        })
-        state.write_json(gen.manifest, {
-            "generation": gen.id,
-            "kernel": {"from": plan.kernel_from, "to": plan.kernel_to.version},
-            "cmdline": cmdline,
-            "units": list(cfg.units),
-            "pid_floor": plan.pid_floor,
-            "main_pids": {u.unit: u.main_pid for u in plan.units},
-            "armed_at": criu.now(),
-            "checkpoint_timeout": cfg.checkpoint_timeout,
-        })
+        cmdline = kernels.new_cmdline(
+            plan.cmdline,
+            {
+                kernels.RESTORE_PARAM: gen.id,
+                kernels.DEVICE_PARAM: str(cfg.pmem_device),
+                kernels.MOUNT_PARAM: str(cfg.pmem_mountpoint),
+                kernels.PIDFLOOR_PARAM: str(plan.pid_floor),
+            },
+        )
+        state.write_json(
+            gen.manifest,
+            {
+                "generation": gen.id,
+                "kernel": {"from": plan.kernel_from, "to": plan.kernel_to.version},
+                "cmdline": cmdline,
+                "units": list(cfg.units),
+                "pid_floor": plan.pid_floor,
+                "main_pids": {u.unit: u.main_pid for u in plan.units},
+                "armed_at": criu.now(),
+                "checkpoint_timeout": cfg.checkpoint_timeout,
+            },
+        )
         _kexec_load(plan.kernel_to, cmdline)
-        state.write_json(state.ARMED, {"generation": gen.id, "mount": str(cfg.pmem_mountpoint),
-                                       "units": list(cfg.units)})
+        state.write_json(
+            state.ARMED, {"generation": gen.id, "mount": str(cfg.pmem_mountpoint), "units": list(cfg.units)}
+        )
         for unit in cfg.units:
             systemd.start_unit(hook_unit(unit), wait=30)
     except BaseException:
         disarm(quiet=True)
         shutil.rmtree(gen.dir, ignore_errors=True)
         raise
-    log.info("Armed generation %s: %s -> %s, %d unit(s)", gen.id, plan.kernel_from,
-             plan.kernel_to.version, len(cfg.units))
+    log.info(
+        "Armed generation %s: %s -> %s, %d unit(s)",
+        gen.id,
+        plan.kernel_from,
+        plan.kernel_to.version,
+        len(cfg.units),
+    )
     return gen
 
 
@@ -251,8 +290,13 @@ def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan) -> None:
         facts = criu.inspect(info)
         trial = gen.unit_dir(up.unit) / "trial"
         try:
-            criu.dump(facts, trial, gen.unit_dir(up.unit) / "trial-dump.log",
-                      leave_running=True, timeout=cfg.checkpoint_timeout)
+            criu.dump(
+                facts,
+                trial,
+                gen.unit_dir(up.unit) / "trial-dump.log",
+                leave_running=True,
+                timeout=cfg.checkpoint_timeout,
+            )
         except CheckpointError as e:
             raise PreflightError([f"{up.unit}: trial checkpoint failed: {e}"]) from e
         finally:
@@ -340,14 +384,24 @@ def checkpoint(unit: str) -> int:
         facts = criu.inspect(info)
         above = [p for p in facts.pids if p > manifest["pid_floor"]]
         if above:
-            raise CheckpointError(f"PIDs {above} are above the PID floor {manifest['pid_floor']} "
-                                  "the new kernel was loaded with")
-        record.update(main_pid=facts.main_pid, pids=list(facts.pids),
-                      journal_inodes=list(facts.journal_inodes),
-                      syslog_identifier=info.syslog_identifier, service_type=info.service_type)
+            raise CheckpointError(
+                f"PIDs {above} are above the PID floor {manifest['pid_floor']} the new kernel was loaded with"
+            )
+        record.update(
+            main_pid=facts.main_pid,
+            pids=list(facts.pids),
+            journal_inodes=list(facts.journal_inodes),
+            syslog_identifier=info.syslog_identifier,
+            service_type=info.service_type,
+        )
         log.info("Checkpointing %s (PID %d, %d process(es))", unit, facts.main_pid, len(facts.pids))
-        criu.dump(facts, gen.images(unit), gen.unit_dir(unit) / "dump.log",
-                  leave_running=False, timeout=manifest.get("checkpoint_timeout", 120))
+        criu.dump(
+            facts,
+            gen.images(unit),
+            gen.unit_dir(unit) / "dump.log",
+            leave_running=False,
+            timeout=manifest.get("checkpoint_timeout", 120),
+        )
         record["dumped_at"] = criu.now()
         record["image_bytes"] = criu.tree_size(gen.images(unit))
         state.write_json(gen.checksums(unit), criu.checksum_tree(gen.images(unit)))

@@ -16,7 +16,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests/golden/generator"
 GEN = "20261126T010203-abcdef"
-BASE = f"root=/dev/vda memmap=512M!1536M seamless.pmem=/dev/pmem0 seamless.mount=/run/seamless/pmem seamless.pidfloor=12000"
+BASE = (
+    "root=/dev/vda memmap=512M!1536M seamless.pmem=/dev/pmem0 seamless.mount=/run/seamless/pmem "
+    "seamless.pidfloor=12000"
+)
 
 
 def images(root: Path, units: dict[str, bool]) -> None:
@@ -36,7 +39,10 @@ def run_generator(root: Path, out: Path, cmdline: str) -> subprocess.CompletedPr
     out.mkdir()
     return subprocess.run(
         [sys.executable, str(REPO / "generators/seamless-generator"), str(out), str(out), str(out)],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
 
 
@@ -66,7 +72,11 @@ def check_golden(case: str, out: Path) -> None:
 CASES = {
     # name: (units with complete images?, extra cmdline, files to create in the root)
     "restore": ({"seamless-demo.service": True, "db.service": True, "broken.service": False}, "", []),
-    "done": ({"seamless-demo.service": True, "db.service": True}, "", ["run/seamless/restore/db.service.done"]),
+    "done": (
+        {"seamless-demo.service": True, "db.service": True},
+        "",
+        ["run/seamless/restore/db.service.done"],
+    ),
     "marker-absent": ({"seamless-demo.service": True}, None, []),
     "marker-malformed": ({"seamless-demo.service": True}, "seamless.restore=../../etc", []),
     "switched-off": ({"seamless-demo.service": True}, "seamless=off", []),

@@ -20,7 +20,11 @@ def test_newest_is_chosen_numerically(tmp_path: Path) -> None:
         make_kernel(boot, mods, v)
     (boot / "vmlinuz-6.9.0-orphan").write_text("no modules")
     found = kernels.installed(boot, mods)
-    assert [k.version for k in found] == ["6.1.0-9-cloud-amd64", "6.1.0-47-cloud-amd64", "6.1.0-53-cloud-amd64"]
+    assert [k.version for k in found] == [
+        "6.1.0-9-cloud-amd64",
+        "6.1.0-47-cloud-amd64",
+        "6.1.0-53-cloud-amd64",
+    ]
     assert kernels.choose(found, None).version == "6.1.0-53-cloud-amd64"
     assert kernels.choose(found, "6.1.0-47-cloud-amd64").initrd == boot / "initrd.img-6.1.0-47-cloud-amd64"
     with pytest.raises(SeamlessError, match="not installed"):
@@ -32,7 +36,9 @@ def test_newest_is_chosen_numerically(tmp_path: Path) -> None:
 def test_new_cmdline_keeps_memmap_and_replaces_our_params() -> None:
     cur = 'BOOT_IMAGE=/vmlinuz root=/dev/vda ro memmap=512M!1536M quiet seamless.restore=old x="a b"'
     new = kernels.new_cmdline(cur, {"seamless.restore": "G1", "seamless.pidfloor": "5000"})
-    assert new == 'root=/dev/vda ro memmap=512M!1536M quiet x="a b" seamless.restore=G1 seamless.pidfloor=5000'
+    assert (
+        new == 'root=/dev/vda ro memmap=512M!1536M quiet x="a b" seamless.restore=G1 seamless.pidfloor=5000'
+    )
 
 
 def test_memmap_reservations() -> None:

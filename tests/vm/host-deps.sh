@@ -9,6 +9,8 @@ command -v dpkg-buildpackage >/dev/null || need="$need dpkg-dev"
 command -v dh >/dev/null || need="$need debhelper"
 command -v dh_python3 >/dev/null || need="$need dh-python python3-all python3-setuptools"
 command -v mkfs.ext4 >/dev/null || need="$need e2fsprogs"
+command -v shellcheck >/dev/null || need="$need shellcheck"
+command -v systemd-analyze >/dev/null || need="$need systemd"
 if [ -n "$need" ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "missing host packages:$need (run as root, or: sudo apt-get install$need)" >&2
@@ -16,10 +18,13 @@ if [ -n "$need" ]; then
 	fi
 	echo "Installing host packages:$need" >&2
 	apt-get update -q >&2
+	# $need is a list of words on purpose.
+	# shellcheck disable=SC2086
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >&2
 fi
 PY=${PYTHON:-python3}
-if ! $PY -c 'import pytest, yaml' 2>/dev/null; then
-	echo "Installing pytest and PyYAML for $PY" >&2
-	$PY -m pip install -q pytest pyyaml >&2
+# Pinned: a new linter release must not turn CI red on its own.
+if ! $PY -c 'import pytest, yaml, mypy, ruff' 2>/dev/null; then
+	echo "Installing the Python test tools for $PY" >&2
+	$PY -m pip install -q pytest pyyaml ruff==0.17.6 mypy==2.4.1 types-PyYAML >&2
 fi

@@ -38,14 +38,30 @@ KERNEL_A = "6.1.0-47-cloud-amd64"
 KERNEL_B = "6.1.0-53-cloud-amd64"
 KERNEL_PACKAGES = ["linux-image-6.1.0-47-cloud-amd64", "linux-image-6.1.0-53-cloud-amd64-unsigned"]
 BOOTSTRAP_INCLUDE = [
-    "systemd-sysv", "udev", "dbus", "kmod", "iproute2", "procps", "e2fsprogs",
-    "initramfs-tools", "zstd", "ca-certificates", "less",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "kmod",
+    "iproute2",
+    "procps",
+    "e2fsprogs",
+    "initramfs-tools",
+    "zstd",
+    "ca-certificates",
+    "less",
 ]
 # Runtime dependencies of the package (also listed in packaging/debian/control)
 # plus what the test scenarios use inside the guest.
 GUEST_PACKAGES = [
-    "criu", "kexec-tools", "python3", "python3-pystemd", "python3-yaml",
-    "python3-dbus-fast", "ndctl", "util-linux", "netcat-openbsd",
+    "criu",
+    "kexec-tools",
+    "python3",
+    "python3-pystemd",
+    "python3-yaml",
+    "python3-dbus-fast",
+    "ndctl",
+    "util-linux",
+    "netcat-openbsd",
 ]
 IMAGE_SIZE = "4G"
 # Bump when the base build steps below change in a way the lists don't show.
@@ -64,8 +80,11 @@ def sh(*args: str | Path, env: dict[str, str] | None = None) -> None:
 
 def base_key() -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([BASE_RECIPE_VERSION, SUITE, MIRROR, SECURITY, BOOTSTRAP_INCLUDE,
-                         GUEST_PACKAGES, KERNEL_PACKAGES]).encode())
+    h.update(
+        json.dumps(
+            [BASE_RECIPE_VERSION, SUITE, MIRROR, SECURITY, BOOTSTRAP_INCLUDE, GUEST_PACKAGES, KERNEL_PACKAGES]
+        ).encode()
+    )
     return h.hexdigest()[:16]
 
 
@@ -89,8 +108,12 @@ def chroot_mounts(root: Path) -> Iterator[None]:
 
 
 def in_chroot(root: Path, *args: str) -> None:
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
-           "LC_ALL": "C.UTF-8", "HOME": "/root"}
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "LC_ALL": "C.UTF-8",
+        "HOME": "/root",
+    }
     sh("chroot", root, *args, env=env)
 
 
@@ -120,8 +143,16 @@ def build_base() -> Path:
     # Debian ships LOAD_KEXEC=true; keep it, the product must cope with it.
     with chroot_mounts(root):
         in_chroot(root, "apt-get", "update", "-q")
-        in_chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends",
-                  *KERNEL_PACKAGES, *GUEST_PACKAGES)
+        in_chroot(
+            root,
+            "apt-get",
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            *KERNEL_PACKAGES,
+            *GUEST_PACKAGES,
+        )
         in_chroot(root, "apt-get", "clean")
     configure_base(root)
     (tmp / ".complete").write_text(base_key() + "\n")
@@ -140,8 +171,13 @@ def configure_base(root: Path) -> None:
     shadow = root / "etc/shadow"
     shadow.write_text(shadow.read_text().replace("root:*:", "root::", 1))
     # A quiet, fast boot: nothing in the guest should wait for a network.
-    for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
-                 "fstrim.timer", "man-db.timer"):
+    for unit in (
+        "apt-daily.timer",
+        "apt-daily-upgrade.timer",
+        "e2scrub_all.timer",
+        "fstrim.timer",
+        "man-db.timer",
+    ):
         link = root / "etc/systemd/system" / unit
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
@@ -163,8 +199,11 @@ def build_deb(out: Path) -> Path:
     if src.exists():
         shutil.rmtree(src)
     sh("git", "-C", REPO, "ls-files", "-z")  # fail early outside a checkout
-    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
-                            "--exclude-standard"], check=True, capture_output=True).stdout
+    files = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        capture_output=True,
+    ).stdout
     for name in filter(None, files.decode().split("\0")):
         p = REPO / name
         if not p.is_file():
@@ -175,8 +214,13 @@ def build_deb(out: Path) -> Path:
     shutil.copytree(REPO / "packaging/debian", src / "debian")
     for old in out.glob("seamless-systemd_*"):
         old.unlink()
-    subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src, check=True,
-                   stdin=subprocess.DEVNULL, stdout=sys.stderr)
+    subprocess.run(
+        ["dpkg-buildpackage", "-us", "-uc", "-b"],
+        cwd=src,
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=sys.stderr,
+    )
     debs = sorted(out.glob("seamless-systemd_*_all.deb"))
     if not debs:
         raise SystemExit("dpkg-buildpackage produced no seamless-systemd_*_all.deb")

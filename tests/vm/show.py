@@ -2,9 +2,10 @@
 
 import json
 import sys
+from pathlib import Path
 
 for path in sys.argv[1:]:
-    for line in open(path, errors="replace"):
+    for line in Path(path).read_text(errors="replace").splitlines():
         i = line.find("SEAMLESS-TEST ")
         if i < 0:
             continue

@@ -71,7 +71,11 @@ def test_kernel_changed_and_state_kept(scenario: vm.Scenario) -> None:
     assert after["uname"] == vmimage.KERNEL_B
     b, a = before[MAIN]["state"], after["states"][MAIN]["state"]
     assert a["kernel"] == vmimage.KERNEL_B
-    assert (a["counter"], a["blob_sha256"], a["started_at"]) == (b["counter"], b["blob_sha256"], b["started_at"])
+    assert (a["counter"], a["blob_sha256"], a["started_at"]) == (
+        b["counter"],
+        b["blob_sha256"],
+        b["started_at"],
+    )
     assert b["counter"] == 3
 
 
@@ -135,4 +139,3 @@ def test_armed_but_ordinary_reboot_starts_fresh(scenario: vm.Scenario) -> None:
         assert rb["states"][port]["unit"]["fresh_starts"] == 1
     assert len([r for r in rb["reports"] if r != "last.json"]) == 2
     assert not rb["pmem_mounted"]
-

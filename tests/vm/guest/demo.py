@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import time
+from pathlib import Path
 
 port = int(sys.argv[1]) if len(sys.argv) > 1 else 7777
 blob = os.urandom(1 << 20)
@@ -20,7 +21,7 @@ state = {
     "counter": 0,
     "blob_sha256": hashlib.sha256(blob).hexdigest(),
     "started_at": time.time(),
-    "start_boot_id": open("/proc/sys/kernel/random/boot_id").read().strip(),
+    "start_boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
 }
 print(f"starting fresh: blob {state['blob_sha256'][:16]}", flush=True)
 

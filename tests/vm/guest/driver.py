@@ -24,6 +24,7 @@ import os
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 STATE = "/var/lib/seamless-test"
 PHASE = f"{STATE}/phase"
@@ -68,8 +69,7 @@ def demo(port, cmd="GET"):
 
 
 def unit_state(name):
-    _, out = sh("systemctl", "show", name, "-p",
-                "MainPID,ActiveState,SubState,NRestarts,DropInPaths,Result")
+    _, out = sh("systemctl", "show", name, "-p", "MainPID,ActiveState,SubState,NRestarts,DropInPaths,Result")
     props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     log = sh("journalctl", "-b", "-u", name, "-o", "cat", "--no-pager")[1]
     props["fresh_starts"] = log.count("starting fresh")
@@ -105,15 +105,16 @@ def other_kernel():
 
 
 def debug_dump():
-    for cmd in (["journalctl", "-b", "-1", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*",
-                 "-u", "kexec*"],
-                ["journalctl", "-b", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*"],
-                ["systemctl", "--failed", "--no-pager"]):
+    for cmd in (
+        ["journalctl", "-b", "-1", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*", "-u", "kexec*"],
+        ["journalctl", "-b", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*"],
+        ["systemctl", "--failed", "--no-pager"],
+    ):
         emit("debug", {"cmd": cmd, "out": sh(*cmd)[1][-8000:]})
 
 
 def kexec_loaded():
-    return open("/sys/kernel/kexec_loaded").read().strip()
+    return Path("/sys/kernel/kexec_loaded").read_text().strip()
 
 
 def refused_upgrade():
@@ -125,22 +126,37 @@ def refused_upgrade():
     pids = {p: demo(p)["pid"] for p in PORTS}
     plan_rc, plan_out = sh("seamless-upgrade", "plan")
     run_rc, run_out = sh("seamless-upgrade", "run")
-    emit("refused", {
-        "plan_rc": plan_rc, "plan_out": plan_out, "run_rc": run_rc, "run_out": run_out,
-        "pids_before": pids, "pids_after": {p: demo(p)["pid"] for p in PORTS},
-        "kexec_loaded": kexec_loaded(), "armed": os.path.exists("/run/seamless/armed.json"),
-        "blocker": unit_state("seamless-blocker.service")["ActiveState"],
-    })
+    emit(
+        "refused",
+        {
+            "plan_rc": plan_rc,
+            "plan_out": plan_out,
+            "run_rc": run_rc,
+            "run_out": run_out,
+            "pids_before": pids,
+            "pids_after": {p: demo(p)["pid"] for p in PORTS},
+            "kexec_loaded": kexec_loaded(),
+            "armed": os.path.exists("/run/seamless/armed.json"),
+            "blocker": unit_state("seamless-blocker.service")["ActiveState"],
+        },
+    )
     os.unlink(frag)
     sh("systemctl", "stop", "seamless-blocker.service")
 
 
 def main():
     os.makedirs(STATE, exist_ok=True)
-    scenario = open("/etc/seamless-test/scenario").read().strip()
-    phase = open(PHASE).read().strip() if os.path.exists(PHASE) else ""
-    emit("boot", {"scenario": scenario, "phase": phase, "kernel": os.uname().release,
-                  "cmdline": open("/proc/cmdline").read().strip()})
+    scenario = Path("/etc/seamless-test/scenario").read_text().strip()
+    phase = Path(PHASE).read_text().strip() if os.path.exists(PHASE) else ""
+    emit(
+        "boot",
+        {
+            "scenario": scenario,
+            "phase": phase,
+            "kernel": os.uname().release,
+            "cmdline": Path("/proc/cmdline").read_text().strip(),
+        },
+    )
     if phase == "":
         for _ in range(3):
             demo(7777, "INC")
@@ -153,7 +169,7 @@ def main():
         emit("plan", {"rc": rc, "out": out})
         set_phase("upgraded")
         if scenario == "full":
-            open(SPOIL, "w").close()
+            Path(SPOIL).touch()
             os.sync()
             rc, out = sh("systemctl", "start", "kexec-upgrade.target")
         else:
@@ -163,8 +179,10 @@ def main():
         if os.path.exists(SPOIL):
             os.unlink(SPOIL)
         finish = wait_for_finish()
-        emit("after", {"states": all_states(), "finish": finish, "report": report(),
-                       "uname": os.uname().release})
+        emit(
+            "after",
+            {"states": all_states(), "finish": finish, "report": report(), "uname": os.uname().release},
+        )
         debug_dump()
         if scenario != "full":
             emit("done", {})
@@ -180,8 +198,10 @@ def main():
         emit("kexec", {"rc": rc, "out": out})
     elif phase == "armed-kexec":
         finish = wait_for_finish()
-        emit("after2", {"states": all_states(), "finish": finish, "report": report(),
-                        "uname": os.uname().release})
+        emit(
+            "after2",
+            {"states": all_states(), "finish": finish, "report": report(), "uname": os.uname().release},
+        )
         debug_dump()
         rc, out = sh("seamless-upgrade", "arm")
         _, status = sh("seamless-upgrade", "status", "--json")
@@ -190,9 +210,16 @@ def main():
         sh("systemctl", "reboot")
     elif phase == "rebooted":
         reports = sorted(os.listdir("/var/lib/seamless/reports"))
-        emit("rebooted", {"states": all_states(), "uname": os.uname().release,
-                          "cmdline": open("/proc/cmdline").read().strip(), "reports": reports,
-                          "pmem_mounted": os.path.ismount("/run/seamless/pmem")})
+        emit(
+            "rebooted",
+            {
+                "states": all_states(),
+                "uname": os.uname().release,
+                "cmdline": Path("/proc/cmdline").read_text().strip(),
+                "reports": reports,
+                "pmem_mounted": os.path.ismount("/run/seamless/pmem"),
+            },
+        )
         debug_dump()
         set_phase("done")
         sh("systemctl", "poweroff")
