@@ -22,8 +22,8 @@ def _print_plan(plan: upgrade.Plan) -> None:
         f"         {plan.kernel_to.image}" + (f" + {plan.kernel_to.initrd}" if plan.kernel_to.initrd else "")
     )
     print(
-        f"PMEM:    {plan.pmem_device}: size {_mib(plan.pmem_size)}, free {_mib(plan.pmem_free)}, "
-        f"images need about {_mib(plan.estimate_bytes)}"
+        f"PMEM:    {plan.pmem_device}: size {_mib(plan.pmem_size)}, room for images "
+        f"{_mib(plan.pmem_capacity)}, images need about {_mib(plan.estimate_bytes)}"
     )
     print(
         "         memmap= reservation "

@@ -78,6 +78,7 @@ def prepare(device: Path, mountpoint: Path) -> None:
         run(["mount", str(device), str(mountpoint)])
 
 
-def free_bytes(mountpoint: Path) -> int:
+def capacity_bytes(mountpoint: Path) -> int:
+    """Bytes the file system at MOUNTPOINT can hold when empty (roughly)."""
     st = os.statvfs(mountpoint)
-    return st.f_bavail * st.f_frsize
+    return st.f_blocks * st.f_frsize

@@ -41,7 +41,7 @@ class Plan:
     units: tuple[UnitPlan, ...]
     pmem_device: Path
     pmem_size: int | None
-    pmem_free: int | None
+    pmem_capacity: int | None
     estimate_bytes: int
     memmap_kept: bool
     pid_floor: int
@@ -61,7 +61,7 @@ class Plan:
             "pmem": {
                 "device": str(self.pmem_device),
                 "size": self.pmem_size,
-                "free": self.pmem_free,
+                "capacity": self.pmem_capacity,
                 "estimate": self.estimate_bytes,
                 "memmap_kept": self.memmap_kept,
             },
@@ -91,85 +91,121 @@ def _initrd_has_hook(initrd: Path) -> bool | None:
     return "seamless" in out
 
 
+@dataclasses.dataclass(frozen=True)
+class HostFacts:
+    """Everything the plan looks at, gathered in one place so decisions can be tested."""
+
+    running_kernel: str
+    target: kernels.Kernel
+    initrd_has_hook: bool | None
+    kexec_problem: str | None
+    criu_installed: bool
+    cmdline_words: tuple[str, ...]
+    pmem_is_block_device: bool
+    pmem_size: int | None
+    pmem_capacity: int | None
+    pmem_legacy_ranges: tuple[tuple[int, int], ...]
+    last_pid: int
+    early_boot_last_pid: int | None
+    units: tuple[UnitPlan, ...]
+
+
+def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) -> HostFacts:
+    target = kernels.choose(kernels.installed(), kernel or cfg.kernel)
+    is_block = cfg.pmem_device.is_block_device()
+    size = pmem.device_size(cfg.pmem_device) if is_block else None
+    capacity = None
+    if size is not None:
+        # Old generations are removed when arming: count the whole file system.
+        capacity = pmem.capacity_bytes(cfg.pmem_mountpoint) if pmem.is_mounted(cfg.pmem_mountpoint) else None
+        capacity = capacity if capacity is not None else int(size * 0.95)
+    return HostFacts(
+        running_kernel=os.uname().release,
+        target=target,
+        initrd_has_hook=_initrd_has_hook(target.initrd) if check_initrd and target.initrd else None,
+        kexec_problem=_kexec_supported(),
+        criu_installed=shutil.which(criu.CRIU) is not None,
+        cmdline_words=tuple(kernels.split_cmdline(Path("/proc/cmdline").read_text())),
+        pmem_is_block_device=is_block,
+        pmem_size=size,
+        pmem_capacity=capacity,
+        pmem_legacy_ranges=tuple(pmem.legacy_ranges()) if is_block else (),
+        last_pid=int(Path("/proc/sys/kernel/ns_last_pid").read_text()),
+        early_boot_last_pid=_early_boot_last_pid(),
+        units=tuple(_plan_unit(u) for u in cfg.units),
+    )
+
+
 def make_plan(cfg: Config, kernel: str | None = None, check_initrd: bool = True) -> Plan:
+    return decide(cfg, gather(cfg, kernel, check_initrd))
+
+
+def decide(cfg: Config, f: HostFacts) -> Plan:
+    """What an upgrade would do on a host with facts F, and what stands in its way."""
     problems: list[str] = []
     notes: list[str] = []
-    current = os.uname().release
-    target = kernels.choose(kernels.installed(), kernel or cfg.kernel)
-    if target.version == current:
+    target = f.target
+    if target.version == f.running_kernel:
         notes.append(
-            f"the target kernel is the running one ({current}); the services are still "
+            f"the target kernel is the running one ({f.running_kernel}); the services are still "
             "checkpointed and restored across a kexec"
         )
     if target.initrd is None:
         problems.append(
             f"no initramfs for {target.version} in /boot; run 'update-initramfs -c -k {target.version}'"
         )
-    elif check_initrd and _initrd_has_hook(target.initrd) is False:
+    elif f.initrd_has_hook is False:
         problems.append(
             f"{target.initrd} lacks the seamless-systemd hook that mounts the images at boot; "
             f"run 'update-initramfs -u -k {target.version}'"
         )
-    why = _kexec_supported()
-    if why:
-        problems.append(why)
-    if shutil.which(criu.CRIU) is None:
+    if f.kexec_problem:
+        problems.append(f.kexec_problem)
+    if not f.criu_installed:
         problems.append("criu is not installed (Debian: apt install criu)")
     if not cfg.units:
         problems.append("no units to preserve: list them under 'units:' in /etc/seamless/config.yaml")
 
     # The PMEM device, and whether the new kernel keeps it reserved.
-    words = kernels.split_cmdline(Path("/proc/cmdline").read_text())
-    reserved = kernels.memmap_reservations(words)
-    size = free = None
+    reserved = kernels.memmap_reservations(list(f.cmdline_words))
     memmap_kept = False
-    if not cfg.pmem_device.is_block_device():
+    if not f.pmem_is_block_device:
         problems.append(f"{cfg.pmem_device} does not exist: {pmem.HOW_TO_RESERVE}")
     else:
-        size = pmem.device_size(cfg.pmem_device)
-        ranges = pmem.legacy_ranges()
+        ranges = f.pmem_legacy_ranges
         memmap_kept = bool(ranges) and all(any(s <= lo and hi <= e for s, e in reserved) for lo, hi in ranges)
         if not memmap_kept:
             problems.append(
                 f"{cfg.pmem_device} is not a memmap=SIZE!OFFSET reservation on the kernel command line, "
                 "so the new kernel would hand its contents to the memory allocator: " + pmem.HOW_TO_RESERVE
             )
-        mounted = pmem.is_mounted(cfg.pmem_mountpoint)
-        free = pmem.free_bytes(cfg.pmem_mountpoint) if mounted else int(size * 0.95)
 
-    unit_plans = []
-    max_pid = 0
-    for unit in cfg.units:
-        up = _plan_unit(unit)
-        unit_plans.append(up)
-        if up.problem:
-            problems.append(up.problem)
-        max_pid = max([max_pid, *up.pids])
-    estimate = sum(u.estimate_bytes for u in unit_plans)
-    if free is not None and estimate > free:
+    problems += [u.problem for u in f.units if u.problem]
+    estimate = sum(u.estimate_bytes for u in f.units)
+    if f.pmem_capacity is not None and estimate > f.pmem_capacity:
         problems.append(
-            f"the images need about {estimate >> 20} MiB but {cfg.pmem_device} has "
-            f"{free >> 20} MiB free: reserve more memory with memmap="
+            f"the images need about {estimate >> 20} MiB but {cfg.pmem_device} holds "
+            f"{f.pmem_capacity >> 20} MiB: reserve more memory with memmap="
         )
-    last_pid = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
-    floor = max(max_pid, last_pid) + PID_MARGIN
-    early = _early_boot_last_pid()
-    for up in unit_plans:
+    max_pid = max((p for u in f.units for p in u.pids), default=0)
+    floor = max(max_pid, f.last_pid) + PID_MARGIN
+    early = f.early_boot_last_pid
+    for up in f.units:
         low = [p for p in up.pids if early is not None and p <= early]
         if low:
             problems.append(
                 f"{up.unit}: PIDs {low} are in the range the kernel and initramfs use at boot (up to "
                 f"{early}); restart {up.unit} before the upgrade so that it gets higher PIDs"
             )
-    cmdline = kernels.new_cmdline(" ".join(words), {})
+    cmdline = kernels.new_cmdline(" ".join(f.cmdline_words), {})
     return Plan(
-        current,
+        f.running_kernel,
         target,
         cmdline,
-        tuple(unit_plans),
+        f.units,
         cfg.pmem_device,
-        size,
-        free,
+        f.pmem_size,
+        f.pmem_capacity,
         estimate,
         memmap_kept,
         floor,

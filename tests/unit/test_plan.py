@@ -1,0 +1,98 @@
+"""Plan decisions on made-up hosts: what is refused, with which reason."""
+
+import dataclasses
+from pathlib import Path
+
+from seamless_systemd import kernels
+from seamless_systemd.config import Config
+from seamless_systemd.upgrade import PID_MARGIN, HostFacts, UnitPlan, decide
+
+A = "6.1.0-47-cloud-amd64"
+B = "6.1.0-53-cloud-amd64"
+MiB = 1 << 20
+CFG = Config(units=("app.service",))
+
+
+def facts(**changes: object) -> HostFacts:
+    good = HostFacts(
+        running_kernel=A,
+        target=kernels.Kernel(B, Path(f"/boot/vmlinuz-{B}"), Path(f"/boot/initrd.img-{B}")),
+        initrd_has_hook=True,
+        kexec_problem=None,
+        criu_installed=True,
+        cmdline_words=("BOOT_IMAGE=/vmlinuz", "root=/dev/vda", "memmap=512M!1536M", "quiet"),
+        pmem_is_block_device=True,
+        pmem_size=512 * MiB,
+        pmem_capacity=480 * MiB,
+        pmem_legacy_ranges=((1536 * MiB, 2048 * MiB),),
+        last_pid=900,
+        early_boot_last_pid=150,
+        units=(UnitPlan("app.service", 812, (812, 813), 40 * MiB, 52 * MiB, None),),
+    )
+    return dataclasses.replace(good, **changes)  # type: ignore[arg-type]
+
+
+def test_good_host_is_ready() -> None:
+    plan = decide(CFG, facts())
+    assert plan.problems == ()
+    assert plan.memmap_kept
+    assert plan.kernel_to.version == B
+    assert plan.cmdline == "root=/dev/vda memmap=512M!1536M quiet"
+    assert plan.pid_floor == 900 + PID_MARGIN
+    assert plan.estimate_bytes == 52 * MiB
+
+
+def test_pid_floor_is_above_every_preserved_pid() -> None:
+    units = (UnitPlan("app.service", 30000, (30000, 30001), MiB, MiB, None),)
+    assert decide(CFG, facts(units=units, last_pid=400)).pid_floor == 30001 + PID_MARGIN
+
+
+def only_problem(**changes: object) -> str:
+    plan = decide(CFG, facts(**changes))
+    assert len(plan.problems) == 1, plan.problems
+    return plan.problems[0]
+
+
+def test_missing_pmem_says_how_to_reserve() -> None:
+    p = only_problem(pmem_is_block_device=False, pmem_size=None, pmem_capacity=None, pmem_legacy_ranges=())
+    assert "/dev/pmem0 does not exist" in p and "memmap=512M!1536M" in p and "update-grub" in p
+
+
+def test_pmem_not_from_memmap_would_lose_images() -> None:
+    p = only_problem(cmdline_words=("root=/dev/vda", "memmap=256M!1536M"))
+    assert "not a memmap=SIZE!OFFSET reservation" in p
+
+
+def test_images_larger_than_pmem() -> None:
+    units = (UnitPlan("app.service", 812, (812,), 900 * MiB, 990 * MiB, None),)
+    assert "need about 990 MiB" in only_problem(units=units)
+
+
+def test_unit_problem_is_passed_on() -> None:
+    units = (UnitPlan("app.service", 0, (), 0, 0, "app.service is not running"),)
+    assert only_problem(units=units) == "app.service is not running"
+
+
+def test_low_pids_would_meet_the_next_boot() -> None:
+    units = (UnitPlan("app.service", 120, (120,), MiB, MiB, None),)
+    p = only_problem(units=units)
+    assert "PIDs [120]" in p and "restart app.service" in p
+
+
+def test_initrd_without_hook_and_without_initrd() -> None:
+    assert "update-initramfs -u -k " + B in only_problem(initrd_has_hook=False)
+    target = kernels.Kernel(B, Path(f"/boot/vmlinuz-{B}"), None)
+    assert "update-initramfs -c -k " + B in only_problem(target=target)
+
+
+def test_tools_and_config() -> None:
+    assert "apt install criu" in only_problem(criu_installed=False)
+    assert only_problem(kexec_problem="no kexec") == "no kexec"
+    plan = decide(Config(), facts(units=()))
+    assert plan.problems == ("no units to preserve: list them under 'units:' in /etc/seamless/config.yaml",)
+
+
+def test_same_kernel_is_a_note_not_a_refusal() -> None:
+    target = kernels.Kernel(A, Path(f"/boot/vmlinuz-{A}"), Path(f"/boot/initrd.img-{A}"))
+    plan = decide(CFG, facts(target=target))
+    assert plan.problems == () and "running one" in plan.notes[0]
