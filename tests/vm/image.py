@@ -72,10 +72,28 @@ def log(msg: str) -> None:
     print(f"[image] {msg}", file=sys.stderr, flush=True)
 
 
-def sh(*args: str | Path, env: dict[str, str] | None = None) -> None:
+# Output of the build commands goes here unless SEAMLESS_VERBOSE is set; a
+# failing command's output is shown.
+BUILD_LOG = BUILD / "vm" / "build.log"
+
+
+def sh(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
     cmd = [str(a) for a in args]
     log("$ " + " ".join(cmd))
-    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, env=env)
+    if os.environ.get("SEAMLESS_VERBOSE"):
+        subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+        return
+    BUILD_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with BUILD_LOG.open("a") as out:
+        out.write(f"$ {' '.join(cmd)}\n")
+        out.flush()
+        proc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
+    if proc.returncode != 0:
+        tail = BUILD_LOG.read_text(errors="replace").splitlines()[-40:]
+        print("\n".join(tail), file=sys.stderr)
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
 
 
 def base_key() -> str:
@@ -198,7 +216,6 @@ def build_deb(out: Path) -> Path:
     src = out / "src"
     if src.exists():
         shutil.rmtree(src)
-    sh("git", "-C", REPO, "ls-files", "-z")  # fail early outside a checkout
     files = subprocess.run(
         ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         check=True,
@@ -214,13 +231,7 @@ def build_deb(out: Path) -> Path:
     shutil.copytree(REPO / "packaging/debian", src / "debian")
     for old in out.glob("seamless-systemd_*"):
         old.unlink()
-    subprocess.run(
-        ["dpkg-buildpackage", "-us", "-uc", "-b"],
-        cwd=src,
-        check=True,
-        stdin=subprocess.DEVNULL,
-        stdout=sys.stderr,
-    )
+    sh("dpkg-buildpackage", "-us", "-uc", "-b", cwd=src)
     debs = sorted(out.glob("seamless-systemd_*_all.deb"))
     if not debs:
         raise SystemExit("dpkg-buildpackage produced no seamless-systemd_*_all.deb")
@@ -231,6 +242,7 @@ def build_image(scenario: str = "full") -> Image:
     base = build_base() / "rootfs"
     out = BUILD / "vm"
     out.mkdir(parents=True, exist_ok=True)
+    BUILD_LOG.unlink(missing_ok=True)
     deb = build_deb(out)
     root = out / "rootfs"
     if root.exists():

@@ -144,6 +144,11 @@ def refused_upgrade():
     sh("systemctl", "stop", "seamless-blocker.service")
 
 
+def read_or_none(path):
+    p = Path(path)
+    return p.read_text().strip() if p.exists() else None
+
+
 def main():
     os.makedirs(STATE, exist_ok=True)
     scenario = Path("/etc/seamless-test/scenario").read_text().strip()
@@ -155,6 +160,7 @@ def main():
             "phase": phase,
             "kernel": os.uname().release,
             "cmdline": Path("/proc/cmdline").read_text().strip(),
+            "initramfs_last_pid": read_or_none("/run/seamless/initramfs-last-pid"),
         },
     )
     if phase == "":
