@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             return restore.prepare()
         if args.command == "restore-finish":
             return restore.finish()
+        if os.geteuid() != 0 and args.command in ("plan", "arm", "run", "disarm"):
+            raise SeamlessError(
+                f"'seamless-upgrade {args.command}' must run as root: it inspects the services' "
+                "processes, /proc/iomem and the PMEM device"
+            )
         cfg = config.load(args.config_dir)
         handler = {
             "plan": cmd_plan,

@@ -120,6 +120,13 @@ def restore_unit(unit: str) -> int:
         why = verify_unit(gen, unit)
         verdict = "ok" if why is None else f"bad: {why}"
     record: dict[str, Any] = {"started_at": started}
+    if _done_path(unit).exists():
+        # A second start in this boot (e.g. after a crash) must not bring back
+        # the old images: state written since would be lost.
+        raise RestoreError(
+            f"{unit} was already restored or started afresh in this boot; its images are stale. "
+            f"Run 'systemctl daemon-reload' and start {unit} again to start it afresh"
+        )
     try:
         if verdict != "ok":
             raise RestoreError(verdict.removeprefix("bad: "))
@@ -134,6 +141,7 @@ def restore_unit(unit: str) -> int:
             timeout=300,
         )
         main_pid = int(pidfile.read_text().strip())
+        _done_path(unit).write_text("restored\n")
         record.update(outcome="restored", finished_at=time.time(), main_pid=main_pid)
         log.info("Restored %s, main PID %d", unit, main_pid)
         return 0
@@ -156,23 +164,25 @@ def finish() -> int:
         info = gen.restore_info(unit)
         data = state.read_json(info) if info.exists() else {}
         u = systemd.unit_info(unit)
-        if (
-            data.get("outcome") == "restored"
-            and u.active_state == "active"
-            and u.main_pid == data.get("main_pid")
-        ):
+        outcome = data.get("outcome")
+        if outcome == "restored" and u.active_state == "active" and u.main_pid == data.get("main_pid"):
             pass
-        elif data.get("outcome") in (None, "restore-failed", "cold-started"):
-            if data.get("outcome") is None:
-                data = {"outcome": "cold-started", "reason": verify_unit(gen, unit) or "not restored"}
-            elif data["outcome"] == "restore-failed":
+        else:
+            if outcome == "restored":
+                why = f"restored, then the unit was {u.active_state} (MainPID {u.main_pid})"
+                data = {**data, "outcome": "cold-started", "reason": why}
+            elif outcome == "restore-failed":
                 data = {**data, "outcome": "cold-started"}
-                to_restart.append(unit)
+            elif outcome is None:
+                data = {"outcome": "cold-started", "reason": verify_unit(gen, unit) or "not restored"}
             state.write_json(info, data)
+            # It ran before the upgrade, so it runs after it.
+            if u.active_state not in ("active", "activating", "reloading"):
+                to_restart.append(unit)
         _done_path(unit).write_text("finished\n")
     systemd.daemon_reload()
     for unit in to_restart:
-        log.warning("Starting %s afresh after its failed restore", unit)
+        log.warning("Starting %s afresh: it was not restored", unit)
         try:
             systemd.restart_unit(unit)
         except SeamlessError as e:
