@@ -101,7 +101,8 @@ def generate(normal: Path, root: Path, cmdline: str) -> int:
         gdir = root / mount.lstrip("/") / gen
         try:
             manifest = json.loads((gdir / "manifest.json").read_text())
-            units = [u for u in manifest["units"] if isinstance(u, str)]
+            stateless = set(manifest.get("stateless", []))
+            units = [u for u in manifest["units"] if isinstance(u, str) and u not in stateless]
         except (OSError, ValueError, KeyError, TypeError) as e:
             log(
                 f"no readable manifest for upgrade {gen} in {mount} ({e}); is the initramfs hook "

@@ -142,6 +142,9 @@ def restore_unit(unit: str) -> int:
         )
         main_pid = int(pidfile.read_text().strip())
         _done_path(unit).write_text("restored\n")
+        if dump.get("pid_file"):
+            # The service's own PID file went with /run; tools that read it find it again.
+            Path(dump["pid_file"]).write_text(f"{main_pid}\n")
         record.update(outcome="restored", finished_at=time.time(), main_pid=main_pid)
         log.info("Restored %s, main PID %d", unit, main_pid)
         return 0
@@ -173,6 +176,8 @@ def finish() -> int:
                 data = {**data, "outcome": "cold-started", "reason": why}
             elif outcome == "restore-failed":
                 data = {**data, "outcome": "cold-started"}
+            elif outcome is None and unit in manifest.get("stateless", []):
+                data = {"outcome": "rerun", "reason": "Type=oneshot: no process to preserve, it ran again"}
             elif outcome is None:
                 data = {"outcome": "cold-started", "reason": verify_unit(gen, unit) or "not restored"}
             state.write_json(info, data)

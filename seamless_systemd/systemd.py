@@ -32,6 +32,7 @@ class UnitInfo:
     syslog_identifier: str
     exec_start: str
     fragment_path: str
+    pid_file: str = ""
 
 
 def _s(value: Any) -> str:
@@ -98,6 +99,7 @@ def unit_info(name: str) -> UnitInfo:
             syslog_identifier=_s(u.Service.SyslogIdentifier) or os.path.basename(path),
             exec_start=path,
             fragment_path=_s(u.Unit.FragmentPath),
+            pid_file=_s(u.Service.PIDFile),
         )
 
 

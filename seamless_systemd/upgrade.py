@@ -31,6 +31,8 @@ class UnitPlan:
     memory_bytes: int
     estimate_bytes: int
     problem: str | None
+    # Type=oneshot: no process to checkpoint; it simply runs again at boot.
+    stateless: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,9 +232,7 @@ def _plan_unit(unit: str) -> UnitPlan:
     if info.load_state != "loaded":
         return UnitPlan(unit, 0, (), 0, 0, f"{unit}: no such unit (load state {info.load_state})")
     if info.service_type == "oneshot":
-        return UnitPlan(
-            unit, info.main_pid, (), 0, 0, f"{unit}: Type=oneshot units have no running process to preserve"
-        )
+        return UnitPlan(unit, 0, (), 0, 0, None, stateless=True)
     try:
         facts = criu.inspect(info)
     except CheckpointError as e:  # its message names the unit
@@ -286,6 +286,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 "kernel": {"from": plan.kernel_from, "to": plan.kernel_to.version},
                 "cmdline": cmdline,
                 "units": list(cfg.units),
+                "stateless": [u.unit for u in plan.units if u.stateless],
                 "pid_floor": plan.pid_floor,
                 "main_pids": {u.unit: u.main_pid for u in plan.units},
                 "armed_at": criu.now(),
@@ -296,8 +297,9 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
         state.write_json(
             state.ARMED, {"generation": gen.id, "mount": str(cfg.pmem_mountpoint), "units": list(cfg.units)}
         )
-        for unit in cfg.units:
-            systemd.start_unit(hook_unit(unit), wait=30)
+        for up in plan.units:
+            if not up.stateless:
+                systemd.start_unit(hook_unit(up.unit), wait=30)
     except BaseException:
         disarm(quiet=True)
         shutil.rmtree(gen.dir, ignore_errors=True)
@@ -322,6 +324,8 @@ def _clean_old_generations(mount: Path) -> None:
 def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan) -> None:
     """Dump every unit once while it keeps running: what fails here fails before the kexec."""
     for up in plan.units:
+        if up.stateless:
+            continue
         info = systemd.unit_info(up.unit)
         facts = criu.inspect(info)
         trial = gen.unit_dir(up.unit) / "trial"
@@ -429,6 +433,7 @@ def checkpoint(unit: str) -> int:
             journal_inodes=list(facts.journal_inodes),
             syslog_identifier=info.syslog_identifier,
             service_type=info.service_type,
+            pid_file=info.pid_file,
         )
         log.info("Checkpointing %s (PID %d, %d process(es))", unit, facts.main_pid, len(facts.pids))
         criu.dump(

@@ -9,39 +9,17 @@ should not have been, and what could not be restored came up afresh.
 
 from __future__ import annotations
 
-import os
-import shutil
 from typing import Any
 
 import pytest
 
 from tests.vm import image as vmimage
 from tests.vm import vm
+from tests.vm.conftest import need
 
 pytestmark = pytest.mark.integration
 
 MAIN = "7777"
-
-
-@pytest.fixture(scope="module")
-def scenario() -> vm.Scenario:
-    if os.geteuid() != 0:
-        pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
-    for tool in ("qemu-system-x86_64", "debootstrap", "dpkg-buildpackage"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is missing: run tests/vm/host-deps.sh (make test does)")
-    img = vmimage.build_image("full")
-    out = vmimage.BUILD / "vm" / "run"
-    sc = vm.run_scenario(img, out)
-    return sc
-
-
-def need(sc: vm.Scenario, event: str) -> dict[str, Any]:
-    data = sc.get(event)
-    if data is None:
-        errors = [e.data for e in sc.events if e.name in ("error", "timeout")]
-        pytest.fail(f"the guest never reported '{event}' (errors: {errors})\n{sc.console_tail()}")
-    return data
 
 
 def unit_report(rep: dict[str, Any], port: str) -> dict[str, Any]:

@@ -30,6 +30,17 @@ STATE = "/var/lib/seamless-test"
 PHASE = f"{STATE}/phase"
 SPOIL = f"{STATE}/spoil"
 PORTS = (7777, 7778, 7779)
+# The unit-type cases: unit -> TCP port it answers on (None: no port).
+TYPES = {
+    "seamless-exec.service": 7780,
+    "seamless-notify.service": 7781,
+    "seamless-forking.service": 7782,
+    "seamless-forking-nopid.service": 7783,
+    "seamless-oneshot.service": None,
+    "seamless-prefork.service": 7784,
+    "seamless-backend.service": None,
+    "seamless-frontend.service": 7785,
+}
 
 
 def unit(port):
@@ -79,6 +90,45 @@ def unit_state(name):
 
 def all_states():
     return {str(p): {"state": demo(p), "unit": unit_state(unit(p))} for p in PORTS}
+
+
+def cgroup_pids(cgroup):
+    pids = set()
+    base = Path("/sys/fs/cgroup" + cgroup)
+    for procs in base.rglob("cgroup.procs") if cgroup else []:
+        pids.update(int(x) for x in procs.read_text().split())
+    return sorted(pids)
+
+
+def types_state():
+    out = {}
+    for name, port in TYPES.items():
+        _, props = sh(
+            "systemctl",
+            "show",
+            name,
+            "-p",
+            "MainPID,ActiveState,SubState,Type,NRestarts,ControlGroup,Result,DropInPaths",
+        )
+        st = dict(line.split("=", 1) for line in props.splitlines() if "=" in line)
+        st["pids"] = cgroup_pids(st.get("ControlGroup", ""))
+        if port:
+            st["reply"] = demo(port)
+        st["fresh_starts"] = sh("journalctl", "-u", name, "-b", "-o", "cat")[1].count("starting fresh")
+        out[name] = st
+    out["seamless-exec.service"]["log_fresh_starts"] = read_or_none("/var/log/seamless-exec.log").count(
+        "starting fresh"
+    )
+    out["seamless-exec.service"]["log_tail"] = read_or_none("/var/log/seamless-exec.log").splitlines()[-3:]
+    out["seamless-forking.service"]["pid_file"] = read_or_none("/run/seamless-forking.pid")
+    out["seamless-oneshot.service"]["stamp"] = read_or_none("/run/seamless-oneshot.stamp")
+    return out
+
+
+def touch_types():
+    for port in (7780, 7781, 7782, 7783, 7785):
+        demo(port, "INC")
+        demo(port, "INC")
 
 
 def wait_for_finish():
@@ -170,6 +220,8 @@ def main():
         demo(7779, "INC")
         if scenario == "full":
             refused_upgrade()
+            touch_types()
+            emit("types-before", types_state())
         emit("before", all_states())
         rc, out = sh("seamless-upgrade", "plan")
         emit("plan", {"rc": rc, "out": out})
@@ -195,6 +247,9 @@ def main():
             set_phase("done")
             sh("systemctl", "poweroff")
             return
+        emit("types-after", types_state())
+        rc, out = sh("systemctl", "reload", "seamless-notify.service")
+        emit("types-reload", {"rc": rc, "out": out, "reply": demo(7781)})
         demo(7777, "INC")
         set_phase("armed-kexec")
         target = other_kernel()
