@@ -24,6 +24,10 @@ class TreeFacts:
     pids: tuple[int, ...]
     journal_inodes: tuple[int, ...]
     memory_bytes: int
+    # A classic double-forking daemon is not the leader of its session (the
+    # session leader was the process in between, long gone); CRIU dumps and
+    # restores such a tree only as a "shell job".
+    shell_job: bool = False
 
 
 def inspect(info: UnitInfo) -> TreeFacts:
@@ -56,7 +60,8 @@ def inspect(info: UnitInfo) -> TreeFacts:
             "CRIU cannot dump that connection"
         )
     mem = sum(procs.anon_bytes(p) for p in pids)
-    return TreeFacts(info.main_pid, tuple(pids), tuple(sorted(journal)), mem)
+    shell_job = procs.session_of(info.main_pid) != info.main_pid
+    return TreeFacts(info.main_pid, tuple(pids), tuple(sorted(journal)), mem, shell_job)
 
 
 def dump(facts: TreeFacts, images: Path, log: Path, *, leave_running: bool, timeout: float) -> None:
@@ -81,13 +86,17 @@ def dump(facts: TreeFacts, images: Path, log: Path, *, leave_running: bool, time
         argv += ["--external", f"unix[{ino}]"]
     if leave_running:
         argv.append("--leave-running")
+    if facts.shell_job:
+        argv.append("--shell-job")
     try:
         run(argv, timeout=timeout)
     except CommandError as e:
         raise CheckpointError(f"criu dump failed (exit {e.returncode}): {log_tail(log)}") from e
 
 
-def restore(images: Path, pidfile: Path, log: Path, journal_inodes: list[int], timeout: float) -> None:
+def restore(
+    images: Path, pidfile: Path, log: Path, journal_inodes: list[int], timeout: float, shell_job: bool = False
+) -> None:
     """Restore the tree from IMAGES, detached; its root's PID goes to PIDFILE.
 
     The dumped journal streams are replaced by our own stdout, which systemd
@@ -109,6 +118,8 @@ def restore(images: Path, pidfile: Path, log: Path, journal_inodes: list[int], t
     ]
     for ino in journal_inodes:
         argv += ["--inherit-fd", f"fd[1]:socket:[{ino}]"]
+    if shell_job:
+        argv.append("--shell-job")
     try:
         run(argv, timeout=timeout, inherit_stdout=True)
     except CommandError as e:

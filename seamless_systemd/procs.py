@@ -16,6 +16,11 @@ def parent_of(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+def session_of(pid: int) -> int:
+    stat = (PROC / str(pid) / "stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[3])
+
+
 def all_pids() -> list[int]:
     return [int(p.name) for p in PROC.iterdir() if p.name.isdigit()]
 

@@ -90,7 +90,8 @@ def prepare() -> int:
         kernel=os.uname().release,
     )
     dropped = []
-    for unit in manifest["units"]:
+    stateless = set(manifest.get("stateless", []))
+    for unit in (u for u in manifest["units"] if u not in stateless):
         why = verify_unit(gen, unit)
         if why is None:
             _verdict_path(unit).write_text("ok\n")
@@ -139,6 +140,7 @@ def restore_unit(unit: str) -> int:
             state.RESTORE_DIR / f"{unit}.log",
             dump.get("journal_inodes", []),
             timeout=300,
+            shell_job=bool(dump.get("shell_job")),
         )
         main_pid = int(pidfile.read_text().strip())
         _done_path(unit).write_text("restored\n")

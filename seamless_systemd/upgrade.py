@@ -434,6 +434,7 @@ def checkpoint(unit: str) -> int:
             syslog_identifier=info.syslog_identifier,
             service_type=info.service_type,
             pid_file=info.pid_file,
+            shell_job=facts.shell_job,
         )
         log.info("Checkpointing %s (PID %d, %d process(es))", unit, facts.main_pid, len(facts.pids))
         criu.dump(

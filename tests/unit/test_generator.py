@@ -25,7 +25,9 @@ BASE = (
 def images(root: Path, units: dict[str, bool]) -> None:
     gdir = root / "run/seamless/pmem" / GEN
     gdir.mkdir(parents=True)
-    (gdir / "manifest.json").write_text(json.dumps({"generation": GEN, "units": list(units)}))
+    stateless = [u for u in units if "oneshot" in u]
+    manifest = {"generation": GEN, "units": list(units), "stateless": stateless}
+    (gdir / "manifest.json").write_text(json.dumps(manifest))
     for unit, complete in units.items():
         udir = gdir / "units" / unit
         udir.mkdir(parents=True)
@@ -72,6 +74,8 @@ def check_golden(case: str, out: Path) -> None:
 CASES = {
     # name: (units with complete images?, extra cmdline, files to create in the root)
     "restore": ({"seamless-demo.service": True, "db.service": True, "broken.service": False}, "", []),
+    # A Type=oneshot unit has no images and needs no drop-in; it is not waited for either.
+    "stateless": ({"seamless-demo.service": True, "setup-oneshot.service": False}, "", []),
     "done": (
         {"seamless-demo.service": True, "db.service": True},
         "",

@@ -96,3 +96,12 @@ def test_same_kernel_is_a_note_not_a_refusal() -> None:
     target = kernels.Kernel(A, Path(f"/boot/vmlinuz-{A}"), Path(f"/boot/initrd.img-{A}"))
     plan = decide(CFG, facts(target=target))
     assert plan.problems == () and "running one" in plan.notes[0]
+
+
+def test_oneshot_units_are_not_a_problem() -> None:
+    units = (
+        UnitPlan("app.service", 812, (812,), MiB, MiB, None),
+        UnitPlan("setup.service", 0, (), 0, 0, None, stateless=True),
+    )
+    plan = decide(Config(units=("app.service", "setup.service")), facts(units=units))
+    assert plan.problems == ()

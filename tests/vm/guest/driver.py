@@ -156,6 +156,7 @@ def other_kernel():
 
 def debug_dump():
     for cmd in (
+        ["journalctl", "-b", "-o", "short-monotonic", "--no-pager", "-u", "seamless-upgrade.service"],
         ["journalctl", "-b", "-1", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*", "-u", "kexec*"],
         ["journalctl", "-b", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*"],
         ["systemctl", "--failed", "--no-pager"],
@@ -233,6 +234,9 @@ def main():
         else:
             rc, out = sh("seamless-upgrade", "run")
         emit("run", {"rc": rc, "out": out})
+        if rc != 0:
+            set_phase("failed")
+            raise SystemExit(f"the upgrade did not start: {out}")
     elif phase == "upgraded":
         if os.path.exists(SPOIL):
             os.unlink(SPOIL)
@@ -255,6 +259,9 @@ def main():
         target = other_kernel()
         rc, out = sh("seamless-upgrade", "arm", "--kernel", target)
         emit("arm", {"rc": rc, "out": out, "target": target})
+        if rc != 0:
+            set_phase("failed")
+            raise SystemExit(f"arm failed: {out}")
         rc, out = sh("systemctl", "kexec")
         emit("kexec", {"rc": rc, "out": out})
     elif phase == "armed-kexec":

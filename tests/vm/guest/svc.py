@@ -36,14 +36,19 @@ p.add_argument("--serve-unix")
 args = p.parse_args()
 
 if args.daemonize:
-    if os.fork():
+    # Like a classic daemon: the first process returns only once the daemon
+    # exists and its PID file is written.
+    first = os.fork()
+    if first:
+        os.waitpid(first, 0)
         os._exit(0)
     os.setsid()
-    if os.fork():
+    daemon = os.fork()
+    if daemon:
+        if args.daemonize != "-":
+            with open(args.daemonize, "w") as f:
+                f.write(f"{daemon}\n")
         os._exit(0)
-    if args.daemonize != "-":
-        with open(args.daemonize, "w") as f:
-            f.write(f"{os.getpid()}\n")
 
 blob = os.urandom(1 << 20)
 state = {
