@@ -39,6 +39,8 @@ def _print_plan(plan: upgrade.Plan) -> None:
         state_ = f"PID {u.main_pid}, {len(u.pids)} process(es), memory {_mib(u.memory_bytes)}"
         if u.stateless:
             state_ = "Type=oneshot: no process to preserve, it runs again at boot"
+        elif u.restart:
+            state_ = f"PID {u.main_pid}: restarted afresh, not preserved (see the note)"
         print(f"  {u.unit}: " + ("cannot be preserved (see below)" if u.problem else state_))
     for n in plan.notes:
         print(f"Note: {n}")

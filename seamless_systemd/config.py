@@ -9,6 +9,7 @@ and bad unit names are errors that name the file, the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,21 @@ DEFAULT_MOUNTPOINT = Path("/run/seamless/pmem")
 # Allowed keys, with the type each must have.
 _TOP: dict[str, type | tuple[type, ...]] = {
     "units": list,
+    "on_unsupported": str,
     "pmem": dict,
     "kernel": (str, type(None)),
     "checkpoint_timeout": int,
 }
 _PMEM: dict[str, type | tuple[type, ...]] = {"device": str}
+_UNIT: dict[str, type | tuple[type, ...]] = {"name": str, "on_unsupported": str}
+
+
+class OnUnsupported(enum.StrEnum):
+    """What to do with a unit whose state CRIU cannot keep (found by `plan`)."""
+
+    REFUSE = "refuse"  # refuse the whole upgrade
+    RESTART = "restart"  # upgrade anyway; the unit stops normally and starts afresh
+
 
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]+)?\.service$")
 _SUFFIXES = (".service", ".socket", ".target", ".mount", ".timer", ".path", ".scope", ".slice")
@@ -37,6 +48,9 @@ _SUFFIXES = (".service", ".socket", ".target", ".mount", ".timer", ".path", ".sc
 @dataclasses.dataclass(frozen=True)
 class Config:
     units: tuple[str, ...] = ()
+    on_unsupported: OnUnsupported = OnUnsupported.REFUSE
+    # Per-unit choices that differ from on_unsupported.
+    unit_on_unsupported: tuple[tuple[str, OnUnsupported], ...] = ()
     pmem_device: Path = DEFAULT_DEVICE
     # Fixed: the initramfs mounts it there and the checkpoint hook orders itself
     # against that mount (RequiresMountsFor= in seamless-checkpoint@.service).
@@ -44,6 +58,9 @@ class Config:
     kernel: str | None = None
     checkpoint_timeout: int = 120
     sources: tuple[Path, ...] = ()
+
+    def policy(self, unit: str) -> OnUnsupported:
+        return dict(self.unit_on_unsupported).get(unit, self.on_unsupported)
 
 
 def check_unit_name(name: str) -> str | None:
@@ -82,6 +99,12 @@ def _check_keys(
             raise ConfigError(f"{path}: '{prefix}{key}' must be {_type_name(want)}, not {value!r}")
 
 
+def _check_policy(value: str, path: Path, key: str) -> None:
+    allowed = [p.value for p in OnUnsupported]
+    if value not in allowed:
+        raise ConfigError(f"{path}: '{key}' must be one of {', '.join(allowed)}, not {value!r}")
+
+
 def _read_fragment(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
@@ -98,9 +121,20 @@ def _read_fragment(path: Path) -> dict[str, Any]:
     _check_keys(data, _TOP, path, "")
     if "pmem" in data:
         _check_keys(data["pmem"], _PMEM, path, "pmem.")
+    if "on_unsupported" in data:
+        _check_policy(data["on_unsupported"], path, "on_unsupported")
     for i, unit in enumerate(data.get("units", [])):
-        if not isinstance(unit, str):
-            raise ConfigError(f"{path}: units[{i}] must be a unit name string, not {unit!r}")
+        if isinstance(unit, dict):
+            _check_keys(unit, _UNIT, path, f"units[{i}].")
+            if "name" not in unit:
+                raise ConfigError(f"{path}: units[{i}] needs a 'name' (the unit name)")
+            if "on_unsupported" in unit:
+                _check_policy(unit["on_unsupported"], path, f"units[{i}].on_unsupported")
+            unit = unit["name"]
+        elif not isinstance(unit, str):
+            raise ConfigError(
+                f"{path}: units[{i}] must be a unit name or a mapping with 'name', not {unit!r}"
+            )
         why = check_unit_name(unit)
         if why:
             raise ConfigError(f"{path}: units[{i}]: {why}")
@@ -118,14 +152,22 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
     if conf_d.is_dir():
         paths += sorted(p for p in conf_d.iterdir() if p.suffix in (".yaml", ".yml"))
     units: list[str] = []
+    policies: dict[str, OnUnsupported] = {}
+    default_policy = OnUnsupported.REFUSE
     pmem: dict[str, str] = {}
     kernel: str | None = None
     timeout = Config.checkpoint_timeout
     for path in paths:
         data = _read_fragment(path)
         for unit in data.get("units", []):
+            if isinstance(unit, dict):
+                if "on_unsupported" in unit:
+                    policies[unit["name"]] = OnUnsupported(unit["on_unsupported"])
+                unit = unit["name"]
             if unit not in units:
                 units.append(unit)
+        if "on_unsupported" in data:
+            default_policy = OnUnsupported(data["on_unsupported"])
         pmem.update(data.get("pmem", {}))
         if "kernel" in data:
             kernel = data["kernel"]
@@ -136,6 +178,8 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         raise ConfigError(f"{where}: 'pmem.device' must be a device path under /dev, not '{device}'")
     return Config(
         units=tuple(units),
+        on_unsupported=default_policy,
+        unit_on_unsupported=tuple(sorted(policies.items())),
         pmem_device=device,
         kernel=kernel,
         checkpoint_timeout=timeout,

@@ -28,10 +28,16 @@ class TreeFacts:
     # session leader was the process in between, long gone); CRIU dumps and
     # restores such a tree only as a "shell job".
     shell_job: bool = False
+    # What CRIU or this version cannot keep (each names the unit and the reason).
+    unsupported: tuple[str, ...] = ()
 
 
 def inspect(info: UnitInfo) -> TreeFacts:
-    """Look at UNIT's processes; raise CheckpointError for what CRIU cannot dump."""
+    """Look at UNIT's processes.
+
+    Raises CheckpointError when there is nothing to dump as one tree; what
+    CRIU (or this version) cannot keep is listed in TreeFacts.unsupported.
+    """
     if info.active_state != "active" or info.main_pid <= 0:
         raise CheckpointError(f"{info.name} is not running (state {info.active_state}, no main process)")
     pids = procs.tree(info.main_pid)
@@ -41,12 +47,18 @@ def inspect(info: UnitInfo) -> TreeFacts:
         raise CheckpointError(
             f"{info.name} has processes outside its main process's tree: {what}; CRIU dumps one tree"
         )
+    unsupported: list[str] = []
     inodes: set[int] = set()
+    devices: set[str] = set()
     for pid in pids:
         for target in procs.fds(pid).values():
             ino = procs.socket_inode(target)
             if ino is not None:
                 inodes.add(ino)
+            elif target.startswith("/dev/") and target not in ALLOWED_DEVICES:
+                devices.add(target)
+    if devices:
+        unsupported.append(f"has devices open that CRIU cannot keep: {', '.join(sorted(devices))}")
     socks = sockets.unix_sockets()
     journal = sockets.journal_streams(inodes, socks)
     for ino in sorted(inodes - journal):
@@ -55,13 +67,46 @@ def inspect(info: UnitInfo) -> TreeFacts:
             continue  # not unix, datagram (--ext-unix-sk), unconnected, or inside the tree
         peer = socks.get(s.peer)
         where = peer.name if peer and peer.name else f"socket {s.peer}"
-        raise CheckpointError(
-            f"{info.name} is connected to a unix socket outside the unit ({where}); "
-            "CRIU cannot dump that connection"
-        )
+        unsupported.append(f"is connected to a unix socket outside the unit ({where}); CRIU cannot dump that")
+        break
+    unsupported += _sandbox_problems(info.main_pid)
+    for pid in pids:
+        tracer = procs.status_field(pid, "TracerPid")
+        if tracer not in ("", "0"):
+            unsupported.append(f"process {pid} is traced (ptrace) by PID {tracer}")
     mem = sum(procs.anon_bytes(p) for p in pids)
     shell_job = procs.session_of(info.main_pid) != info.main_pid
-    return TreeFacts(info.main_pid, tuple(pids), tuple(sorted(journal)), mem, shell_job)
+    return TreeFacts(
+        info.main_pid,
+        tuple(pids),
+        tuple(sorted(journal)),
+        mem,
+        shell_job,
+        tuple(f"{info.name} {u}" for u in unsupported),
+    )
+
+
+# Character devices CRIU restores by reopening them.
+ALLOWED_DEVICES = frozenset(
+    ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/net/tun"]
+)
+
+
+def _sandbox_problems(pid: int) -> list[str]:
+    """The namespaces and flags of PID's sandbox that this version cannot restore."""
+    out = []
+    if procs.namespace(pid, "user") != procs.namespace("self", "user"):
+        out.append("runs in its own user namespace (PrivateUsers=): CRIU cannot dump that")
+    if procs.namespace(pid, "mnt") != procs.namespace("self", "mnt"):
+        out.append(
+            "runs in its own mount namespace (PrivateTmp=, ProtectSystem=, ProtectHome=, "
+            "PrivateDevices=, ReadWritePaths=, …): not supported yet"
+        )
+    if procs.namespace(pid, "net") != procs.namespace("self", "net"):
+        out.append("runs in its own network namespace (PrivateNetwork=): not supported yet")
+    if procs.status_field(pid, "NoNewPrivs") == "1":
+        out.append("has NoNewPrivileges= set, which CRIU 3.17 would drop on restore")
+    return out
 
 
 def dump(facts: TreeFacts, images: Path, log: Path, *, leave_running: bool, timeout: float) -> None:

@@ -101,8 +101,9 @@ def generate(normal: Path, root: Path, cmdline: str) -> int:
         gdir = root / mount.lstrip("/") / gen
         try:
             manifest = json.loads((gdir / "manifest.json").read_text())
-            stateless = set(manifest.get("stateless", []))
-            units = [u for u in manifest["units"] if isinstance(u, str) and u not in stateless]
+            # Nothing to restore for oneshot units and units restarted by policy.
+            skip = set(manifest.get("stateless", [])) | set(manifest.get("restart", {}))
+            units = [u for u in manifest["units"] if isinstance(u, str) and u not in skip]
         except (OSError, ValueError, KeyError, TypeError) as e:
             log(
                 f"no readable manifest for upgrade {gen} in {mount} ({e}); is the initramfs hook "

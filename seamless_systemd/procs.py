@@ -21,6 +21,26 @@ def session_of(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[3])
 
 
+def status_field(pid: int, key: str) -> str:
+    """A field of /proc/PID/status ('' if absent or the process is gone)."""
+    try:
+        for line in (PROC / str(pid) / "status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == key:
+                return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def namespace(pid: int | str, kind: str) -> str:
+    """The namespace identity ('mnt:[4026531841]') of PID ('self' for us)."""
+    try:
+        return os.readlink(PROC / str(pid) / "ns" / kind)
+    except OSError:
+        return ""
+
+
 def all_pids() -> list[int]:
     return [int(p.name) for p in PROC.iterdir() if p.name.isdigit()]
 

@@ -90,8 +90,8 @@ def prepare() -> int:
         kernel=os.uname().release,
     )
     dropped = []
-    stateless = set(manifest.get("stateless", []))
-    for unit in (u for u in manifest["units"] if u not in stateless):
+    skip = set(manifest.get("stateless", [])) | set(manifest.get("restart", {}))
+    for unit in (u for u in manifest["units"] if u not in skip):
         why = verify_unit(gen, unit)
         if why is None:
             _verdict_path(unit).write_text("ok\n")
@@ -178,6 +178,8 @@ def finish() -> int:
                 data = {**data, "outcome": "cold-started", "reason": why}
             elif outcome == "restore-failed":
                 data = {**data, "outcome": "cold-started"}
+            elif outcome is None and unit in manifest.get("restart", {}):
+                data = {"outcome": "restarted", "reason": manifest["restart"][unit]}
             elif outcome is None and unit in manifest.get("stateless", []):
                 data = {"outcome": "rerun", "reason": "Type=oneshot: no process to preserve, it ran again"}
             elif outcome is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from seamless_systemd import criu, kernels, pmem, procs, state, systemd
-from seamless_systemd.config import Config
+from seamless_systemd.config import Config, OnUnsupported
 from seamless_systemd.errors import CheckpointError, CommandError, LockedError, PreflightError, SeamlessError
 from seamless_systemd.log import log
 from seamless_systemd.run import run
@@ -33,6 +33,12 @@ class UnitPlan:
     problem: str | None
     # Type=oneshot: no process to checkpoint; it simply runs again at boot.
     stateless: bool = False
+    # Why the unit is restarted afresh instead of preserved (on_unsupported: restart).
+    restart: str | None = None
+
+    @property
+    def preserved(self) -> bool:
+        return not self.stateless and self.restart is None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +140,7 @@ def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) ->
         pmem_legacy_ranges=tuple(pmem.legacy_ranges()) if is_block else (),
         last_pid=int(Path("/proc/sys/kernel/ns_last_pid").read_text()),
         early_boot_last_pid=_early_boot_last_pid(),
-        units=tuple(_plan_unit(u) for u in cfg.units),
+        units=tuple(_plan_unit(u, cfg.policy(u)) for u in cfg.units),
     )
 
 
@@ -183,17 +189,18 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
             )
 
     problems += [u.problem for u in f.units if u.problem]
+    notes += [f"{u.unit} will be restarted afresh, not preserved: {u.restart}" for u in f.units if u.restart]
     estimate = sum(u.estimate_bytes for u in f.units)
     if f.pmem_capacity is not None and estimate > f.pmem_capacity:
         problems.append(
             f"the images need about {estimate >> 20} MiB but {cfg.pmem_device} holds "
             f"{f.pmem_capacity >> 20} MiB: reserve more memory with memmap="
         )
-    max_pid = max((p for u in f.units for p in u.pids), default=0)
+    max_pid = max((p for u in f.units if u.preserved for p in u.pids), default=0)
     floor = max(max_pid, f.last_pid) + PID_MARGIN
     early = f.early_boot_last_pid
     for up in f.units:
-        low = [p for p in up.pids if early is not None and p <= early]
+        low = [p for p in up.pids if early is not None and p <= early and up.preserved]
         if low:
             problems.append(
                 f"{up.unit}: PIDs {low} are in the range the kernel and initramfs use at boot (up to "
@@ -224,7 +231,7 @@ def _early_boot_last_pid() -> int | None:
         return None
 
 
-def _plan_unit(unit: str) -> UnitPlan:
+def _plan_unit(unit: str, policy: OnUnsupported = OnUnsupported.REFUSE) -> UnitPlan:
     try:
         info = systemd.unit_info(unit)
     except SeamlessError as e:
@@ -237,6 +244,18 @@ def _plan_unit(unit: str) -> UnitPlan:
         facts = criu.inspect(info)
     except CheckpointError as e:  # its message names the unit
         return UnitPlan(unit, info.main_pid, (), 0, 0, str(e))
+    if facts.unsupported:
+        why = "; ".join(facts.unsupported)
+        if policy == OnUnsupported.RESTART:
+            return UnitPlan(unit, facts.main_pid, facts.pids, facts.memory_bytes, 0, None, restart=why)
+        return UnitPlan(
+            unit,
+            facts.main_pid,
+            facts.pids,
+            facts.memory_bytes,
+            0,
+            f"{why} (with 'on_unsupported: restart' for {unit} it would be restarted afresh instead)",
+        )
     estimate = int(facts.memory_bytes * 1.1) + IMAGE_OVERHEAD * len(facts.pids)
     return UnitPlan(unit, facts.main_pid, facts.pids, facts.memory_bytes, estimate, None)
 
@@ -287,6 +306,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 "cmdline": cmdline,
                 "units": list(cfg.units),
                 "stateless": [u.unit for u in plan.units if u.stateless],
+                "restart": {u.unit: u.restart for u in plan.units if u.restart},
                 "pid_floor": plan.pid_floor,
                 "main_pids": {u.unit: u.main_pid for u in plan.units},
                 "armed_at": criu.now(),
@@ -298,7 +318,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
             state.ARMED, {"generation": gen.id, "mount": str(cfg.pmem_mountpoint), "units": list(cfg.units)}
         )
         for up in plan.units:
-            if not up.stateless:
+            if up.preserved:
                 systemd.start_unit(hook_unit(up.unit), wait=30)
     except BaseException:
         disarm(quiet=True)
@@ -324,7 +344,7 @@ def _clean_old_generations(mount: Path) -> None:
 def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan) -> None:
     """Dump every unit once while it keeps running: what fails here fails before the kexec."""
     for up in plan.units:
-        if up.stateless:
+        if not up.preserved:
             continue
         info = systemd.unit_info(up.unit)
         facts = criu.inspect(info)

@@ -38,14 +38,21 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("unit: [a.service]\n", "unknown key 'unit' (allowed: checkpoint_timeout, kernel, pmem, units)"),
+        (
+            "unit: [a.service]\n",
+            "unknown key 'unit' (allowed: checkpoint_timeout, kernel, on_unsupported, pmem, units)",
+        ),
+        ("units: [{name: a.service, policy: x}]\n", "unknown key 'units[0].policy'"),
+        ("units: [{on_unsupported: restart}]\n", "units[0] needs a 'name'"),
+        ("units: [{name: a.service, on_unsupported: ignore}]\n", "must be one of refuse, restart"),
+        ("on_unsupported: skip\n", "'on_unsupported' must be one of refuse, restart, not 'skip'"),
         ("pmem: {dev: /dev/pmem0}\n", "unknown key 'pmem.dev' (allowed: pmem.device)"),
         ("units: a.service\n", "'units' must be a list"),
         ("units: [nginx]\n", "did you mean 'nginx.service'"),
         ("units: [foo.socket]\n", "only .service units can be preserved"),
         ("units: [getty@.service]\n", "is a template"),
         ("units: ['a b.service']\n", "characters systemd does not allow"),
-        ("units: [3]\n", "units[0] must be a unit name string"),
+        ("units: [3]\n", "units[0] must be a unit name or a mapping with 'name'"),
         ("checkpoint_timeout: yes\n", "'checkpoint_timeout' must be an integer"),
         ("checkpoint_timeout: 0\n", "positive number of seconds"),
         ("pmem: {device: pmem0}\n", "device path under /dev"),
@@ -67,3 +74,16 @@ def test_unit_name_checks() -> None:
     assert config.check_unit_name("a\\x2db.service") is None
     assert config.check_unit_name("") == "empty unit name"
     assert "longer than 255" in (config.check_unit_name("a" * 250 + ".service") or "")
+
+
+def test_unsupported_policy_per_unit(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "config.yaml",
+        "on_unsupported: restart\nunits:\n  - a.service\n  - {name: b.service, on_unsupported: refuse}\n",
+    )
+    cfg = config.load(tmp_path)
+    assert cfg.units == ("a.service", "b.service")
+    assert cfg.policy("a.service") == config.OnUnsupported.RESTART
+    assert cfg.policy("b.service") == config.OnUnsupported.REFUSE
+    assert config.load(tmp_path / "nothing").policy("a.service") == config.OnUnsupported.REFUSE

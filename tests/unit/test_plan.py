@@ -105,3 +105,18 @@ def test_oneshot_units_are_not_a_problem() -> None:
     )
     plan = decide(Config(units=("app.service", "setup.service")), facts(units=units))
     assert plan.problems == ()
+
+
+def test_unit_restarted_by_policy_is_a_note() -> None:
+    units = (
+        UnitPlan("app.service", 812, (812,), MiB, MiB, None),
+        UnitPlan(
+            "box.service", 99999, (99999,), MiB, 0, None, restart="box.service runs in its own mount ns"
+        ),
+    )
+    plan = decide(Config(units=("app.service", "box.service")), facts(units=units))
+    assert plan.problems == ()
+    assert plan.notes == (
+        "box.service will be restarted afresh, not preserved: box.service runs in its own mount ns",
+    )
+    assert plan.pid_floor == 900 + PID_MARGIN  # its PIDs need no room in the new boot

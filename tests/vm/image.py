@@ -238,7 +238,14 @@ def build_deb(out: Path) -> Path:
     return debs[-1]
 
 
-def build_image(scenario: str = "full") -> Image:
+def build_image(scenario: str = "full", workload: Path | None = None) -> Image:
+    """The test image for SCENARIO (full, demo, workload); WORKLOAD: a user's directory.
+
+    A workload directory may hold unit files (installed into /etc/systemd/system
+    and enabled), config.yaml (a seamless config fragment), setup.sh (run in the
+    image at build time, e.g. to install Debian packages), before.sh and
+    after.sh (run in the guest before the upgrade and after the restore).
+    """
     base = build_base() / "rootfs"
     out = BUILD / "vm"
     out.mkdir(parents=True, exist_ok=True)
@@ -251,6 +258,10 @@ def build_image(scenario: str = "full") -> Image:
     shutil.copy2(deb, root / "tmp/seamless-systemd.deb")
     guest = REPO / "tests/vm/guest"
     sh("cp", "-a", f"{guest}/.", root / "usr/local/lib/seamless-test")
+    if workload is not None:
+        if not workload.is_dir():
+            raise SystemExit(f"WORKLOAD={workload}: not a directory")
+        sh("cp", "-a", f"{workload}/.", root / "usr/local/lib/seamless-workload")
     (root / "etc/seamless-test").mkdir(exist_ok=True)
     (root / "etc/seamless-test/scenario").write_text(scenario + "\n")
     with chroot_mounts(root):

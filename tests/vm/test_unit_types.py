@@ -95,3 +95,15 @@ def test_oneshot_is_active_again(scenario: vm.Scenario) -> None:
     assert before["ActiveState"] == after["ActiveState"] == "active"
     assert after["stamp"] and after["stamp"] != before["stamp"]  # it ran again in the new boot
     assert report_of(scenario, "seamless-oneshot.service")["outcome"] == "rerun"
+
+
+def test_unsupported_sandbox_restarted_by_policy(scenario: vm.Scenario) -> None:
+    plan = need(scenario, "plan")
+    assert "seamless-sandboxed.service will be restarted afresh" in plan["out"], plan["out"]
+    before = need(scenario, "types-before")["seamless-sandboxed.service"]
+    after = need(scenario, "types-after")["seamless-sandboxed.service"]
+    assert before["reply"]["counter"] == 2
+    assert after["ActiveState"] == "active"
+    assert after["reply"]["counter"] == 0 and after["fresh_starts"] == 1  # started afresh, as configured
+    rep = report_of(scenario, "seamless-sandboxed.service")
+    assert rep["outcome"] == "restarted" and "own mount namespace" in rep["reason"]

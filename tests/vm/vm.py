@@ -154,9 +154,9 @@ def run_scenario(img: vmimage.Image, out: Path) -> Scenario:
     return sc
 
 
-def demo(workdir: Path) -> int:
-    """make demo: build, boot, upgrade, show what happened, write the report."""
-    img = vmimage.build_image("demo")
+def demo(workdir: Path, workload: Path | None = None) -> int:
+    """make demo [WORKLOAD=DIR]: build, boot, upgrade, show what happened, write the report."""
+    img = vmimage.build_image("workload" if workload else "demo", workload)
     t0 = time.time()
     sc = run_scenario(img, workdir)
     before, after = sc.get("before"), sc.get("after")
@@ -166,26 +166,46 @@ def demo(workdir: Path) -> int:
         print(sc.console_tail())
         return 1
     rep = dict(after["report"])
+    print(f"Kernel: {rep['kernel']['from']} -> {after['uname']}")
     ok_all = True
-    for u in rep.get("units", []):
-        port = u["unit"].removeprefix("seamless-demo@").removesuffix(".service")
-        sb, sa = before[port]["state"], after["states"][port]["state"]
-        u["state_ok"] = all(sb[k] == sa[k] for k in ("counter", "blob_sha256", "started_at", "pid"))
-        ok_all = ok_all and u["state_ok"]
-        ua = after["states"][port]["unit"]
-        print(f"{u['unit']}:")
-        print(
-            f"  before: kernel {sb['kernel']}, counter={sb['counter']}, blob {sb['blob_sha256'][:16]}…, "
-            f"PID {sb['pid']}"
-        )
-        print(
-            f"  after:  kernel {sa['kernel']}, counter={sa['counter']}, blob {sa['blob_sha256'][:16]}…, "
-            f"PID {sa['pid']}"
-        )
-        print(
-            f"  {u['outcome']}; state kept: {'yes' if u['state_ok'] else 'NO'}; unit {ua['ActiveState']}, "
-            f"MainPID {ua['MainPID']}, fresh starts this boot: {ua['fresh_starts']}"
-        )
+    if workload:
+        scripts = {**before["workload"], **after["workload"]}
+        after_ok = scripts.get("after.sh") is None or scripts["after.sh"]["rc"] == 0
+        for u in rep.get("units", []):
+            u["state_ok"] = u["outcome"] == "restored" and after_ok
+            ok_all = ok_all and u["state_ok"]
+            print(
+                f"{u['unit']}: {u['outcome']}, MainPID {u['main_pid_before']} -> {u['main_pid_after']}"
+                + (f" ({u['reason']})" if u.get("reason") else "")
+            )
+        for name, res in scripts.items():
+            if res is None:
+                continue
+            print(f"{name}: exit status {res['rc']}")
+            for line in res["tail"][-5:]:
+                print(f"  | {line}")
+        rep["workload"] = {"dir": str(workload), "scripts": scripts}
+    else:
+        for u in rep.get("units", []):
+            port = u["unit"].removeprefix("seamless-demo@").removesuffix(".service")
+            sb, sa = before[port]["state"], after["states"][port]["state"]
+            u["state_ok"] = all(sb[k] == sa[k] for k in ("counter", "blob_sha256", "started_at", "pid"))
+            ok_all = ok_all and u["state_ok"]
+            ua = after["states"][port]["unit"]
+            print(f"{u['unit']}:")
+            print(
+                f"  before: kernel {sb['kernel']}, counter={sb['counter']}, blob {sb['blob_sha256'][:16]}…, "
+                f"PID {sb['pid']}"
+            )
+            print(
+                f"  after:  kernel {sa['kernel']}, counter={sa['counter']}, blob {sa['blob_sha256'][:16]}…, "
+                f"PID {sa['pid']}"
+            )
+            print(
+                f"  {u['outcome']}; state kept: {'yes' if u['state_ok'] else 'NO'}; "
+                f"unit {ua['ActiveState']}, "
+                f"MainPID {ua['MainPID']}, fresh starts this boot: {ua['fresh_starts']}"
+            )
     print("Phases (seconds, measured in the guest):")
     for k, v in rep.get("seconds", {}).items():
         print(f"  {k:10} {v}")
@@ -203,7 +223,9 @@ def demo(workdir: Path) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["demo"]:
-        sys.exit(demo(vmimage.BUILD / "demo"))
-    print("usage: python3 -m tests.vm.vm demo", file=sys.stderr)
+    args = sys.argv[1:]
+    if args[:1] == ["demo"] and len(args) in (1, 3) and (len(args) == 1 or args[1] == "--workload"):
+        wl = Path(args[2]).resolve() if len(args) == 3 else None
+        sys.exit(demo(vmimage.BUILD / "demo", wl))
+    print("usage: python3 -m tests.vm.vm demo [--workload DIR]", file=sys.stderr)
     sys.exit(2)

@@ -40,6 +40,7 @@ TYPES = {
     "seamless-prefork.service": 7784,
     "seamless-backend.service": None,
     "seamless-frontend.service": 7785,
+    "seamless-sandboxed.service": 7786,
 }
 
 
@@ -126,9 +127,27 @@ def types_state():
 
 
 def touch_types():
-    for port in (7780, 7781, 7782, 7783, 7785):
+    for port in (7780, 7781, 7782, 7783, 7785, 7786):
         demo(port, "INC")
         demo(port, "INC")
+
+
+WORKLOAD = Path("/usr/local/lib/seamless-workload")
+
+
+def run_script(name):
+    """Run the workload's NAME script if it has one: exit status and output tail."""
+    script = WORKLOAD / name
+    if not script.exists():
+        return None
+    p = subprocess.run(["sh", str(script)], cwd=WORKLOAD, capture_output=True, text=True, timeout=600)
+    return {"rc": p.returncode, "tail": (p.stdout + p.stderr).splitlines()[-20:]}
+
+
+def workload_units():
+    _, out = sh("seamless-upgrade", "status", "--json")
+    units = json.loads(out)["units"]
+    return {u: unit_state(u) for u in units}
 
 
 def wait_for_finish():
@@ -214,7 +233,10 @@ def main():
             "initramfs_last_pid": read_or_none("/run/seamless/initramfs-last-pid"),
         },
     )
-    if phase == "":
+    if phase == "" and scenario == "workload":
+        before_sh = run_script("before.sh")
+        emit("before", {"workload": {"before.sh": before_sh}, "units": workload_units()})
+    elif phase == "":
         for _ in range(3):
             demo(7777, "INC")
         demo(7778, "INC")
@@ -224,6 +246,7 @@ def main():
             touch_types()
             emit("types-before", types_state())
         emit("before", all_states())
+    if phase == "":
         rc, out = sh("seamless-upgrade", "plan")
         emit("plan", {"rc": rc, "out": out})
         set_phase("upgraded")
@@ -241,10 +264,23 @@ def main():
         if os.path.exists(SPOIL):
             os.unlink(SPOIL)
         finish = wait_for_finish()
-        emit(
-            "after",
-            {"states": all_states(), "finish": finish, "report": report(), "uname": os.uname().release},
-        )
+        if scenario == "workload":
+            after_sh = run_script("after.sh")
+            emit(
+                "after",
+                {
+                    "workload": {"after.sh": after_sh},
+                    "units": workload_units(),
+                    "finish": finish,
+                    "report": report(),
+                    "uname": os.uname().release,
+                },
+            )
+        else:
+            emit(
+                "after",
+                {"states": all_states(), "finish": finish, "report": report(), "uname": os.uname().release},
+            )
         debug_dump()
         if scenario != "full":
             emit("done", {})
