@@ -238,7 +238,9 @@ def build_deb(out: Path) -> Path:
     return debs[-1]
 
 
-def build_image(scenario: str = "full", workload: Path | None = None) -> Image:
+def build_image(
+    scenario: str = "full", workload: Path | None = None, lab_script: Path | None = None
+) -> Image:
     """The test image for SCENARIO (full, demo, workload); WORKLOAD: a user's directory.
 
     A workload directory may hold unit files (installed into /etc/systemd/system
@@ -258,6 +260,8 @@ def build_image(scenario: str = "full", workload: Path | None = None) -> Image:
     shutil.copy2(deb, root / "tmp/seamless-systemd.deb")
     guest = REPO / "tests/vm/guest"
     sh("cp", "-a", f"{guest}/.", root / "usr/local/lib/seamless-test")
+    if lab_script is not None:
+        shutil.copy(lab_script, root / "usr/local/lib/seamless-test/lab.sh")
     if workload is not None:
         if not workload.is_dir():
             raise SystemExit(f"WORKLOAD={workload}: not a directory")

@@ -222,8 +222,23 @@ def demo(workdir: Path, workload: Path | None = None) -> int:
     return 0 if ok_all else 1
 
 
+def lab(script: Path) -> int:
+    """Boot the image once, run SCRIPT in the guest as root, print its output."""
+    img = vmimage.build_image("lab", lab_script=script)
+    sc = run_scenario(img, vmimage.BUILD / "lab")
+    res = sc.get("lab")
+    if res is None:
+        print(sc.console_tail())
+        return 1
+    print(res["out"])
+    print(f"exit status {res['rc']}")
+    return 0
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if args[:1] == ["lab"] and len(args) == 2:
+        sys.exit(lab(Path(args[1])))
     if args[:1] == ["demo"] and len(args) in (1, 3) and (len(args) == 1 or args[1] == "--workload"):
         wl = Path(args[2]).resolve() if len(args) == 3 else None
         sys.exit(demo(vmimage.BUILD / "demo", wl))

@@ -233,6 +233,13 @@ def main():
             "initramfs_last_pid": read_or_none("/run/seamless/initramfs-last-pid"),
         },
     )
+    if scenario == "lab":
+        # A developer's experiment: run lab.sh once, show its output, power off.
+        p = subprocess.run(["sh", "/usr/local/lib/seamless-test/lab.sh"], capture_output=True, text=True)
+        emit("lab", {"rc": p.returncode, "out": (p.stdout + p.stderr)[-20000:]})
+        emit("done", {})
+        sh("systemctl", "poweroff")
+        return
     if phase == "" and scenario == "workload":
         before_sh = run_script("before.sh")
         emit("before", {"workload": {"before.sh": before_sh}, "units": workload_units()})
