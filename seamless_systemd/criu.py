@@ -109,30 +109,22 @@ def _sandbox_problems(pid: int) -> list[str]:
     return out
 
 
+def _common_options(images: Path, log: Path, shell_job: bool) -> list[str]:
+    """Options dump and restore must agree on."""
+    argv = ["--images-dir", str(images), "--log-file", str(log), "-v4", "--file-locks", "--ext-unix-sk"]
+    return [*argv, "--shell-job"] if shell_job else argv
+
+
 def dump(facts: TreeFacts, images: Path, log: Path, *, leave_running: bool, timeout: float) -> None:
     """Dump the tree into IMAGES. Unless LEAVE_RUNNING, the tree is killed afterwards."""
     if images.exists():
         shutil.rmtree(images)
     images.mkdir(parents=True)
-    argv = [
-        CRIU,
-        "dump",
-        "--tree",
-        str(facts.main_pid),
-        "--images-dir",
-        str(images),
-        "--log-file",
-        str(log),
-        "-v4",
-        "--file-locks",
-        "--ext-unix-sk",
-    ]
+    argv = [CRIU, "dump", "--tree", str(facts.main_pid), *_common_options(images, log, facts.shell_job)]
     for ino in facts.journal_inodes:
         argv += ["--external", f"unix[{ino}]"]
     if leave_running:
         argv.append("--leave-running")
-    if facts.shell_job:
-        argv.append("--shell-job")
     try:
         run(argv, timeout=timeout)
     except CommandError as e:
@@ -151,20 +143,12 @@ def restore(
         CRIU,
         "restore",
         "--restore-detached",
-        "--images-dir",
-        str(images),
-        "--log-file",
-        str(log),
-        "-v4",
         "--pidfile",
         str(pidfile),
-        "--file-locks",
-        "--ext-unix-sk",
+        *_common_options(images, log, shell_job),
     ]
     for ino in journal_inodes:
         argv += ["--inherit-fd", f"fd[1]:socket:[{ino}]"]
-    if shell_job:
-        argv.append("--shell-job")
     try:
         run(argv, timeout=timeout, inherit_stdout=True)
     except CommandError as e:

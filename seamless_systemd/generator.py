@@ -21,6 +21,8 @@ import re
 import sys
 from pathlib import Path
 
+from seamless_systemd.state import units_with_images  # standard library only, like this module
+
 NAME = "seamless-generator"
 UNIT_DIR = "/lib/systemd/system"
 _GEN_RE = re.compile(r"^[A-Za-z0-9T-]{1,64}$")
@@ -101,9 +103,7 @@ def generate(normal: Path, root: Path, cmdline: str) -> int:
         gdir = root / mount.lstrip("/") / gen
         try:
             manifest = json.loads((gdir / "manifest.json").read_text())
-            # Nothing to restore for oneshot units and units restarted by policy.
-            skip = set(manifest.get("stateless", [])) | set(manifest.get("restart", {}))
-            units = [u for u in manifest["units"] if isinstance(u, str) and u not in skip]
+            units = units_with_images(manifest)
         except (OSError, ValueError, KeyError, TypeError) as e:
             log(
                 f"no readable manifest for upgrade {gen} in {mount} ({e}); is the initramfs hook "

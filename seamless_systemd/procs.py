@@ -10,15 +10,19 @@ PROC = Path("/proc")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def parent_of(pid: int) -> int:
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, session, …)."""
     stat = (PROC / str(pid) / "stat").read_text()
     # comm may hold spaces and parentheses: the fields start after the last ')'.
-    return int(stat.rsplit(")", 1)[1].split()[1])
+    return stat.rsplit(")", 1)[1].split()
+
+
+def parent_of(pid: int) -> int:
+    return int(_stat_fields(pid)[1])
 
 
 def session_of(pid: int) -> int:
-    stat = (PROC / str(pid) / "stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[3])
+    return int(_stat_fields(pid)[3])
 
 
 def status_field(pid: int, key: str) -> str:

@@ -90,8 +90,7 @@ def prepare() -> int:
         kernel=os.uname().release,
     )
     dropped = []
-    skip = set(manifest.get("stateless", [])) | set(manifest.get("restart", {}))
-    for unit in (u for u in manifest["units"] if u not in skip):
+    for unit in state.units_with_images(manifest):
         why = verify_unit(gen, unit)
         if why is None:
             _verdict_path(unit).write_text("ok\n")

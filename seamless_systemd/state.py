@@ -65,6 +65,15 @@ def update_json(path: Path, **fields: Any) -> dict[str, Any]:
     return data
 
 
+def units_with_images(manifest: dict[str, Any]) -> list[str]:
+    """The manifest's units that were checkpointed: not Type=oneshot, not restarted by policy.
+
+    Standard library only: the generator uses it too.
+    """
+    skip = set(manifest.get("stateless", [])) | set(manifest.get("restart", {}))
+    return [u for u in manifest["units"] if isinstance(u, str) and u not in skip]
+
+
 class Generation:
     """One upgrade's directory on the images file system."""
 

@@ -198,9 +198,9 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
         )
     max_pid = max((p for u in f.units if u.preserved for p in u.pids), default=0)
     floor = max(max_pid, f.last_pid) + PID_MARGIN
-    early = f.early_boot_last_pid
+    early = f.early_boot_last_pid or 0  # 0: not known in this boot, nothing to compare
     for up in f.units:
-        low = [p for p in up.pids if early is not None and p <= early and up.preserved]
+        low = [p for p in up.pids if p <= early] if up.preserved else []
         if low:
             problems.append(
                 f"{up.unit}: PIDs {low} are in the range the kernel and initramfs use at boot (up to "
