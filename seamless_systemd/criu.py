@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from seamless_systemd import procs, sockets
+from seamless_systemd import netlock, procs, sockets, volatile
 from seamless_systemd.errors import CheckpointError, CommandError, RestoreError
 from seamless_systemd.run import run
 from seamless_systemd.systemd import UnitInfo
@@ -30,6 +30,12 @@ class TreeFacts:
     shell_job: bool = False
     # What CRIU or this version cannot keep (each names the unit and the reason).
     unsupported: tuple[str, ...] = ()
+    # Regular files on tmpfs the tree has open or mapped (carried across, see volatile).
+    volatile_files: tuple[str, ...] = ()
+    # Unix listening sockets the tree got from a .socket unit: (inode, path).
+    listen_sockets: tuple[tuple[int, str], ...] = ()
+    # Open TCP connections: (local address, port, remote address, port).
+    tcp_connections: tuple[tuple[str, int, str, int], ...] = ()
 
 
 def inspect(info: UnitInfo) -> TreeFacts:
@@ -51,17 +57,20 @@ def inspect(info: UnitInfo) -> TreeFacts:
     inodes: set[int] = set()
     devices: set[str] = set()
     for pid in pids:
-        for target in procs.fds(pid).values():
+        for fd, target in procs.fds(pid).items():
             ino = procs.socket_inode(target)
             if ino is not None:
                 inodes.add(ino)
-            elif target.startswith("/dev/") and target not in ALLOWED_DEVICES:
+            elif target.startswith("/") and target not in ALLOWED_DEVICES and procs.is_device(pid, fd):
                 devices.add(target)
     if devices:
         unsupported.append(f"has devices open that CRIU cannot keep: {', '.join(sorted(devices))}")
     socks = sockets.unix_sockets()
     journal = sockets.journal_streams(inodes, socks)
-    for ino in sorted(inodes - journal):
+    # Sockets PID 1 holds too were passed by a .socket unit (socket activation).
+    from_systemd = {i for t in procs.fds(1).values() if (i := procs.socket_inode(t)) is not None} & inodes
+    listen = sorted((ino, socks[ino].name) for ino in from_systemd if ino in socks and socks[ino].name)
+    for ino in sorted(inodes - journal - from_systemd):
         s = socks.get(ino)
         if s is None or s.type == 2 or not s.peer or s.peer in inodes:
             continue  # not unix, datagram (--ext-unix-sk), unconnected, or inside the tree
@@ -69,12 +78,17 @@ def inspect(info: UnitInfo) -> TreeFacts:
         where = peer.name if peer and peer.name else f"socket {s.peer}"
         unsupported.append(f"is connected to a unix socket outside the unit ({where}); CRIU cannot dump that")
         break
+    problems, conns = _inet_problems(inodes, from_systemd)
+    unsupported += problems
     unsupported += _sandbox_problems(info.main_pid)
+    unsupported += _container_problems(info.main_pid, pids)
+    unsupported += _sysv_problems(pids)
     for pid in pids:
         tracer = procs.status_field(pid, "TracerPid")
         if tracer not in ("", "0"):
             unsupported.append(f"process {pid} is traced (ptrace) by PID {tracer}")
-    mem = sum(procs.anon_bytes(p) for p in pids)
+    files, deleted_bytes = volatile.find(pids)
+    mem = sum(procs.anon_bytes(p) for p in pids) + volatile.size(files) + deleted_bytes
     shell_job = procs.session_of(info.main_pid) != info.main_pid
     return TreeFacts(
         info.main_pid,
@@ -83,6 +97,9 @@ def inspect(info: UnitInfo) -> TreeFacts:
         mem,
         shell_job,
         tuple(f"{info.name} {u}" for u in unsupported),
+        tuple(files),
+        tuple(listen),
+        tuple(conns),
     )
 
 
@@ -90,6 +107,61 @@ def inspect(info: UnitInfo) -> TreeFacts:
 ALLOWED_DEVICES = frozenset(
     ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/net/tun"]
 )
+
+
+def _inet_problems(
+    inodes: set[int], from_systemd: set[int]
+) -> tuple[list[str], list[tuple[str, int, str, int]]]:
+    """TCP/UDP sockets of the tree this version cannot keep, and its open TCP connections."""
+    out = []
+    inet = sockets.inet_sockets()
+    passed = sorted({inet[i].port for i in from_systemd if i in inet})
+    if passed:
+        out.append(
+            f"gets TCP/UDP port(s) {', '.join(map(str, passed))} from a .socket unit: CRIU cannot hand "
+            "the new boot's socket to the restored process (unix sockets from .socket units are kept)"
+        )
+    conns = []
+    for i in sorted(inodes):
+        s = inet.get(i)
+        if s and s.proto.startswith("tcp") and s.state not in (sockets.TCP_LISTEN, sockets.TCP_CLOSE):
+            conns.append((*sockets.decode_address(s.local), *sockets.decode_address(s.remote)))
+    if conns and not netlock.available():
+        out.append(
+            f"has {len(conns)} open TCP connection(s); keeping them needs iptables and ip6tables "
+            "(CRIU locks the connections with them): apt install iptables"
+        )
+    return out, conns
+
+
+def _sysv_problems(pids: list[int]) -> list[str]:
+    """System V shared memory lives in the IPC namespace; CRIU keeps it only with a private one."""
+    if not pids or procs.namespace(pids[0], "ipc") != procs.namespace("self", "ipc"):
+        return []
+    for pid in pids:
+        try:
+            maps = (procs.PROC / str(pid) / "maps").read_text()
+        except OSError:
+            continue
+        if "/SYSV" in maps:
+            return [
+                f"process {pid} uses System V shared memory in the host's IPC namespace, which CRIU "
+                "cannot keep; give the unit PrivateIPC=yes"
+            ]
+    return []
+
+
+def _container_problems(main_pid: int, pids: list[int]) -> list[str]:
+    """A container below the main process: its processes live in a child PID namespace."""
+    own = procs.namespace(main_pid, "pid")
+    inner = [p for p in pids if procs.namespace(p, "pid") not in ("", own)]
+    if not inner:
+        return []
+    what = "a systemd-nspawn container" if procs.comm(main_pid) == "systemd-nspawn" else "a container"
+    return [
+        f"runs {what}: processes {inner[:3]} live in a PID namespace below the main process's, and "
+        "CRIU cannot dump nested PID namespaces (see docs/design.md, containers)"
+    ]
 
 
 def _sandbox_problems(pid: int) -> list[str]:
@@ -109,10 +181,19 @@ def _sandbox_problems(pid: int) -> list[str]:
     return out
 
 
-def _common_options(images: Path, log: Path, shell_job: bool) -> list[str]:
+def _common_options(images: Path, log: Path, shell_job: bool, tcp: bool) -> list[str]:
     """Options dump and restore must agree on."""
     argv = ["--images-dir", str(images), "--log-file", str(log), "-v4", "--file-locks", "--ext-unix-sk"]
-    return [*argv, "--shell-job"] if shell_job else argv
+    if shell_job:
+        argv.append("--shell-job")
+    if tcp:
+        argv.append("--tcp-established")
+    return argv
+
+
+def uses_tcp_established(facts: TreeFacts) -> bool:
+    """Dump with --tcp-established: when there are connections, or could be by the time of the dump."""
+    return bool(facts.tcp_connections) or netlock.available()
 
 
 def dump(facts: TreeFacts, images: Path, log: Path, *, leave_running: bool, timeout: float) -> None:
@@ -120,9 +201,12 @@ def dump(facts: TreeFacts, images: Path, log: Path, *, leave_running: bool, time
     if images.exists():
         shutil.rmtree(images)
     images.mkdir(parents=True)
-    argv = [CRIU, "dump", "--tree", str(facts.main_pid), *_common_options(images, log, facts.shell_job)]
+    tcp = uses_tcp_established(facts)
+    argv = [CRIU, "dump", "--tree", str(facts.main_pid), *_common_options(images, log, facts.shell_job, tcp)]
     for ino in facts.journal_inodes:
         argv += ["--external", f"unix[{ino}]"]
+    # Deleted files still open go into the images; the default limit (1 MiB) is low.
+    argv += ["--ghost-limit", str(GHOST_LIMIT)]
     if leave_running:
         argv.append("--leave-running")
     try:
@@ -131,13 +215,23 @@ def dump(facts: TreeFacts, images: Path, log: Path, *, leave_running: bool, time
         raise CheckpointError(f"criu dump failed (exit {e.returncode}): {log_tail(log)}") from e
 
 
+GHOST_LIMIT = 256 << 20
+
+
 def restore(
-    images: Path, pidfile: Path, log: Path, journal_inodes: list[int], timeout: float, shell_job: bool = False
+    images: Path,
+    pidfile: Path,
+    log: Path,
+    inherit: list[tuple[int, str]],
+    timeout: float,
+    shell_job: bool = False,
+    tcp: bool = False,
 ) -> None:
     """Restore the tree from IMAGES, detached; its root's PID goes to PIDFILE.
 
-    The dumped journal streams are replaced by our own stdout, which systemd
-    connected to the journal for this unit.
+    INHERIT maps our file descriptors to the dumped files they replace
+    ("socket:[INO]"): the journal stream systemd gave this unit (fd 1) for the
+    old one, the sockets of its .socket units for the old boot's.
     """
     argv = [
         CRIU,
@@ -145,12 +239,12 @@ def restore(
         "--restore-detached",
         "--pidfile",
         str(pidfile),
-        *_common_options(images, log, shell_job),
+        *_common_options(images, log, shell_job, tcp),
     ]
-    for ino in journal_inodes:
-        argv += ["--inherit-fd", f"fd[1]:socket:[{ino}]"]
+    for fd, what in inherit:
+        argv += ["--inherit-fd", f"fd[{fd}]:{what}"]
     try:
-        run(argv, timeout=timeout, inherit_stdout=True)
+        run(argv, timeout=timeout, inherit_stdout=True, pass_fds=tuple(fd for fd, _ in inherit if fd > 2))
     except CommandError as e:
         raise RestoreError(f"criu restore failed (exit {e.returncode}): {log_tail(log)}") from e
 

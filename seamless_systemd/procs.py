@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -98,6 +99,15 @@ def fds(pid: int) -> dict[int, str]:
         except OSError:
             continue
     return out
+
+
+def is_device(pid: int, fd: int) -> bool:
+    """Whether PID's FD is a character or block device."""
+    try:
+        mode = os.stat(PROC / str(pid) / "fd" / str(fd)).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
 _SOCKET_RE = re.compile(r"^socket:\[(\d+)\]$")

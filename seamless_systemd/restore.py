@@ -11,12 +11,15 @@ Three steps, each run by a unit the generator wires on a restore boot:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import criu, kernels, procs, report, state, systemd
+from seamless_systemd import criu, kernels, netlock, procs, report, sockets, state, systemd, volatile
 from seamless_systemd.config import DEFAULT_MOUNTPOINT
 from seamless_systemd.errors import RestoreError, SeamlessError
 from seamless_systemd.log import log
@@ -95,6 +98,7 @@ def prepare() -> int:
         if why is None:
             _verdict_path(unit).write_text("ok\n")
             log.info("%s: images verified", unit)
+            _lock_connections(gen, unit)
         else:
             _verdict_path(unit).write_text(f"bad: {why}\n")
             if gen.complete(unit).exists():
@@ -107,6 +111,22 @@ def prepare() -> int:
         systemd.daemon_reload()
     state.update_json(gen.boot, prepare_finished_at=time.time())
     return 0
+
+
+def _lock_connections(gen: state.Generation, unit: str) -> None:
+    """Until UNIT is restored, the peers of its connections must not get a reset (see netlock)."""
+    dump = state.read_json(gen.dump_info(unit))
+    conns = [c for c in dump.get("tcp_connections", []) if not sockets.is_loopback(str(c[2]))]
+    if not conns:
+        return
+    try:
+        n = netlock.lock(unit, conns)
+        log.info("%s: %d TCP connection(s) held until the restore", unit, n)
+    except SeamlessError as e:
+        log.warning("%s: cannot hold its TCP connections until the restore (%s)", unit, e)
+
+
+ADDRESS_TIMEOUT = 120.0
 
 
 def restore_unit(unit: str) -> int:
@@ -133,14 +153,29 @@ def restore_unit(unit: str) -> int:
         dump = state.read_json(gen.dump_info(unit))
         pidfile = state.RESTORE_DIR / f"{unit}.pid"
         pidfile.unlink(missing_ok=True)
-        criu.restore(
-            gen.images(unit),
-            pidfile,
-            state.RESTORE_DIR / f"{unit}.log",
-            dump.get("journal_inodes", []),
-            timeout=300,
-            shell_job=bool(dump.get("shell_job")),
-        )
+        put, kept = volatile.put_back(dump.get("volatile_files", []), gen.volatile_files(unit))
+        if put or kept:
+            record.update(tmpfs_files_put_back=put, tmpfs_files_already_there=kept)
+        conns = dump.get("tcp_connections", [])
+        missing = netlock.wait_for_addresses({str(c[0]) for c in conns}, ADDRESS_TIMEOUT)
+        if missing:
+            raise RestoreError(
+                f"its TCP connections need the address(es) {', '.join(missing)}, which this machine "
+                f"did not get within {ADDRESS_TIMEOUT:.0f} s"
+            )
+        inherit = [(1, f"socket:[{ino}]") for ino in dump.get("journal_inodes", [])]
+        listen = dump.get("listen_sockets", [])
+        inherit += _socket_unit_fds(listen)
+        with _keep_socket_files([str(path) for _, path in listen]):
+            criu.restore(
+                gen.images(unit),
+                pidfile,
+                state.RESTORE_DIR / f"{unit}.log",
+                inherit,
+                timeout=300,
+                shell_job=bool(dump.get("shell_job")),
+                tcp=bool(dump.get("tcp_established")),
+            )
         main_pid = int(pidfile.read_text().strip())
         _done_path(unit).write_text("restored\n")
         if dump.get("pid_file"):
@@ -153,7 +188,68 @@ def restore_unit(unit: str) -> int:
         record.update(outcome="restore-failed", finished_at=time.time(), reason=str(e))
         raise RestoreError(f"{unit}: restore failed, it will be started afresh: {e}") from e
     finally:
+        netlock.unlock(unit)
         state.write_json(gen.restore_info(unit), record)
+
+
+SD_LISTEN_FDS_START = 3
+
+
+def _socket_unit_fds(dumped: list[list[Any]]) -> list[tuple[int, str]]:
+    """Match the unix sockets systemd passed us (LISTEN_FDS) to the dumped ones, by path."""
+    if not dumped:
+        return []
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        count = 0
+    ours: dict[str, int] = {}
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        try:
+            with socket.socket(fileno=os.dup(fd)) as s:
+                name = s.getsockname()
+        except OSError:
+            continue
+        if isinstance(name, bytes):  # abstract: b"\0name"
+            name = "@" + name[1:].decode(errors="replace")
+        if isinstance(name, str) and name:
+            ours[name] = fd
+    out = []
+    for ino, path in dumped:
+        if path not in ours:
+            raise RestoreError(
+                f"systemd did not pass the socket {path} that the unit had from its .socket unit "
+                f"(passed: {', '.join(sorted(ours)) or 'none'})"
+            )
+        out.append((ours[path], f"socket:[{ino}]"))
+    return out
+
+
+@contextlib.contextmanager
+def _keep_socket_files(paths: list[str]) -> Iterator[None]:
+    """Keep the .socket units' socket files in place while CRIU restores.
+
+    CRIU unlinks the path of every bound unix socket it restores, even when it
+    is handed the socket itself (--inherit-fd); the socket would then live on
+    without a name and no client could reach it. A second hard link to the
+    socket file, renamed back afterwards, keeps the name.
+    """
+    kept = []
+    for path in paths:
+        if path.startswith("/") and os.path.exists(path):
+            spare = f"{path}.seamless-keep"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spare)
+            os.link(path, spare)
+            kept.append((path, spare))
+    try:
+        yield
+    finally:
+        for path, spare in kept:
+            if os.path.exists(path):
+                os.unlink(spare)
+            else:
+                os.rename(spare, path)
 
 
 def finish() -> int:
@@ -188,6 +284,9 @@ def finish() -> int:
             if u.active_state not in ("active", "activating", "reloading"):
                 to_restart.append(unit)
         _done_path(unit).write_text("finished\n")
+    for name in netlock.leftover_chains():
+        log.warning("Removing the leftover connection lock %s", name)
+        netlock.remove_chain(name)
     systemd.daemon_reload()
     for unit in to_restart:
         log.warning("Starting %s afresh: it was not restored", unit)

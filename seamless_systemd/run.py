@@ -17,12 +17,13 @@ def run(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     inherit_stdout: bool = False,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run ARGV (no shell, stdin closed); raise CommandError on failure.
 
     Output is captured as text unless INHERIT_STDOUT, in which case the
     child's stdout/stderr are ours (used when the child must write to the
-    unit's journal stream, e.g. criu restore).
+    unit's journal stream, e.g. criu restore). PASS_FDS stay open in the child.
     """
     args = [str(a) for a in argv]
     log.debug("+ %s", shlex.join(args))
@@ -35,6 +36,7 @@ def run(
             env=None if env is None else dict(env),
             timeout=timeout,
             check=False,
+            pass_fds=tuple(pass_fds),
         )
     except FileNotFoundError as e:
         raise CommandError(args, 127, "", f"{args[0]}: command not found") from e

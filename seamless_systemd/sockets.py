@@ -12,6 +12,7 @@ import dataclasses
 import os
 import socket
 import struct
+from pathlib import Path
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -100,3 +101,53 @@ def journal_streams(inodes: set[int], sockets: dict[int, UnixSocket] | None = No
         if peer is not None and peer.name == JOURNAL_STDOUT:
             found.add(ino)
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class InetSocket:
+    inode: int
+    proto: str  # "tcp", "tcp6", "udp", "udp6"
+    local: str  # "ADDR:PORT" as the kernel prints it (hex)
+    remote: str
+    state: int  # TCP_* state; 10 = LISTEN
+
+    @property
+    def port(self) -> int:
+        return int(self.local.rsplit(":", 1)[1], 16)
+
+    @property
+    def listening(self) -> bool:
+        return self.state == TCP_LISTEN
+
+
+TCP_LISTEN = 0x0A
+TCP_CLOSE = 0x07
+
+
+def inet_sockets(net: str = "/proc/net") -> dict[int, InetSocket]:
+    """TCP and UDP sockets of our network namespace, by inode (from /proc/net/{tcp,udp}[6])."""
+    out = {}
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            lines = Path(net, proto).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[9].isdigit() and f[9] != "0":
+                out[int(f[9])] = InetSocket(int(f[9]), proto, f[1], f[2], int(f[3], 16))
+    return out
+
+
+def decode_address(text: str) -> tuple[str, int]:
+    """'0100007F:1F90' (as /proc/net/tcp prints it) -> ('127.0.0.1', 8080); IPv6 too."""
+    addr, _, port = text.rpartition(":")
+    raw = bytes.fromhex(addr)
+    # The kernel prints each 32-bit word in host (little-endian) order.
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, raw), int(port, 16)
+
+
+def is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1" or ip.startswith("::ffff:127.")

@@ -3,6 +3,7 @@
 On the PMEM file system (survives kexec):
     MOUNT/GEN/manifest.json           what the upgrade is (kernels, units, PID floor, times)
     MOUNT/GEN/units/UNIT/images/      CRIU images of the unit's process tree
+    MOUNT/GEN/units/UNIT/images/seamless-tmpfs-files/  copies of the tmpfs files it used
     MOUNT/GEN/units/UNIT/dump.json    how the checkpoint went (PIDs, sockets, times, outcome)
     MOUNT/GEN/units/UNIT/checksums.json
     MOUNT/GEN/units/UNIT/COMPLETE     written last: the images are whole
@@ -99,6 +100,10 @@ class Generation:
 
     def images(self, unit: str) -> Path:
         return self.unit_dir(unit) / "images"
+
+    def volatile_files(self, unit: str) -> Path:
+        # Inside images/: checksummed with them; CRIU ignores it.
+        return self.images(unit) / "seamless-tmpfs-files"
 
     def dump_info(self, unit: str) -> Path:
         return self.unit_dir(unit) / "dump.json"

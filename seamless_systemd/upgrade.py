@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import criu, kernels, pmem, procs, state, systemd
+from seamless_systemd import criu, kernels, pmem, procs, state, systemd, volatile
 from seamless_systemd.config import Config, OnUnsupported
 from seamless_systemd.errors import CheckpointError, CommandError, LockedError, PreflightError, SeamlessError
 from seamless_systemd.log import log
@@ -451,20 +451,26 @@ def checkpoint(unit: str) -> int:
             main_pid=facts.main_pid,
             pids=list(facts.pids),
             journal_inodes=list(facts.journal_inodes),
+            listen_sockets=[list(x) for x in facts.listen_sockets],
+            tcp_established=criu.uses_tcp_established(facts),
+            tcp_connections=[list(c) for c in facts.tcp_connections],
             syslog_identifier=info.syslog_identifier,
             service_type=info.service_type,
             pid_file=info.pid_file,
             shell_job=facts.shell_job,
         )
         log.info("Checkpointing %s (PID %d, %d process(es))", unit, facts.main_pid, len(facts.pids))
-        criu.dump(
-            facts,
-            gen.images(unit),
-            gen.unit_dir(unit) / "dump.log",
-            leave_running=False,
-            timeout=manifest.get("checkpoint_timeout", 120),
-        )
-        record["dumped_at"] = criu.now()
+        with volatile.Held(facts.volatile_files) as held:
+            criu.dump(
+                facts,
+                gen.images(unit),
+                gen.unit_dir(unit) / "dump.log",
+                leave_running=False,
+                timeout=manifest.get("checkpoint_timeout", 120),
+            )
+            record["dumped_at"] = criu.now()
+            # The tree is gone now: its tmpfs files hold their last contents.
+            record["volatile_files"] = held.save(gen.volatile_files(unit))
         record["image_bytes"] = criu.tree_size(gen.images(unit))
         state.write_json(gen.checksums(unit), criu.checksum_tree(gen.images(unit)))
         record["finished_at"] = criu.now()

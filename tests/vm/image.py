@@ -62,6 +62,7 @@ GUEST_PACKAGES = [
     "ndctl",
     "util-linux",
     "netcat-openbsd",
+    "iptables",
 ]
 IMAGE_SIZE = "4G"
 # Bump when the base build steps below change in a way the lists don't show.

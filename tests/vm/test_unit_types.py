@@ -23,6 +23,9 @@ PROCESS_UNITS = [
     "seamless-prefork.service",
     "seamless-backend.service",
     "seamless-frontend.service",
+    "seamless-resources.service",
+    "seamless-sockact.service",
+    "seamless-chat.service",
 ]
 
 
@@ -107,3 +110,84 @@ def test_unsupported_sandbox_restarted_by_policy(scenario: vm.Scenario) -> None:
     assert after["reply"]["counter"] == 0 and after["fresh_starts"] == 1  # started afresh, as configured
     rep = report_of(scenario, "seamless-sandboxed.service")
     assert rep["outcome"] == "restarted" and "own mount namespace" in rep["reason"]
+
+
+def test_kernel_objects_come_back(scenario: vm.Scenario) -> None:
+    before, after = need(scenario, "resources-before"), need(scenario, "resources-after")
+    b, a = before["reply"], after["reply"]
+    same = ["plain", "memfd", "shm_posix", "run_file", "eventfd", "timerfd_interval", "creds"]
+    for key in [*same, "counter", "started_at", "main_pid"]:
+        assert a[key] == b[key], key
+    assert b["plain"]["offset"] == 1234 and b["eventfd"] == 42 and b["timerfd_interval"] == [1, 0]
+    assert a["deleted"]["sha"] == b["deleted"]["sha"]
+    assert a["deleted"]["link"].endswith("(deleted)")  # still deleted, still open
+    assert a["itimer"][1] == b["itimer"][1] == 0.5  # the interval timer still runs
+    assert a["alarms"] > b["alarms"] and a["timer_ticks"] > b["timer_ticks"]
+    assert (b["usr1"], a["usr1"]) == (1, 2)  # the signalfd still gets SIGUSR1
+    assert b["inotify_names"] == ["before.txt"]
+    assert a["inotify_names"] == ["before.txt", "after.txt"]  # the inotify watch is still there
+    assert a["kernel"] != b["kernel"]
+
+
+def test_locks_held_by_the_same_processes(scenario: vm.Scenario) -> None:
+    before, after = need(scenario, "resources-before"), need(scenario, "resources-after")
+    assert [x["type"] for x in before["locks"]] == ["FLOCK", "POSIX"]
+    assert after["locks"] == before["locks"]
+
+
+def test_same_user_and_groups(scenario: vm.Scenario) -> None:
+    before = need(scenario, "resources-before")["reply"]["creds"]
+    after = need(scenario, "resources-after")["reply"]["creds"]
+    assert after == before
+    assert before["uids"][0] != 0 and len(set(before["uids"])) == 1  # User=seamless-res
+    assert 4 in before["groups"]  # SupplementaryGroups=adm
+    assert before["CapEff"] == "0000000000000000"
+
+
+def test_tmpfs_files_carried_across(scenario: vm.Scenario) -> None:
+    before, after = need(scenario, "resources-before"), need(scenario, "resources-after")
+    assert after["shm_file"] == before["shm_file"] == {"exists": True, "owner": "seamless-res"}
+    assert after["run_file"] == before["run_file"]
+    assert before["run_file"]["content"] == "written in the first boot\n"
+
+
+def test_socket_activated_unit_keeps_its_socket(scenario: vm.Scenario) -> None:
+    before = need(scenario, "types-before")["seamless-sockact.service"]
+    again = need(scenario, "sockact-again")
+    assert again["socket"] == "active"
+    # Stopped after the restore, the service is started afresh by its socket: the socket still works.
+    assert again["reply"]["counter"] == 0 and again["reply"]["main_pid"] != int(before["MainPID"])
+
+
+def test_tcp_socket_activation_restarted_by_policy(scenario: vm.Scenario) -> None:
+    plan = need(scenario, "plan")["out"]
+    assert "gets TCP/UDP port(s) 7788 from a .socket unit" in plan, plan
+    after = need(scenario, "types-after")["seamless-sockact-tcp.service"]
+    assert after["ActiveState"] == "active" and after["reply"]["counter"] == 0
+    rep = report_of(scenario, "seamless-sockact-tcp.service")
+    assert rep["outcome"] == "restarted" and "from a .socket unit" in rep["reason"]
+
+
+def test_sysv_shm_in_host_ipc_namespace_restarted_by_policy(scenario: vm.Scenario) -> None:
+    plan = need(scenario, "plan")["out"]
+    assert "uses System V shared memory in the host's IPC namespace" in plan, plan
+    before = need(scenario, "types-before")["seamless-sysv.service"]
+    after = need(scenario, "types-after")["seamless-sysv.service"]
+    assert before["reply"]["counter"] == 2 and before["reply"]["shm_sysv"]
+    assert after["ActiveState"] == "active" and after["reply"]["counter"] == 0
+    rep = report_of(scenario, "seamless-sysv.service")
+    assert rep["outcome"] == "restarted" and "PrivateIPC=yes" in rep["reason"]
+
+
+def test_tcp_connection_from_outside_survives(scenario: vm.Scenario) -> None:
+    """A client outside the VM keeps its connection across the upgrade and gets right answers."""
+    host = [e.data for e in scenario.events if e.name == "tcp-host"]
+    assert len(host) == 2, host
+    first, second = host
+    assert "error" not in first and "error" not in second, host
+    (a1, a2), (b1,) = first["replies"], second["replies"]
+    assert [a1["counter"], a2["counter"], b1["counter"]] == [1, 2, 3]  # the state went on
+    assert [a1["lines"], a2["lines"], b1["lines"]] == [1, 2, 3]  # on the same connection
+    assert a2["kernel"] != b1["kernel"] and b1["pid"] == a2["pid"]
+    after = need(scenario, "tcp-after")
+    assert after["connections"][b1["peer"]] == 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -59,7 +60,18 @@ class Scenario:
         return "\n".join(out)
 
 
-def qemu_argv(img: vmimage.Image, console: Path, append: str = "") -> list[str]:
+# The guest's chat service (tests/vm/guest/chat.py) is reachable from the host
+# through QEMU's user-mode network: a client outside the VM.
+CHAT_GUEST_PORT = 7790
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def qemu_argv(img: vmimage.Image, console: Path, append: str = "", host_port: int = 0) -> list[str]:
     cmdline = f"root=/dev/vda rw console=ttyS0 {MEMMAP} panic=-1 {append}".strip()
     return [
         "qemu-system-x86_64",
@@ -78,7 +90,9 @@ def qemu_argv(img: vmimage.Image, console: Path, append: str = "") -> list[str]:
         "-serial",
         f"file:{console}",
         "-nic",
-        "none",
+        f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{host_port}-:{CHAT_GUEST_PORT}"
+        if host_port
+        else "none",
         "-no-reboot",
         "-drive",
         f"file={img.disk},format=raw,if=virtio,cache=unsafe",
@@ -91,10 +105,54 @@ def qemu_argv(img: vmimage.Image, console: Path, append: str = "") -> list[str]:
     ]
 
 
-def boot(img: vmimage.Image, console: Path, events: list[Event], stop_on: set[str]) -> None:
+class HostClient:
+    """A TCP client on the host that keeps one connection to the guest's chat service.
+
+    The guest asks for it with 'tcp-client' events: {"action": "connect"} opens
+    the connection and talks twice, {"action": "talk"} (after the kexec) talks
+    once more on the same connection. What the client saw becomes a 'tcp-host'
+    event.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.sock: socket.socket | None = None
+        self.reader: Any = None
+
+    def _talk(self) -> dict[str, Any]:
+        assert self.sock is not None
+        self.sock.sendall(b"INC\n")
+        line = self.reader.readline()
+        if not line:
+            raise ConnectionError("connection closed by the guest")
+        return dict(json.loads(line))
+
+    def handle(self, data: dict[str, Any]) -> Event:
+        out: dict[str, Any] = {"action": data.get("action")}
+        try:
+            if data.get("action") == "connect":
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=120)
+                self.reader = self.sock.makefile("r")
+                host, port = self.sock.getsockname()[:2]
+                out["local"] = f"{host}:{port}"
+                out["replies"] = [self._talk(), self._talk()]
+            else:
+                out["replies"] = [self._talk()]
+        except (OSError, ValueError) as e:
+            out["error"] = repr(e)
+        return Event("tcp-host", out, time.time())
+
+
+def boot(
+    img: vmimage.Image,
+    console: Path,
+    events: list[Event],
+    stop_on: set[str],
+    client: HostClient | None = None,
+) -> None:
     """Run one QEMU process until it exits (or times out); collect events."""
     console.unlink(missing_ok=True)
-    argv = qemu_argv(img, console)
+    argv = qemu_argv(img, console, host_port=client.port if client else 0)
     print(f"[vm] booting kernel A, console: {console}", file=sys.stderr, flush=True)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + QEMU_TIMEOUT
@@ -120,6 +178,9 @@ def boot(img: vmimage.Image, console: Path, events: list[Event], stop_on: set[st
                         data = {"raw": payload}
                     events.append(Event(name, data, time.time()))
                     print(f"[vm] {name}: {payload[:300]}", file=sys.stderr, flush=True)
+                    if name == "tcp-client" and client is not None:
+                        events.append(client.handle(data))
+                        print(f"[vm] tcp-host: {events[-1].data}", file=sys.stderr, flush=True)
             if proc.poll() is not None:
                 return
             if time.monotonic() > deadline:
@@ -138,12 +199,13 @@ def run_scenario(img: vmimage.Image, out: Path) -> Scenario:
     """Boot 1 (upgrade) + boot 2 (after kexec) in one QEMU run, then boot 3 (after reboot)."""
     out.mkdir(parents=True, exist_ok=True)
     sc = Scenario([], [])
+    client = HostClient()
     for n in (1, 2, 3):
         console = out / f"console-{n}.log"
         sc.consoles.append(console)
         seen = len(sc.events)
         try:
-            boot(img, console, sc.events, set())
+            boot(img, console, sc.events, set(), client)
         except TimeoutError as e:
             sc.events.append(Event("timeout", {"error": str(e)}, time.time()))
             return sc

@@ -8,12 +8,12 @@ the state: the blob would differ.
 """
 
 import hashlib
-import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
+
+from lines import answer_forever, listen_tcp
 
 port = int(sys.argv[1]) if len(sys.argv) > 1 else 7777
 blob = os.urandom(1 << 20)
@@ -25,16 +25,12 @@ state = {
 }
 print(f"starting fresh: blob {state['blob_sha256'][:16]}", flush=True)
 
-srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", port))
-srv.listen(8)
-while True:
-    conn, _ = srv.accept()
-    with conn:
-        cmd = conn.recv(64).decode(errors="replace").strip()
-        if cmd == "INC":
-            state["counter"] += 1
-        reply = dict(state, pid=os.getpid(), kernel=os.uname().release)
-        conn.sendall(json.dumps(reply).encode() + b"\n")
-        print(f"{cmd or 'EMPTY'}: counter={state['counter']}", flush=True)
+
+def reply(cmd):
+    if cmd == "INC":
+        state["counter"] += 1
+    print(f"{cmd or 'EMPTY'}: counter={state['counter']}", flush=True)
+    return dict(state, pid=os.getpid(), kernel=os.uname().release)
+
+
+answer_forever(listen_tcp("127.0.0.1", port, 8), reply)

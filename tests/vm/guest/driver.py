@@ -41,7 +41,14 @@ TYPES = {
     "seamless-backend.service": None,
     "seamless-frontend.service": 7785,
     "seamless-sandboxed.service": 7786,
+    "seamless-resources.service": 7787,
+    "seamless-sockact.service": "/run/seamless-sockact.sock",
+    "seamless-sockact-tcp.service": 7788,
+    "seamless-sysv.service": 7789,
+    "seamless-chat.service": 7790,
 }
+SOCKACT = TYPES["seamless-sockact.service"]
+RESOURCES_DIR = "/var/lib/seamless-resources"
 
 
 def unit(port):
@@ -70,14 +77,21 @@ def set_phase(phase):
 
 
 def demo(port, cmd="GET"):
+    """Ask the test service on TCP PORT (or unix socket PORT, a path)."""
     for _ in range(120):
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            if isinstance(port, str):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(10)
+                s.connect(port)
+            else:
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            with s:
                 s.sendall(cmd.encode() + b"\n")
                 return json.loads(s.makefile().readline())
         except OSError:
             time.sleep(1)
-    raise SystemExit(f"the demo service on port {port} does not answer")
+    raise SystemExit(f"the test service on {port} does not answer")
 
 
 def unit_state(name):
@@ -127,9 +141,48 @@ def types_state():
 
 
 def touch_types():
-    for port in (7780, 7781, 7782, 7783, 7785, 7786):
+    for port in (7780, 7781, 7782, 7783, 7785, 7786, 7787, SOCKACT, 7788, 7789):
         demo(port, "INC")
         demo(port, "INC")
+
+
+def host_client(action, lines):
+    """Ask the host for a TCP client action, wait until the chat service has seen LINES from it."""
+    emit("tcp-client", {"action": action})
+    for _ in range(240):
+        st = demo(7790, "STATE")
+        outside = {p: n for p, n in st["connections"].items() if not p.startswith("127.")}
+        if any(n >= lines for n in outside.values()):
+            return st
+        time.sleep(0.5)
+    raise SystemExit(f"the host client did not get to {lines} lines: {st}")
+
+
+def resources(name):
+    """Poke seamless-resources.service (a file in its inotify watch, SIGUSR1), then look at it."""
+    Path(f"{RESOURCES_DIR}/watched/{name}.txt").touch()
+    sh("systemctl", "kill", "-s", "USR1", "--kill-whom=main", "seamless-resources.service")
+    time.sleep(1)
+    reply = demo(7787)
+    _, props = sh("systemctl", "show", "seamless-resources.service", "-p", "ControlGroup")
+    pids = {str(p) for p in cgroup_pids(props.strip().split("=", 1)[1])}
+    locks = []
+    for line in Path("/proc/locks").read_text().splitlines():
+        f = line.split()
+        if len(f) > 5 and f[4] in pids:
+            locks.append({"type": f[1], "access": f[3], "pid": int(f[4]), "inode": f[5].rsplit(":", 1)[1]})
+    shm = Path("/dev/shm/seamless-test-shm-7787")
+    run_file = Path("/run/seamless-resources/open.txt")
+    return {
+        "reply": reply,
+        "locks": sorted(locks, key=lambda x: x["type"]),
+        "shm_file": {"exists": shm.exists(), "owner": shm.owner() if shm.exists() else None},
+        "run_file": {
+            "content": run_file.read_text() if run_file.exists() else None,
+            "owner": run_file.owner() if run_file.exists() else None,
+            "mode": oct(run_file.stat().st_mode & 0o777) if run_file.exists() else None,
+        },
+    }
 
 
 WORKLOAD = Path("/usr/local/lib/seamless-workload")
@@ -251,7 +304,9 @@ def main():
         if scenario == "full":
             refused_upgrade()
             touch_types()
+            emit("tcp-before", host_client("connect", 2))
             emit("types-before", types_state())
+            emit("resources-before", resources("before"))
         emit("before", all_states())
     if phase == "":
         rc, out = sh("seamless-upgrade", "plan")
@@ -295,6 +350,14 @@ def main():
             sh("systemctl", "poweroff")
             return
         emit("types-after", types_state())
+        emit("tcp-after", host_client("talk", 3))
+        emit("resources-after", resources("after"))
+        # The .socket unit still works: stop the restored service, the next client starts it afresh.
+        sh("systemctl", "stop", "seamless-sockact.service")
+        emit(
+            "sockact-again",
+            {"reply": demo(SOCKACT), "socket": unit_state("seamless-sockact.socket")["ActiveState"]},
+        )
         rc, out = sh("systemctl", "reload", "seamless-notify.service")
         emit("types-reload", {"rc": rc, "out": out, "reply": demo(7781)})
         demo(7777, "INC")

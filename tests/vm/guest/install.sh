@@ -2,15 +2,19 @@
 # Runs inside the image (chroot) at build time.
 set -e
 cd /usr/local/lib/seamless-test
-cp seamless-*.service /etc/systemd/system/
+cp seamless-*.service seamless-*.socket /etc/systemd/system/
 SCENARIO=$(cat /etc/seamless-test/scenario)
 systemctl enable seamless-test.service seamless-spoiler.service
 if [ "$SCENARIO" != workload ]; then
 	systemctl enable seamless-demo@7777.service seamless-demo@7778.service seamless-demo@7779.service
 fi
-TYPES="seamless-exec seamless-notify seamless-forking seamless-forking-nopid seamless-oneshot seamless-prefork seamless-backend seamless-frontend seamless-sandboxed"
+TYPES="seamless-exec seamless-notify seamless-forking seamless-forking-nopid seamless-oneshot seamless-prefork seamless-backend seamless-frontend seamless-sandboxed seamless-resources seamless-sysv seamless-chat"
 if [ "$SCENARIO" = full ]; then
 	for u in $TYPES; do systemctl enable "$u.service"; done
+	# Socket-activated: only the sockets are enabled; the first client starts the service.
+	systemctl enable seamless-sockact.socket seamless-sockact-tcp.socket
+	# The system user seamless-resources.service runs as.
+	useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin seamless-res
 fi
 mkdir -p /etc/seamless/conf.d /var/lib/seamless-test
 if [ "$SCENARIO" != workload ]; then
@@ -19,6 +23,12 @@ fi
 if [ "$SCENARIO" = full ]; then
 	cp types.yaml /etc/seamless/conf.d/60-types.yaml
 fi
+# QEMU's user-mode network, configured statically: the host reaches the guest's
+# chat service through it (a TCP client outside the VM).
+mkdir -p /etc/systemd/network
+printf '[Match]\nName=en* eth*\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n' \
+	>/etc/systemd/network/50-qemu.network
+systemctl enable systemd-networkd.service
 # A persistent journal: the old boot's messages are read after the kexec.
 mkdir -p /var/log/journal
 # Not used by the tests, and it fails without real NVDIMMs to monitor.

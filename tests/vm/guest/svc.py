@@ -2,7 +2,7 @@
 """A test service with state only in memory, in the shapes real services have.
 
     svc.py PORT [--notify] [--daemonize PIDFILE|-] [--workers N] [--child]
-                [--backend PATH | --serve-unix PATH]
+                [--backend PATH | --serve-unix PATH | --listen-fd]
 
 It answers one line per TCP connection on 127.0.0.1:PORT (or on the unix
 socket PATH with --serve-unix) with its state as JSON; 'INC' first adds one to
@@ -13,6 +13,7 @@ its counter. SIGHUP (ExecReload=) adds one to 'reloads'.
   --workers N   N pre-forked workers accept on the same listening socket
   --child       keep a child process ('sleep') running
   --backend     also ask the service on unix socket PATH and include its answer
+  --listen-fd   serve on the socket systemd passed (fd 3, socket activation)
 """
 
 import argparse
@@ -33,6 +34,7 @@ p.add_argument("--workers", type=int, default=0)
 p.add_argument("--child", action="store_true")
 p.add_argument("--backend")
 p.add_argument("--serve-unix")
+p.add_argument("--listen-fd", action="store_true")
 args = p.parse_args()
 
 if args.daemonize:
@@ -68,7 +70,10 @@ def on_hup(signum, frame):
 signal.signal(signal.SIGHUP, on_hup)
 print(f"starting fresh: blob {state['blob_sha256'][:16]}", flush=True)
 
-if args.serve_unix:
+if args.listen_fd:
+    assert os.environ.get("LISTEN_FDS") == "1", "expected one socket from systemd"
+    srv = socket.socket(fileno=3)
+elif args.serve_unix:
     if os.path.exists(args.serve_unix):
         os.unlink(args.serve_unix)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -77,7 +82,8 @@ else:
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", args.port))
-srv.listen(16)
+if not args.listen_fd:
+    srv.listen(16)
 
 child = subprocess.Popen(["sleep", "infinity"]) if args.child else None
 

@@ -1,0 +1,116 @@
+"""Open TCP connections across the kexec: no reset before the restore.
+
+CRIU dumps an established connection with TCP repair mode (--tcp-established)
+and, while it dumps, drops the connection's packets with iptables rules so
+the kernel does not answer them; the tree is then killed without the kernel
+sending a FIN or RST. After the kexec the new kernel knows nothing of the
+connection: a segment the peer retransmits before the restore would be
+answered with a reset, and the peer would drop the connection. So the new
+boot drops those segments too, from before the network comes up
+(seamless-restore.service runs before network-pre.target) until the unit's
+tree is restored, with one iptables chain per unit. Connections over the
+loopback device need none: their peer is on this machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+import time
+from collections.abc import Iterable, Sequence
+
+from seamless_systemd.errors import CommandError
+from seamless_systemd.log import log
+from seamless_systemd.run import run
+
+CHAIN_PREFIX = "SEAMLESS-"
+# A connection as recorded at the checkpoint: local address, port, remote address, port.
+Conn = Sequence[object]
+
+
+def available() -> bool:
+    """Whether CRIU can lock connections (it runs iptables) and so can we."""
+    return shutil.which("iptables") is not None and shutil.which("ip6tables") is not None
+
+
+def chain(unit: str) -> str:
+    # iptables chain names hold at most 28 characters.
+    return CHAIN_PREFIX + hashlib.sha256(unit.encode()).hexdigest()[:12]
+
+
+def _tool(ip: str) -> str:
+    return "ip6tables" if ":" in ip and not ip.startswith("::ffff:") else "iptables"
+
+
+def _plain(ip: str) -> str:
+    return ip.removeprefix("::ffff:")
+
+
+def lock(unit: str, conns: Iterable[Conn]) -> int:
+    """Drop incoming segments of UNIT's dumped connections; return how many are locked."""
+    name = chain(unit)
+    locked = 0
+    made: set[str] = set()
+    for local, lport, remote, rport in conns:
+        local_ip, remote_ip = str(local), str(remote)
+        tool = _tool(remote_ip)
+        if tool not in made:
+            run([tool, "-w", "-N", name], check=False)
+            run([tool, "-w", "-I", "INPUT", "-j", name])
+            made.add(tool)
+        peer = ["-s", _plain(remote_ip), "--sport", str(rport)]
+        here = ["-d", _plain(local_ip), "--dport", str(lport)]
+        run([tool, "-w", "-A", name, "-p", "tcp", *peer, *here, "-j", "DROP"])
+        locked += 1
+    return locked
+
+
+def unlock(unit: str) -> None:
+    """Remove UNIT's chain (both address families), if there is one."""
+    remove_chain(chain(unit))
+
+
+def leftover_chains() -> list[str]:
+    out: set[str] = set()
+    for tool in ("iptables", "ip6tables"):
+        if shutil.which(tool) is None:
+            continue
+        try:
+            rules = run([tool, "-w", "-S"]).stdout
+        except CommandError:
+            continue
+        out.update(ln.split()[1] for ln in rules.splitlines() if ln.startswith(f"-N {CHAIN_PREFIX}"))
+    return sorted(out)
+
+
+def remove_chain(name: str) -> None:
+    for tool in ("iptables", "ip6tables"):
+        if shutil.which(tool) is None:
+            continue
+        while run([tool, "-w", "-D", "INPUT", "-j", name], check=False).returncode == 0:
+            pass
+        run([tool, "-w", "-F", name], check=False)
+        run([tool, "-w", "-X", name], check=False)
+
+
+def wait_for_addresses(addresses: Iterable[str], timeout: float) -> list[str]:
+    """Wait until this machine has ADDRESSES (the network came up); return the missing ones."""
+    missing = sorted(set(addresses))
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = [a for a in missing if not _is_local(a)]
+        if not missing or time.monotonic() > deadline:
+            return missing
+        log.debug("Waiting for address(es) %s", ", ".join(missing))
+        time.sleep(0.5)
+
+
+def _is_local(ip: str) -> bool:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((ip, 0))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,95 @@
+"""Plain-Python parts of keeping files and sockets: tmpfs files, /proc/net parsing, lock names."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from seamless_systemd import netlock, sockets, volatile
+
+SHM = Path("/dev/shm")
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    if not any(mp == str(SHM) for mp in volatile._volatile_devices().values()):
+        pytest.skip("/dev/shm is not a tmpfs here")
+    d = SHM / f"seamless-unit-{uuid.uuid4().hex[:8]}"
+    d.mkdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_tmpfs_files_found_carried_and_put_back(shm_dir: Path, tmp_path: Path) -> None:
+    opened = shm_dir / "state" / "open.txt"
+    opened.parent.mkdir(mode=0o750)
+    opened.write_text("kept\n")
+    os.chmod(opened, 0o640)
+    mapped = shm_dir / "segment"
+    mapped.write_bytes(b"\0" * 4096)
+    deleted = tmp_path / "gone.bin"
+    deleted.write_bytes(b"x" * 5000)
+    on_disk = tmp_path / "disk.txt"
+    on_disk.write_text("not tmpfs\n")
+    with opened.open(), mapped.open("r+b") as f2, deleted.open(), on_disk.open():
+        m = mmap.mmap(f2.fileno(), 4096)
+        m[:5] = b"hello"
+        deleted.unlink()
+        files, deleted_bytes = volatile.find([os.getpid()])
+        assert str(opened) in files and str(mapped) in files
+        assert str(on_disk) not in files
+        assert deleted_bytes >= 5000
+        with volatile.Held([str(opened), str(mapped)]) as held:
+            m.close()
+            shutil.rmtree(shm_dir)  # as systemd removes a RuntimeDirectory= when the tree dies
+            entries = held.save(tmp_path / "carried")
+    put, kept = volatile.put_back(entries, tmp_path / "carried")
+    assert sorted(put) == sorted([str(opened), str(mapped)]) and kept == []
+    assert opened.read_text() == "kept\n" and mapped.read_bytes()[:5] == b"hello"
+    assert oct(opened.stat().st_mode & 0o777) == "0o640"
+    assert oct(opened.parent.stat().st_mode & 0o777) == "0o750"
+    # A file that is there again is left alone.
+    opened.write_text("new boot\n")
+    put, kept = volatile.put_back(entries, tmp_path / "carried")
+    assert str(opened) in kept and opened.read_text() == "new boot\n"
+
+
+def test_proc_net_addresses_decoded() -> None:
+    assert sockets.decode_address("0100007F:1F90") == ("127.0.0.1", 8080)
+    assert sockets.decode_address("0F02000A:1E6E") == ("10.0.2.15", 7790)
+    v6 = "00000000000000000000000001000000:0050"
+    assert sockets.decode_address(v6) == ("::1", 80)
+    assert sockets.is_loopback("127.0.0.1") and sockets.is_loopback("::1")
+    assert not sockets.is_loopback("10.0.2.2")
+
+
+def test_own_connection_seen_in_proc_net() -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    cli = socket.create_connection(srv.getsockname())
+    conn, _ = srv.accept()
+    try:
+        inet = sockets.inet_sockets()
+        ino = os.stat(f"/proc/self/fd/{cli.fileno()}").st_ino
+        s = inet[ino]
+        assert sockets.decode_address(s.local) == cli.getsockname()
+        assert sockets.decode_address(s.remote) == srv.getsockname()
+        assert not s.listening and inet[os.stat(f"/proc/self/fd/{srv.fileno()}").st_ino].listening
+    finally:
+        conn.close()
+        cli.close()
+        srv.close()
+
+
+def test_lock_chain_names_fit_iptables() -> None:
+    names = {netlock.chain(f"very-long-unit-name-{i}@instance.service") for i in range(50)}
+    assert len(names) == 50
+    assert all(len(n) <= 28 and n.startswith(netlock.CHAIN_PREFIX) for n in names)
