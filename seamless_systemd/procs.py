@@ -91,9 +91,13 @@ def threads(pid: int) -> list[int]:
 
 def fds(pid: int) -> dict[int, str]:
     """fd number -> readlink target for PID."""
-    out = {}
+    out: dict[int, str] = {}
     base = PROC / str(pid) / "fd"
-    for entry in base.iterdir():
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return out  # gone, or not ours to read
+    for entry in entries:
         try:
             out[int(entry.name)] = os.readlink(entry)
         except OSError:

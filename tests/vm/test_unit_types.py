@@ -115,7 +115,7 @@ def test_unsupported_sandbox_restarted_by_policy(scenario: vm.Scenario) -> None:
 def test_kernel_objects_come_back(scenario: vm.Scenario) -> None:
     before, after = need(scenario, "resources-before"), need(scenario, "resources-after")
     b, a = before["reply"], after["reply"]
-    same = ["plain", "memfd", "shm_posix", "run_file", "eventfd", "timerfd_interval", "creds"]
+    same = ["plain", "memfd", "shm_posix", "run_file", "eventfd", "timerfd_interval", "creds", "udp"]
     for key in [*same, "counter", "started_at", "main_pid"]:
         assert a[key] == b[key], key
     assert b["plain"]["offset"] == 1234 and b["eventfd"] == 42 and b["timerfd_interval"] == [1, 0]

@@ -14,6 +14,7 @@ is read through a signalfd. The objects:
   run_file   a file in its RuntimeDirectory (tmpfs), open
   shm_sysv   with --sysv: a System V shared memory segment
   locks      flock() on DIR/flock.lock, a POSIX lock on DIR/posix.lock
+  udp        a bound UDP socket
   eventfd, timerfd (1 s period), itimer (ITIMER_REAL, 0.5 s), signalfd, inotify
 and its credentials (uids, gids, groups, capabilities).
 """
@@ -24,6 +25,7 @@ import hashlib
 import mmap
 import os
 import signal
+import socket
 import struct
 import sys
 import time
@@ -96,6 +98,10 @@ lock1 = os.open(f"{base}/flock.lock", os.O_RDWR | os.O_CREAT, 0o600)
 fcntl.flock(lock1, fcntl.LOCK_EX)
 lock2 = os.open(f"{base}/posix.lock", os.O_RDWR | os.O_CREAT, 0o600)
 fcntl.lockf(lock2, fcntl.LOCK_EX)
+
+# A bound UDP socket (its port must stay the same).
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("127.0.0.1", 0))
 
 efd = os.eventfd(42, os.EFD_NONBLOCK)
 
@@ -171,6 +177,7 @@ def look():
         "run_file": os.pread(run_file, 4096, 0).decode(),
         "shm_sysv": sha(ctypes.string_at(shm_addr, 64 * KIB)) if shm_addr else None,
         "eventfd": count,
+        "udp": list(udp.getsockname()),
         "timerfd_interval": list(interval),
         "itimer": list(signal.getitimer(signal.ITIMER_REAL)),
         "creds": {

@@ -1,0 +1,130 @@
+"""What plan finds out about a unit's processes, on real processes of this host (no systemd needed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from seamless_systemd import criu
+from seamless_systemd.errors import CheckpointError
+from seamless_systemd.systemd import UnitInfo
+
+Spawn = Callable[[str], int]
+
+
+def unit_for(pid: int, name: str = "probe.service") -> UnitInfo:
+    # No cgroup of its own here: an empty control group has no other processes.
+    return UnitInfo(
+        name, "loaded", "active", "running", pid, "/nonexistent-seamless-probe", "simple", None, "", "", ""
+    )
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """spawn(CODE) runs CODE in a child Python that prints 'ready' and then sleeps."""
+    children: list[subprocess.Popen[str]] = []
+
+    def start(code: str) -> int:
+        prog = textwrap.dedent(code) + "\nprint('ready', flush=True)\nimport time\ntime.sleep(60)\n"
+        p = subprocess.Popen([sys.executable, "-c", prog], stdout=subprocess.PIPE, text=True)
+        children.append(p)
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        return p.pid
+
+    yield start
+    for p in children:
+        p.kill()
+        p.wait()
+
+
+def test_plain_process_has_nothing_unsupported(spawn: Spawn) -> None:
+    pid = spawn("x = bytearray(4 << 20)")
+    facts = criu.inspect(unit_for(pid))
+    assert facts.main_pid == pid and facts.pids == (pid,)
+    assert facts.unsupported == ()
+    assert facts.memory_bytes >= 4 << 20
+
+
+def test_not_running_is_an_error() -> None:
+    info = unit_for(0)
+    with pytest.raises(CheckpointError, match="not running"):
+        criu.inspect(info)
+
+
+def test_sysv_shm_in_host_ipc_namespace_reported(spawn: Spawn) -> None:
+    pid = spawn(
+        """
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.shmat.restype = ctypes.c_void_p
+        shm = libc.shmget(0, ctypes.c_size_t(65536), 0o1000 | 0o600)
+        assert shm >= 0
+        addr = libc.shmat(shm, None, 0)
+        libc.shmctl(shm, 0, None)  # IPC_RMID: gone once detached
+        """
+    )
+    facts = criu.inspect(unit_for(pid))
+    assert any("System V shared memory" in u and "PrivateIPC=yes" in u for u in facts.unsupported)
+
+
+def test_tcp_connection_recorded(spawn: Spawn) -> None:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    pid = spawn(f"import socket\ns = socket.create_connection(('127.0.0.1', {port}))")
+    conn, peer = srv.accept()
+    try:
+        facts = criu.inspect(unit_for(pid))
+        assert facts.tcp_connections == (("127.0.0.1", peer[1], "127.0.0.1", port),)
+        needs_iptables = [u for u in facts.unsupported if "iptables" in u]
+        assert bool(needs_iptables) == (shutil.which("iptables") is None or shutil.which("ip6tables") is None)
+    finally:
+        conn.close()
+        srv.close()
+
+
+def test_unix_connection_to_outside_reported(spawn: Spawn, tmp_path: Path) -> None:
+    path = str(tmp_path / "outside.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+    pid = spawn(f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({path!r})")
+    conn, _ = srv.accept()
+    try:
+        facts = criu.inspect(unit_for(pid))
+        assert any(f"connected to a unix socket outside the unit ({path})" in u for u in facts.unsupported)
+    finally:
+        conn.close()
+        srv.close()
+
+
+def test_tmpfs_file_and_device_seen(spawn: Spawn) -> None:
+    if not os.path.ismount("/dev/shm"):
+        pytest.skip("no /dev/shm here")
+    shm = f"/dev/shm/seamless-probe-{uuid.uuid4().hex[:8]}"
+    device = "/dev/kmsg" if os.path.exists("/dev/kmsg") else None
+    code = f"f = open({shm!r}, 'w')\nf.write('x')\nf.flush()\nn = open('/dev/null')\n"
+    if device:
+        code += f"d = open({device!r}, 'rb', buffering=0)\n"
+    try:
+        pid = spawn(code)
+        facts = criu.inspect(unit_for(pid))
+        assert shm in facts.volatile_files
+        devices = [u for u in facts.unsupported if "devices open" in u]
+        if device:
+            assert len(devices) == 1 and device in devices[0] and "/dev/null" not in devices[0]
+        else:
+            assert devices == []
+    finally:
+        if os.path.exists(shm):
+            os.unlink(shm)
