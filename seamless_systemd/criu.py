@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
-from seamless_systemd import netlock, procs, sockets, volatile
+from seamless_systemd import netlock, procs, sandbox, sockets, volatile
 from seamless_systemd.errors import CheckpointError, CommandError, RestoreError
 from seamless_systemd.run import run
 from seamless_systemd.systemd import UnitInfo
@@ -36,6 +38,11 @@ class TreeFacts:
     listen_sockets: tuple[tuple[int, str], ...] = ()
     # Open TCP connections: (local address, port, remote address, port).
     tcp_connections: tuple[tuple[str, int, str, int], ...] = ()
+    # Its own mount namespace (see sandbox): the host directories of its private
+    # /tmp and /var/tmp, the files it holds that were opened outside the namespace.
+    mount_ns: bool = False
+    private_tmp: tuple[str, ...] = ()
+    outside_files: tuple[dict[str, Any], ...] = ()
 
 
 def inspect(info: UnitInfo) -> TreeFacts:
@@ -61,7 +68,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
             ino = procs.socket_inode(target)
             if ino is not None:
                 inodes.add(ino)
-            elif target.startswith("/") and target not in ALLOWED_DEVICES and procs.is_device(pid, fd):
+            elif target.startswith("/") and procs.device_number(pid, fd) not in (None, *ALLOWED_DEVICES):
                 devices.add(target)
     if devices:
         unsupported.append(f"has devices open that CRIU cannot keep: {', '.join(sorted(devices))}")
@@ -81,6 +88,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
     problems, conns = _inet_problems(inodes, from_systemd)
     unsupported += problems
     unsupported += _sandbox_problems(info.main_pid)
+    mount_ns = sandbox.own_mount_namespace(info.main_pid)
     unsupported += _container_problems(info.main_pid, pids)
     unsupported += _sysv_problems(pids)
     for pid in pids:
@@ -100,12 +108,23 @@ def inspect(info: UnitInfo) -> TreeFacts:
         tuple(files),
         tuple(listen),
         tuple(conns),
+        mount_ns,
+        tuple(sandbox.private_tmp_dirs(info.main_pid)) if mount_ns else (),
+        tuple(sandbox.outside_files(pids)) if mount_ns else (),
     )
 
 
-# Character devices CRIU restores by reopening them.
+# Character devices CRIU restores by reopening them (by device number: a file
+# opened outside the unit's mount namespace shows a path relative to it).
 ALLOWED_DEVICES = frozenset(
-    ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/net/tun"]
+    [
+        (1, 3),  # /dev/null
+        (1, 5),  # /dev/zero
+        (1, 7),  # /dev/full
+        (1, 8),  # /dev/random
+        (1, 9),  # /dev/urandom
+        (10, 200),  # /dev/net/tun
+    ]
 )
 
 
@@ -169,11 +188,6 @@ def _sandbox_problems(pid: int) -> list[str]:
     out = []
     if procs.namespace(pid, "user") != procs.namespace("self", "user"):
         out.append("runs in its own user namespace (PrivateUsers=): CRIU cannot dump that")
-    if procs.namespace(pid, "mnt") != procs.namespace("self", "mnt"):
-        out.append(
-            "runs in its own mount namespace (PrivateTmp=, ProtectSystem=, ProtectHome=, "
-            "PrivateDevices=, ReadWritePaths=, …): not supported yet"
-        )
     if procs.namespace(pid, "net") != procs.namespace("self", "net"):
         out.append("runs in its own network namespace (PrivateNetwork=): not supported yet")
     if procs.status_field(pid, "NoNewPrivs") == "1":
@@ -196,8 +210,19 @@ def uses_tcp_established(facts: TreeFacts) -> bool:
     return bool(facts.tcp_connections) or netlock.available()
 
 
-def dump(facts: TreeFacts, images: Path, log: Path, *, leave_running: bool, timeout: float) -> None:
-    """Dump the tree into IMAGES. Unless LEAVE_RUNNING, the tree is killed afterwards."""
+def dump(
+    facts: TreeFacts,
+    images: Path,
+    log: Path,
+    *,
+    leave_running: bool,
+    timeout: float,
+    save: list[tuple[str, Path]] | None = None,
+) -> None:
+    """Dump the tree into IMAGES. Unless LEAVE_RUNNING, the tree is killed afterwards.
+
+    SAVE: directories to copy (to the paths given) while the tree is frozen.
+    """
     if images.exists():
         shutil.rmtree(images)
     images.mkdir(parents=True)
@@ -205,12 +230,19 @@ def dump(facts: TreeFacts, images: Path, log: Path, *, leave_running: bool, time
     argv = [CRIU, "dump", "--tree", str(facts.main_pid), *_common_options(images, log, facts.shell_job, tcp)]
     for ino in facts.journal_inodes:
         argv += ["--external", f"unix[{ino}]"]
+    if facts.mount_ns:
+        argv += sandbox.DUMP_OPTIONS
+        argv += [a for f in facts.outside_files for a in ("--external", f["external"])]
+    env = None
+    if save:
+        argv += ["--action-script", sandbox.ACTION_SCRIPT]
+        env = {**os.environ, "SEAMLESS_SAVE": "\n".join(f"{d}\t{copy}" for d, copy in save)}
     # Deleted files still open go into the images; the default limit (1 MiB) is low.
     argv += ["--ghost-limit", str(GHOST_LIMIT)]
     if leave_running:
         argv.append("--leave-running")
     try:
-        run(argv, timeout=timeout)
+        run(argv, timeout=timeout, env=env)
     except CommandError as e:
         raise CheckpointError(f"criu dump failed (exit {e.returncode}): {log_tail(log)}") from e
 
@@ -226,6 +258,8 @@ def restore(
     timeout: float,
     shell_job: bool = False,
     tcp: bool = False,
+    root: Path | None = None,
+    remount: list[list[Any]] | None = None,
 ) -> None:
     """Restore the tree from IMAGES, detached; its root's PID goes to PIDFILE.
 
@@ -241,10 +275,22 @@ def restore(
         str(pidfile),
         *_common_options(images, log, shell_job, tcp),
     ]
+    env = None
+    if root is not None:  # its own mount namespace, rebuilt from ROOT (see sandbox)
+        argv += ["--root", str(root), *sandbox.DUMP_OPTIONS]
+        if remount:
+            argv += ["--action-script", sandbox.ACTION_SCRIPT]
+            env = {**os.environ, **sandbox.remount_env(remount)}
     for fd, what in inherit:
         argv += ["--inherit-fd", f"fd[{fd}]:{what}"]
     try:
-        run(argv, timeout=timeout, inherit_stdout=True, pass_fds=tuple(fd for fd, _ in inherit if fd > 2))
+        run(
+            argv,
+            timeout=timeout,
+            inherit_stdout=True,
+            pass_fds=tuple(fd for fd, _ in inherit if fd > 2),
+            env=env,
+        )
     except CommandError as e:
         raise RestoreError(f"criu restore failed (exit {e.returncode}): {log_tail(log)}") from e
 

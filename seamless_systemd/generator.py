@@ -61,7 +61,8 @@ SourcePath={mount}/{gen}/manifest.json
 # Restore before the ordinary services start; keep the shutdown ordering.
 DefaultDependencies=no
 Wants=seamless-restore.service
-After=seamless-restore.service local-fs.target
+# After tmpfiles: it would clean the old private /tmp directories a sandbox is bound from.
+After=seamless-restore.service local-fs.target systemd-tmpfiles-setup.service
 Conflicts=shutdown.target
 Before=shutdown.target
 

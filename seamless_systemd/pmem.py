@@ -61,6 +61,7 @@ def prepare(device: Path, mountpoint: Path) -> None:
     if mounted:
         if os.path.realpath(mounted) != os.path.realpath(device):
             raise SeamlessError(f"{mountpoint} is already a mount of {mounted}, not of {device}")
+        os.chmod(mountpoint, 0o700)
         return
     fstype, label = fs_label(device)
     if not fstype:
@@ -76,6 +77,8 @@ def prepare(device: Path, mountpoint: Path) -> None:
     if proc.returncode != 0:
         log.debug("DAX mount failed (%s), mounting without DAX", proc.stderr.strip())
         run(["mount", str(device), str(mountpoint)])
+    # The images hold the memory of the services (keys, passwords): root only.
+    os.chmod(mountpoint, 0o700)
 
 
 def capacity_bytes(mountpoint: Path) -> int:

@@ -105,13 +105,15 @@ def fds(pid: int) -> dict[int, str]:
     return out
 
 
-def is_device(pid: int, fd: int) -> bool:
-    """Whether PID's FD is a character or block device."""
+def device_number(pid: int, fd: int) -> tuple[int, int] | None:
+    """(major, minor) if PID's FD is a character or block device, else None."""
     try:
-        mode = os.stat(PROC / str(pid) / "fd" / str(fd)).st_mode
+        st = os.stat(PROC / str(pid) / "fd" / str(fd))
     except OSError:
-        return False
-    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        return None
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return (os.major(st.st_rdev), os.minor(st.st_rdev))
+    return None
 
 
 _SOCKET_RE = re.compile(r"^socket:\[(\d+)\]$")

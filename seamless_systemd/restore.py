@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import criu, kernels, netlock, procs, report, sockets, state, systemd, volatile
+from seamless_systemd import criu, kernels, netlock, procs, report, sandbox, sockets, state, systemd, volatile
 from seamless_systemd.config import DEFAULT_MOUNTPOINT
 from seamless_systemd.errors import RestoreError, SeamlessError
 from seamless_systemd.log import log
@@ -166,17 +166,34 @@ def restore_unit(unit: str) -> int:
         inherit = [(1, f"socket:[{ino}]") for ino in dump.get("journal_inodes", [])]
         listen = dump.get("listen_sockets", [])
         inherit += _socket_unit_fds(listen)
-        with _keep_socket_files([str(path) for _, path in listen]):
-            criu.restore(
-                gen.images(unit),
-                pidfile,
-                state.RESTORE_DIR / f"{unit}.log",
-                inherit,
-                timeout=300,
-                shell_job=bool(dump.get("shell_job")),
-                tcp=bool(dump.get("tcp_established")),
-            )
+        root = None
+        outside: list[tuple[int, str]] = []
+        if dump.get("mount_ns"):
+            root = sandbox.restore_root()
+            sandbox.recreate_private_tmp(dump.get("private_tmp", []), gen.private_tmp(unit))
+            outside = sandbox.open_outside_files(dump.get("outside_files", []))
+        try:
+            with _keep_socket_files([str(path) for _, path in listen]):
+                criu.restore(
+                    gen.images(unit),
+                    pidfile,
+                    state.RESTORE_DIR / f"{unit}.log",
+                    inherit + [(fd, f"{ext}") for fd, ext in outside],
+                    timeout=300,
+                    shell_job=bool(dump.get("shell_job")),
+                    tcp=bool(dump.get("tcp_established")),
+                    root=root,
+                    remount=dump.get("remounts", []),
+                )
+        finally:
+            for fd, _ in outside:
+                os.close(fd)
         main_pid = int(pidfile.read_text().strip())
+        if dump.get("mount_ns"):
+            weaker = sandbox.weaker(dump.get("mounts", []), main_pid)
+            if weaker:
+                sandbox.kill_tree(main_pid)
+                raise RestoreError(f"the restored sandbox was weaker than the unit's ({'; '.join(weaker)})")
         _done_path(unit).write_text("restored\n")
         if dump.get("pid_file"):
             # The service's own PID file went with /run; tools that read it find it again.
@@ -284,6 +301,7 @@ def finish() -> int:
             if u.active_state not in ("active", "activating", "reloading"):
                 to_restart.append(unit)
         _done_path(unit).write_text("finished\n")
+    sandbox.unmount_root()
     for name in netlock.leftover_chains():
         log.warning("Removing the leftover connection lock %s", name)
         netlock.remove_chain(name)

@@ -4,6 +4,7 @@ On the PMEM file system (survives kexec):
     MOUNT/GEN/manifest.json           what the upgrade is (kernels, units, PID floor, times)
     MOUNT/GEN/units/UNIT/images/      CRIU images of the unit's process tree
     MOUNT/GEN/units/UNIT/images/seamless-tmpfs-files/  copies of the tmpfs files it used
+    MOUNT/GEN/units/UNIT/images/seamless-private-tmp/  copies of its private /tmp, /var/tmp
     MOUNT/GEN/units/UNIT/dump.json    how the checkpoint went (PIDs, sockets, times, outcome)
     MOUNT/GEN/units/UNIT/checksums.json
     MOUNT/GEN/units/UNIT/COMPLETE     written last: the images are whole
@@ -104,6 +105,10 @@ class Generation:
     def volatile_files(self, unit: str) -> Path:
         # Inside images/: checksummed with them; CRIU ignores it.
         return self.images(unit) / "seamless-tmpfs-files"
+
+    def private_tmp(self, unit: str) -> Path:
+        # Copies of the unit's private /tmp and /var/tmp (numbered), inside images/ too.
+        return self.images(unit) / "seamless-private-tmp"
 
     def dump_info(self, unit: str) -> Path:
         return self.unit_dir(unit) / "dump.json"

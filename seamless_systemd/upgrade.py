@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import criu, kernels, pmem, procs, state, systemd, volatile
+from seamless_systemd import criu, kernels, pmem, procs, sandbox, state, systemd, volatile
 from seamless_systemd.config import Config, OnUnsupported
 from seamless_systemd.errors import CheckpointError, CommandError, LockedError, PreflightError, SeamlessError
 from seamless_systemd.log import log
@@ -454,6 +454,11 @@ def checkpoint(unit: str) -> int:
             listen_sockets=[list(x) for x in facts.listen_sockets],
             tcp_established=criu.uses_tcp_established(facts),
             tcp_connections=[list(c) for c in facts.tcp_connections],
+            mount_ns=facts.mount_ns,
+            private_tmp=list(facts.private_tmp),
+            outside_files=list(facts.outside_files),
+            mounts=sandbox.snapshot(facts.main_pid) if facts.mount_ns else [],
+            remounts=sandbox.remounts(facts.main_pid) if facts.mount_ns else [],
             syslog_identifier=info.syslog_identifier,
             service_type=info.service_type,
             pid_file=info.pid_file,
@@ -467,6 +472,7 @@ def checkpoint(unit: str) -> int:
                 gen.unit_dir(unit) / "dump.log",
                 leave_running=False,
                 timeout=manifest.get("checkpoint_timeout", 120),
+                save=[(d, gen.private_tmp(unit) / str(i)) for i, d in enumerate(facts.private_tmp)],
             )
             record["dumped_at"] = criu.now()
             # The tree is gone now: its tmpfs files hold their last contents.

@@ -93,3 +93,25 @@ def test_lock_chain_names_fit_iptables() -> None:
     names = {netlock.chain(f"very-long-unit-name-{i}@instance.service") for i in range(50)}
     assert len(names) == 50
     assert all(len(n) <= 28 and n.startswith(netlock.CHAIN_PREFIX) for n in names)
+
+
+def test_sandbox_weaker_only_when_a_path_is_less_restricted() -> None:
+    from seamless_systemd import sandbox
+
+    before = [
+        ["/", ["ro"]],
+        ["/home", ["nodev", "noexec", "nosuid", "ro"]],
+        ["/sys", ["nodev", "noexec", "nosuid"]],
+        ["/sys/kernel/tracing", ["nodev", "noexec", "nosuid"]],
+        ["/var/lib/app", []],
+    ]
+    same = [list(x) for x in before]
+    assert sandbox.weaker_than(before, same) == []
+    # tracefs not mounted yet: the path is still under /sys's flags; not weaker.
+    assert sandbox.weaker_than(before, [x for x in before if x[0] != "/sys/kernel/tracing"]) == []
+    lost_ro = [x if x[0] != "/home" else ["/home", ["nodev", "noexec", "nosuid"]] for x in before]
+    assert sandbox.weaker_than(before, lost_ro) == ["/home lost ro"]
+    gone = [x for x in before if x[0] != "/home"]
+    assert sandbox.weaker_than(before, gone) == ["/home is not mounted and so lost nodev,noexec,nosuid"]
+    # An overmount: the last mount on a point is the one that counts.
+    assert sandbox.weaker_than(before, [*before, ["/", []]]) == ["/ lost ro"]

@@ -128,3 +128,9 @@ def test_tmpfs_file_and_device_seen(spawn: Spawn) -> None:
     finally:
         if os.path.exists(shm):
             os.unlink(shm)
+
+
+def test_no_new_privileges_reported(spawn: Spawn) -> None:
+    pid = spawn("import ctypes\nassert ctypes.CDLL(None).prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS")
+    facts = criu.inspect(unit_for(pid))
+    assert any("NoNewPrivileges=" in u for u in facts.unsupported)

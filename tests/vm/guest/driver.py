@@ -46,6 +46,7 @@ TYPES = {
     "seamless-sockact-tcp.service": 7788,
     "seamless-sysv.service": 7789,
     "seamless-chat.service": 7790,
+    "seamless-sandboxed-rw.service": 7791,
 }
 SOCKACT = TYPES["seamless-sockact.service"]
 RESOURCES_DIR = "/var/lib/seamless-resources"
@@ -141,7 +142,7 @@ def types_state():
 
 
 def touch_types():
-    for port in (7780, 7781, 7782, 7783, 7785, 7786, 7787, SOCKACT, 7788, 7789):
+    for port in (7780, 7781, 7782, 7783, 7785, 7786, 7787, SOCKACT, 7788, 7789, 7791):
         demo(port, "INC")
         demo(port, "INC")
 

@@ -14,6 +14,7 @@ its counter. SIGHUP (ExecReload=) adds one to 'reloads'.
   --child       keep a child process ('sleep') running
   --backend     also ask the service on unix socket PATH and include its answer
   --listen-fd   serve on the socket systemd passed (fd 3, socket activation)
+  --sandbox     also report what its sandbox lets it see and write
 """
 
 import argparse
@@ -35,6 +36,7 @@ p.add_argument("--child", action="store_true")
 p.add_argument("--backend")
 p.add_argument("--serve-unix")
 p.add_argument("--listen-fd", action="store_true")
+p.add_argument("--sandbox", action="store_true")
 args = p.parse_args()
 
 if args.daemonize:
@@ -95,6 +97,31 @@ def ask_backend(cmd):
         return json.loads(s.makefile().readline())
 
 
+if args.sandbox:
+    # A file in its private /tmp, kept open: it must be there after the restore.
+    note_fd = os.open("/tmp/seamless-note", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(note_fd, f"written before the upgrade, blob {state['blob_sha256'][:16]}\n".encode())
+
+
+def sandbox():
+    """What the mount namespace allows, as this process sees it."""
+    with open("/proc/self/mountinfo") as f:
+        points = sorted({line.split()[4] for line in f})
+    with open("/proc/self/status") as f:
+        nnp = next(line.split()[1] for line in f if line.startswith("NoNewPrivs:"))
+    return {
+        "writable": {
+            d: os.access(d, os.W_OK)
+            for d in ("/usr", "/etc", "/var/lib/seamless-sbx", "/tmp", "/home", "/run/credentials")
+        },
+        "devices": sorted(os.listdir("/dev")),
+        "mount_points": points,
+        "own_mnt_ns": os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt"),
+        "no_new_privs": nnp,
+        "tmp_note": os.pread(note_fd, 4096, 0).decode() if os.path.exists("/tmp/seamless-note") else None,
+    }
+
+
 def serve():
     while True:
         try:
@@ -110,6 +137,8 @@ def serve():
                 reply["child_pid"] = child.pid
             if args.backend:
                 reply["backend"] = ask_backend(cmd)
+            if args.sandbox:
+                reply["sandbox"] = sandbox()
             conn.sendall(json.dumps(reply).encode() + b"\n")
             print(f"{cmd or 'EMPTY'}: counter={state['counter']}", flush=True)
 

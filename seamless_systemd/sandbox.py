@@ -1,0 +1,217 @@
+"""Units with their own mount namespace (PrivateTmp=, ProtectSystem=, PrivateDevices=, …).
+
+systemd builds the namespace from the host's mounts: read-only binds of /usr
+and /etc, a private /dev, private /tmp and /var/tmp bound from
+/tmp/systemd-private-BOOTID-UNIT-XXXX/tmp. CRIU dumps the namespace's mounts
+relative to the host's (--ext-mount-map auto, --enable-external-masters,
+--enable-external-sharing) and rebuilds it on restore from a root we give it:
+a read-only bind of / (--root). What it needs besides:
+
+- the old private tmp directories, under their old names (the new boot has
+  none; systemd removed them when the tree died) and with their contents:
+  copied at the dump by our action script (post-dump: the tree is frozen,
+  not yet killed), copied back before the restore;
+- the files the tree holds that were opened outside the namespace (stdin
+  /dev/null, opened by systemd before it set the namespace up): dumped as
+  external, and on restore the same path opened by us (--inherit-fd);
+- CRIU 3.17 loses the flags (read-only, …) of some mounts: systemd's
+  "inaccessible" ones (ProtectHome=, InaccessiblePaths=, /run/credentials in
+  every sandbox) and /run/systemd/incoming. Our action script
+  (libexec/criu-action) gives every mount with a restrictive flag its
+  recorded options again, inside the tree's namespace, before it resumes;
+- a check afterwards: every mount must be there and no less restrictive than
+  at the dump. If any came back weaker, the restored tree is killed and the
+  unit starts afresh: a restore never weakens a sandbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from seamless_systemd import procs
+from seamless_systemd.errors import CommandError
+from seamless_systemd.run import run
+
+DUMP_OPTIONS = ["--ext-mount-map", "auto", "--enable-external-masters", "--enable-external-sharing"]
+# Mount options whose absence makes a mount less restrictive.
+RESTRICTIVE = ("ro", "nosuid", "nodev", "noexec")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mount:
+    mount_id: int
+    root: str  # the part of the source file system mounted here
+    point: str
+    options: frozenset[str]
+
+
+def mounts(pid: int | str) -> list[Mount]:
+    out = []
+    for line in (procs.PROC / str(pid) / "mountinfo").read_text().splitlines():
+        f = line.split(" - ", 1)[0].split()
+        out.append(Mount(int(f[0]), _unescape(f[3]), _unescape(f[4]), frozenset(f[5].split(","))))
+    return out
+
+
+def _unescape(s: str) -> str:
+    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def own_mount_namespace(pid: int) -> bool:
+    return procs.namespace(pid, "mnt") != procs.namespace("self", "mnt")
+
+
+def remounts(pid: int) -> list[list[Any]]:
+    """Each visible mount with a restrictive flag, and its per-mount options.
+
+    CRIU 3.17 brings some of them back without their flags (systemd's
+    "inaccessible" mounts, /run/systemd/incoming); ACTION_SCRIPT gives every
+    one of them its options again before the tree resumes.
+    """
+    visible: dict[str, frozenset[str]] = {}
+    for m in mounts(pid):
+        visible[m.point] = m.options  # the last mount on a point is the one seen
+    return [[point, sorted(opts)] for point, opts in visible.items() if opts & set(RESTRICTIVE)]
+
+
+def remount_env(mounts_: list[list[Any]]) -> dict[str, str]:
+    """The environment for ACTION_SCRIPT: which mounts to give which options before the tree resumes."""
+    lines = [f"{point}\t{','.join(opts)}" for point, opts in mounts_ if opts]
+    return {"SEAMLESS_REMOUNT": "\n".join(lines)}
+
+
+ACTION_SCRIPT = "/usr/libexec/seamless-systemd/criu-action"
+
+
+def private_tmp_dirs(pid: int) -> list[str]:
+    """The host directories behind PID's private /tmp and /var/tmp (PrivateTmp=)."""
+    return sorted(
+        {m.root for m in mounts(pid) if m.point in ("/tmp", "/var/tmp") and "systemd-private-" in m.root}
+    )
+
+
+def outside_files(pids: list[int]) -> list[dict[str, Any]]:
+    """Files the tree holds that were opened outside its mount namespace: CRIU must get them from us."""
+    out = []
+    seen = set()
+    for pid in pids:
+        inside = {m.mount_id for m in mounts(pid)}
+        for fd, target in procs.fds(pid).items():
+            if not target.startswith("/"):
+                continue
+            try:
+                mnt_id = _fdinfo_mnt_id(pid, fd)
+                ino = os.stat(procs.PROC / str(pid) / "fd" / str(fd)).st_ino
+            except (OSError, ValueError):
+                continue
+            key = f"file[{mnt_id:x}:{ino:x}]"
+            if mnt_id not in inside and key not in seen:
+                seen.add(key)
+                out.append({"external": key, "path": target, "flags": _fdinfo_flags(pid, fd)})
+    return out
+
+
+def _fdinfo(pid: int, fd: int) -> dict[str, str]:
+    text = (procs.PROC / str(pid) / "fdinfo" / str(fd)).read_text()
+    return {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in text.splitlines())}
+
+
+def _fdinfo_mnt_id(pid: int, fd: int) -> int:
+    return int(_fdinfo(pid, fd)["mnt_id"])
+
+
+def _fdinfo_flags(pid: int, fd: int) -> int:
+    return int(_fdinfo(pid, fd)["flags"], 8)
+
+
+def snapshot(pid: int) -> list[list[Any]]:
+    """PID's mounts as recorded at the dump: [mount point, sorted restrictive flags]."""
+    return [[m.point, sorted(m.options & set(RESTRICTIVE))] for m in mounts(pid)]
+
+
+def _visible(table: list[list[Any]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for point, opts in table:
+        out[point] = set(opts) & set(RESTRICTIVE)  # the last mount on a point is the one seen
+    return out
+
+
+def _effective(table: dict[str, set[str]], path: str) -> set[str]:
+    """The restrictive flags in force at PATH: those of the mount it is on."""
+    while path not in table and path != "/":
+        path = os.path.dirname(path)
+    return table.get(path, set())
+
+
+def weaker(before: list[list[Any]], pid: int) -> list[str]:
+    """Where PID's mounts restrict less than BEFORE did (empty: the sandbox is whole).
+
+    A mount that is missing is weaker only if the path it covered is now less
+    restricted (a tracefs the host has not mounted yet is not).
+    """
+    return weaker_than(before, snapshot(pid))
+
+
+def weaker_than(before: list[list[Any]], after: list[list[Any]]) -> list[str]:
+    was, now = _visible(before), _visible(after)
+    out = []
+    for point, flags in sorted(was.items()):
+        lost = flags - _effective(now, point)
+        if lost:
+            state = "lost" if point in now else "is not mounted and so lost"
+            out.append(f"{point} {state} {','.join(sorted(lost))}")
+    return out
+
+
+ROOT = Path("/run/seamless/root")
+
+
+def restore_root() -> Path:
+    """A read-only bind of / for criu restore --root (made once per boot)."""
+    ROOT.mkdir(parents=True, exist_ok=True)
+    if not os.path.ismount(ROOT):
+        run(["mount", "--bind", "/", str(ROOT)])
+        run(["mount", "-o", "remount,bind,ro", str(ROOT)])
+    return ROOT
+
+
+def recreate_private_tmp(dirs: list[str], saved: Path) -> None:
+    """The old private /tmp directories again, with what they held at the dump (saved/N)."""
+    for i, d in enumerate(dirs):
+        path = Path(d)
+        if not path.is_absolute() or ".." in path.parts:
+            continue
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        os.chmod(path, 0o1777)
+        if (saved / str(i)).is_dir():
+            run(["cp", "-a", "--", f"{saved / str(i)}/.", f"{path}/"])
+
+
+def open_outside_files(files: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """Open the dumped outside files again in the host; (fd, external id) for --inherit-fd."""
+    out = []
+    for f in files:
+        flags = int(f.get("flags", os.O_RDONLY)) & (os.O_ACCMODE | os.O_APPEND)
+        fd = os.open(f["path"], flags | os.O_CLOEXEC)
+        out.append((fd, f["external"]))
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    for p in reversed(procs.tree(pid)):
+        try:
+            os.kill(p, 9)
+        except ProcessLookupError:
+            continue
+
+
+def unmount_root() -> None:
+    """Drop the restore root once nothing needs it (restore-finish)."""
+    if os.path.ismount(ROOT):
+        with contextlib.suppress(CommandError):
+            run(["umount", "--lazy", str(ROOT)])
