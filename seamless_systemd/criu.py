@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -190,9 +192,28 @@ def _sandbox_problems(pid: int) -> list[str]:
         out.append("runs in its own user namespace (PrivateUsers=): CRIU cannot dump that")
     if procs.namespace(pid, "net") != procs.namespace("self", "net"):
         out.append("runs in its own network namespace (PrivateNetwork=): not supported yet")
-    if procs.status_field(pid, "NoNewPrivs") == "1":
-        out.append("has NoNewPrivileges= set, which CRIU 3.17 would drop on restore")
+    if procs.status_field(pid, "NoNewPrivs") == "1" and (version() or (0,)) < NO_NEW_PRIVS_KEPT:
+        have = ".".join(map(str, version() or ())) or "unknown"
+        out.append(
+            f"has NoNewPrivileges= set (also implied by DynamicUser= and seccomp settings), which "
+            f"CRIU before 3.19 drops on restore (this one: {have})"
+        )
     return out
+
+
+# CRIU keeps the no_new_privs flag from 3.19 on (checkpoint-restore/criu#2228).
+NO_NEW_PRIVS_KEPT = (3, 19)
+
+
+@functools.cache
+def version() -> tuple[int, ...] | None:
+    """CRIU's version, e.g. (3, 17, 1); None if it cannot be run."""
+    try:
+        out = run([CRIU, "--version"], timeout=30).stdout
+    except CommandError:
+        return None
+    m = re.search(r"Version:\s*(\d+(?:\.\d+)*)", out)
+    return tuple(int(x) for x in m.group(1).split(".")) if m else None
 
 
 def _common_options(images: Path, log: Path, shell_job: bool, tcp: bool) -> list[str]:

@@ -19,8 +19,8 @@ mount -o remount,bind,ro $R/usr
 get() { python3 -c "
 import socket,sys
 s=socket.create_connection(('127.0.0.1',7799)); s.sendall(sys.argv[1].encode()+b'\n'); print(s.makefile().readline().strip())" "$1"; }
-podman --runtime runc run -d --name looper --network host --rootfs $R \
-	-v /usr/local/lib/seamless-test:/app:ro python3 /app/demo.py 7799
+podman --runtime runc run -d --name looper --network host \
+	-v /usr/local/lib/seamless-test:/app:ro --rootfs $R python3 /app/demo.py 7799
 sleep 8
 podman ps
 get INC; get INC
