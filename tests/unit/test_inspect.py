@@ -134,3 +134,12 @@ def test_no_new_privileges_reported(spawn: Spawn) -> None:
     pid = spawn("import ctypes\nassert ctypes.CDLL(None).prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS")
     facts = criu.inspect(unit_for(pid))
     assert any("NoNewPrivileges=" in u for u in facts.unsupported)
+
+
+def test_criu_version_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Out:
+        stdout = "Version: 3.17.1\n"
+
+    monkeypatch.setattr(criu, "run", lambda *a, **k: Out())
+    assert criu.version.__wrapped__() == (3, 17, 1)
+    assert criu.version.__wrapped__() < criu.NO_NEW_PRIVS_KEPT
