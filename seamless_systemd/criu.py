@@ -98,7 +98,9 @@ def inspect(info: UnitInfo) -> TreeFacts:
         if tracer not in ("", "0"):
             unsupported.append(f"process {pid} is traced (ptrace) by PID {tracer}")
     files, deleted_bytes = volatile.find(pids)
+    private_tmp = sandbox.private_tmp_dirs(info.main_pid) if mount_ns else []
     mem = sum(procs.anon_bytes(p) for p in pids) + volatile.size(files) + deleted_bytes
+    mem += sum(volatile.tree_bytes(d) for d in private_tmp)  # copied into the images too
     shell_job = procs.session_of(info.main_pid) != info.main_pid
     return TreeFacts(
         info.main_pid,
@@ -111,7 +113,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
         tuple(listen),
         tuple(conns),
         mount_ns,
-        tuple(sandbox.private_tmp_dirs(info.main_pid)) if mount_ns else (),
+        tuple(private_tmp),
         tuple(sandbox.outside_files(pids)) if mount_ns else (),
     )
 

@@ -47,13 +47,14 @@ class Mount:
     root: str  # the part of the source file system mounted here
     point: str
     options: frozenset[str]
+    dev: str = ""  # major:minor of the source file system
 
 
 def mounts(pid: int | str) -> list[Mount]:
     out = []
     for line in (procs.PROC / str(pid) / "mountinfo").read_text().splitlines():
         f = line.split(" - ", 1)[0].split()
-        out.append(Mount(int(f[0]), _unescape(f[3]), _unescape(f[4]), frozenset(f[5].split(","))))
+        out.append(Mount(int(f[0]), _unescape(f[3]), _unescape(f[4]), frozenset(f[5].split(",")), f[2]))
     return out
 
 
@@ -89,9 +90,14 @@ ACTION_SCRIPT = "/usr/libexec/seamless-systemd/criu-action"
 
 def private_tmp_dirs(pid: int) -> list[str]:
     """The host directories behind PID's private /tmp and /var/tmp (PrivateTmp=)."""
-    return sorted(
-        {m.root for m in mounts(pid) if m.point in ("/tmp", "/var/tmp") and "systemd-private-" in m.root}
-    )
+    # The mount's root is a path inside its file system; where that file system
+    # is mounted in the host (/, or /tmp when /tmp is a tmpfs) gives the host path.
+    host = {m.dev: m.point for m in reversed(mounts("self")) if m.root == "/"}
+    out = set()
+    for m in mounts(pid):
+        if m.point in ("/tmp", "/var/tmp") and "systemd-private-" in m.root and m.dev in host:
+            out.add(os.path.join(host[m.dev], m.root.lstrip("/")))
+    return sorted(out)
 
 
 def outside_files(pids: list[int]) -> list[dict[str, Any]]:

@@ -89,6 +89,20 @@ def size(paths: Iterable[str]) -> int:
     return total
 
 
+def tree_bytes(directory: str) -> int:
+    """Bytes of the regular files below DIRECTORY (0 if it is gone)."""
+    total = 0
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
 def _meta(path: Path) -> dict[str, Any]:
     st = path.stat()
     return {
