@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import stat
@@ -44,6 +45,33 @@ def namespace(pid: int | str, kind: str) -> str:
         return os.readlink(PROC / str(pid) / "ns" / kind)
     except OSError:
         return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Mount:
+    mount_id: int
+    dev: str  # major:minor of the source file system
+    root: str  # the part of the source file system mounted here
+    point: str
+    options: frozenset[str]  # per-mount options (ro, nosuid, relatime, …)
+    fstype: str
+
+
+def mounts(pid: int | str) -> list[Mount]:
+    """PID's mount table ('self' for ours), from /proc/PID/mountinfo, in mount order."""
+    out = []
+    for line in (PROC / str(pid) / "mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        f = left.split()
+        fstype = right.split()[0] if right else ""
+        out.append(
+            Mount(int(f[0]), f[2], _unescape(f[3]), _unescape(f[4]), frozenset(f[5].split(",")), fstype)
+        )
+    return out
+
+
+def _unescape(s: str) -> str:
+    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
 def all_pids() -> list[int]:

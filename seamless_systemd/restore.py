@@ -183,7 +183,7 @@ def restore_unit(unit: str) -> int:
                     shell_job=bool(dump.get("shell_job")),
                     tcp=bool(dump.get("tcp_established")),
                     root=root,
-                    remount=dump.get("remounts", []),
+                    remount=dump.get("mounts", []),
                 )
         finally:
             for fd, _ in outside:

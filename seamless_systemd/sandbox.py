@@ -27,7 +27,6 @@ a read-only bind of / (--root). What it needs besides:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -41,47 +40,18 @@ DUMP_OPTIONS = ["--ext-mount-map", "auto", "--enable-external-masters", "--enabl
 RESTRICTIVE = ("ro", "nosuid", "nodev", "noexec")
 
 
-@dataclasses.dataclass(frozen=True)
-class Mount:
-    mount_id: int
-    root: str  # the part of the source file system mounted here
-    point: str
-    options: frozenset[str]
-    dev: str = ""  # major:minor of the source file system
-
-
-def mounts(pid: int | str) -> list[Mount]:
-    out = []
-    for line in (procs.PROC / str(pid) / "mountinfo").read_text().splitlines():
-        f = line.split(" - ", 1)[0].split()
-        out.append(Mount(int(f[0]), _unescape(f[3]), _unescape(f[4]), frozenset(f[5].split(",")), f[2]))
-    return out
-
-
-def _unescape(s: str) -> str:
-    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
 def own_mount_namespace(pid: int) -> bool:
     return procs.namespace(pid, "mnt") != procs.namespace("self", "mnt")
 
 
-def remounts(pid: int) -> list[list[Any]]:
-    """Each visible mount with a restrictive flag, and its per-mount options.
+def remount_env(table: list[list[Any]]) -> dict[str, str]:
+    """The environment for ACTION_SCRIPT: the options to give each mount with a restrictive flag.
 
-    CRIU 3.17 brings some of them back without their flags (systemd's
-    "inaccessible" mounts, /run/systemd/incoming); ACTION_SCRIPT gives every
-    one of them its options again before the tree resumes.
+    CRIU 3.17 brings some mounts back without their flags (systemd's
+    "inaccessible" mounts, /run/systemd/incoming); the script gives every one
+    of them its recorded options again before the tree resumes.
     """
-    visible: dict[str, frozenset[str]] = {}
-    for m in mounts(pid):
-        visible[m.point] = m.options  # the last mount on a point is the one seen
-    return [[point, sorted(opts)] for point, opts in visible.items() if opts & set(RESTRICTIVE)]
-
-
-def remount_env(mounts_: list[list[Any]]) -> dict[str, str]:
-    """The environment for ACTION_SCRIPT: which mounts to give which options before the tree resumes."""
-    lines = [f"{point}\t{','.join(opts)}" for point, opts in mounts_ if opts]
+    lines = [f"{point}\t{','.join(opts)}" for point, opts in table if set(opts) & set(RESTRICTIVE)]
     return {"SEAMLESS_REMOUNT": "\n".join(lines)}
 
 
@@ -92,9 +62,9 @@ def private_tmp_dirs(pid: int) -> list[str]:
     """The host directories behind PID's private /tmp and /var/tmp (PrivateTmp=)."""
     # The mount's root is a path inside its file system; where that file system
     # is mounted in the host (/, or /tmp when /tmp is a tmpfs) gives the host path.
-    host = {m.dev: m.point for m in reversed(mounts("self")) if m.root == "/"}
+    host = {m.dev: m.point for m in reversed(procs.mounts("self")) if m.root == "/"}
     out = set()
-    for m in mounts(pid):
+    for m in procs.mounts(pid):
         if m.point in ("/tmp", "/var/tmp") and "systemd-private-" in m.root and m.dev in host:
             out.add(os.path.join(host[m.dev], m.root.lstrip("/")))
     return sorted(out)
@@ -105,19 +75,20 @@ def outside_files(pids: list[int]) -> list[dict[str, Any]]:
     out = []
     seen = set()
     for pid in pids:
-        inside = {m.mount_id for m in mounts(pid)}
+        inside = {m.mount_id for m in procs.mounts(pid)}
         for fd, target in procs.fds(pid).items():
             if not target.startswith("/"):
                 continue
             try:
-                mnt_id = _fdinfo_mnt_id(pid, fd)
+                info = _fdinfo(pid, fd)
+                mnt_id, flags = int(info["mnt_id"]), int(info["flags"], 8)
                 ino = os.stat(procs.PROC / str(pid) / "fd" / str(fd)).st_ino
-            except (OSError, ValueError):
+            except (OSError, ValueError, KeyError):
                 continue
             key = f"file[{mnt_id:x}:{ino:x}]"
             if mnt_id not in inside and key not in seen:
                 seen.add(key)
-                out.append({"external": key, "path": target, "flags": _fdinfo_flags(pid, fd)})
+                out.append({"external": key, "path": target, "flags": flags})
     return out
 
 
@@ -126,17 +97,12 @@ def _fdinfo(pid: int, fd: int) -> dict[str, str]:
     return {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in text.splitlines())}
 
 
-def _fdinfo_mnt_id(pid: int, fd: int) -> int:
-    return int(_fdinfo(pid, fd)["mnt_id"])
-
-
-def _fdinfo_flags(pid: int, fd: int) -> int:
-    return int(_fdinfo(pid, fd)["flags"], 8)
-
-
 def snapshot(pid: int) -> list[list[Any]]:
-    """PID's mounts as recorded at the dump: [mount point, sorted restrictive flags]."""
-    return [[m.point, sorted(m.options & set(RESTRICTIVE))] for m in mounts(pid)]
+    """PID's visible mounts as recorded at the dump: [mount point, sorted per-mount options]."""
+    visible: dict[str, frozenset[str]] = {}
+    for m in procs.mounts(pid):
+        visible[m.point] = m.options  # the last mount on a point is the one seen
+    return [[point, sorted(opts)] for point, opts in visible.items()]
 
 
 def _visible(table: list[list[Any]]) -> dict[str, set[str]]:

@@ -458,7 +458,6 @@ def checkpoint(unit: str) -> int:
             private_tmp=list(facts.private_tmp),
             outside_files=list(facts.outside_files),
             mounts=sandbox.snapshot(facts.main_pid) if facts.mount_ns else [],
-            remounts=sandbox.remounts(facts.main_pid) if facts.mount_ns else [],
             syslog_identifier=info.syslog_identifier,
             service_type=info.service_type,
             pid_file=info.pid_file,

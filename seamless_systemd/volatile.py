@@ -32,19 +32,15 @@ DELETED = " (deleted)"
 def _volatile_devices() -> dict[int, str]:
     """st_dev -> mount point of every tmpfs/ramfs mount in our mount namespace."""
     out = {}
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        fstype = right.split()[0] if right else ""
-        if fstype in VOLATILE_FS:
-            major, minor = fields[2].split(":")
-            out[os.makedev(int(major), int(minor))] = fields[4].replace("\\040", " ")
+    for m in procs.mounts("self"):
+        if m.fstype in VOLATILE_FS:
+            major, minor = m.dev.split(":")
+            out[os.makedev(int(major), int(minor))] = m.point
     return out
 
 
-def _paths_of(pid: int) -> Iterable[str]:
-    """Absolute paths PID has open or mapped."""
-    yield from (t for t in procs.fds(pid).values() if t.startswith("/"))
+def _mapped(pid: int) -> Iterable[str]:
+    """Absolute paths PID has mapped."""
     try:
         maps = (procs.PROC / str(pid) / "maps").read_text()
     except OSError:
@@ -61,7 +57,14 @@ def find(pids: Iterable[int]) -> tuple[list[str], int]:
     found: set[str] = set()
     deleted_bytes = 0
     for pid in pids:
-        for path in set(_paths_of(pid)):
+        fds = {fd: t for fd, t in procs.fds(pid).items() if t.startswith("/")}
+        for fd, target in fds.items():
+            if target.endswith(DELETED):
+                try:
+                    deleted_bytes += os.stat(procs.PROC / str(pid) / "fd" / str(fd)).st_size
+                except OSError:
+                    continue
+        for path in {*fds.values(), *_mapped(pid)}:
             if path.endswith(DELETED):
                 continue
             try:
@@ -70,12 +73,6 @@ def find(pids: Iterable[int]) -> tuple[list[str], int]:
                 continue
             if stat.S_ISREG(st.st_mode) and st.st_dev in devices:
                 found.add(path)
-        for fd, target in procs.fds(pid).items():
-            if target.endswith(DELETED) and target.startswith("/"):
-                try:
-                    deleted_bytes += os.stat(procs.PROC / str(pid) / "fd" / str(fd)).st_size
-                except OSError:
-                    continue
     return sorted(found), deleted_bytes
 
 

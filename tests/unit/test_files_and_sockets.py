@@ -115,3 +115,10 @@ def test_sandbox_weaker_only_when_a_path_is_less_restricted() -> None:
     assert sandbox.weaker_than(before, gone) == ["/home is not mounted and so lost nodev,noexec,nosuid"]
     # An overmount: the last mount on a point is the one that counts.
     assert sandbox.weaker_than(before, [*before, ["/", []]]) == ["/ lost ro"]
+
+
+def test_remount_env_names_the_restrictive_mounts_with_all_their_options() -> None:
+    from seamless_systemd import sandbox
+
+    table = [["/", ["relatime", "ro"]], ["/var/lib/app", ["relatime", "rw"]], ["/home", ["nosuid", "ro"]]]
+    assert sandbox.remount_env(table) == {"SEAMLESS_REMOUNT": "/\trelatime,ro\n/home\tnosuid,ro"}
