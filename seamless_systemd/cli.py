@@ -37,6 +37,10 @@ def _print_plan(plan: upgrade.Plan) -> None:
     print("Units:")
     for u in plan.units:
         state_ = f"PID {u.main_pid}, {len(u.pids)} process(es), memory {_mib(u.memory_bytes)}"
+        if u.container:
+            state_ = (
+                f"podman container {u.container} (conmon PID {u.main_pid}), memory {_mib(u.memory_bytes)}"
+            )
         if u.stateless:
             state_ = "Type=oneshot: no process to preserve, it runs again at boot"
         elif u.restart:
@@ -64,7 +68,8 @@ def cmd_plan(args: argparse.Namespace, cfg: config.Config) -> int:
 def cmd_arm(args: argparse.Namespace, cfg: config.Config) -> int:
     with upgrade.lock():
         gen = upgrade.arm(cfg, args.kernel, trial=not args.no_trial)
-    print(f"Armed upgrade {gen.id}: 'systemctl kexec' now preserves {', '.join(cfg.units)}")
+    armed = state.read_json(state.ARMED)
+    print(f"Armed upgrade {gen.id}: 'systemctl kexec' now preserves {', '.join(armed['units'])}")
     return 0
 
 
@@ -99,6 +104,7 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
         "armed": armed,
         "kexec_loaded": upgrade.kexec_loaded(),
         "units": list(cfg.units),
+        "containers": list(cfg.containers),
         "last_report": last,
     }
     if args.json:
@@ -112,6 +118,8 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
     else:
         print("Not armed: shutdowns are ordinary.")
     print(f"Configured units: {', '.join(cfg.units) or '(none)'}")
+    if cfg.containers:
+        print(f"Configured podman containers: {', '.join(cfg.containers)}")
     if last:
         print("Last upgrade:\n" + report.render(last))
     return 0

@@ -25,6 +25,7 @@ DEFAULT_MOUNTPOINT = Path("/run/seamless/pmem")
 # Allowed keys, with the type each must have.
 _TOP: dict[str, type | tuple[type, ...]] = {
     "units": list,
+    "containers": list,
     "on_unsupported": str,
     "pmem": dict,
     "kernel": (str, type(None)),
@@ -48,8 +49,10 @@ _SUFFIXES = (".service", ".socket", ".target", ".mount", ".timer", ".path", ".sc
 @dataclasses.dataclass(frozen=True)
 class Config:
     units: tuple[str, ...] = ()
+    # podman containers, by name (each run by a service; see podman.py).
+    containers: tuple[str, ...] = ()
     on_unsupported: OnUnsupported = OnUnsupported.REFUSE
-    # Per-unit choices that differ from on_unsupported.
+    # Per-unit (and per-container) choices that differ from on_unsupported.
     unit_on_unsupported: tuple[tuple[str, OnUnsupported], ...] = ()
     pmem_device: Path = DEFAULT_DEVICE
     # Fixed: the initramfs mounts it there and the checkpoint hook orders itself
@@ -77,6 +80,21 @@ def check_unit_name(name: str) -> str | None:
         return f"{name!r} is a template; name an instance, e.g. '{name[:-9]}@NAME.service'"
     if not _UNIT_RE.match(name):
         return f"unit name {name!r} has characters systemd does not allow (escape them with systemd-escape)"
+    return None
+
+
+_CONTAINER_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+def check_container_name(name: str) -> str | None:
+    """Return why NAME cannot be a podman container name, or None if it can."""
+    if not _CONTAINER_RE.match(name) or len(name) > 253:
+        return (
+            f"container name {name!r} is not a podman container name (letters, digits, '_', '.', '-'; "
+            "'podman ps -a --format {{.Names}}' lists them)"
+        )
+    if name.endswith(_SUFFIXES):
+        return f"{name!r} is a unit name; list units under 'units:', containers by name under 'containers:'"
     return None
 
 
@@ -123,21 +141,25 @@ def _read_fragment(path: Path) -> dict[str, Any]:
         _check_keys(data["pmem"], _PMEM, path, "pmem.")
     if "on_unsupported" in data:
         _check_policy(data["on_unsupported"], path, "on_unsupported")
-    for i, unit in enumerate(data.get("units", [])):
-        if isinstance(unit, dict):
-            _check_keys(unit, _UNIT, path, f"units[{i}].")
-            if "name" not in unit:
-                raise ConfigError(f"{path}: units[{i}] needs a 'name' (the unit name)")
-            if "on_unsupported" in unit:
-                _check_policy(unit["on_unsupported"], path, f"units[{i}].on_unsupported")
-            unit = unit["name"]
-        elif not isinstance(unit, str):
-            raise ConfigError(
-                f"{path}: units[{i}] must be a unit name or a mapping with 'name', not {unit!r}"
-            )
-        why = check_unit_name(unit)
-        if why:
-            raise ConfigError(f"{path}: units[{i}]: {why}")
+    for key, what, check in (
+        ("units", "unit name", check_unit_name),
+        ("containers", "container name", check_container_name),
+    ):
+        for i, entry in enumerate(data.get(key, [])):
+            if isinstance(entry, dict):
+                _check_keys(entry, _UNIT, path, f"{key}[{i}].")
+                if "name" not in entry:
+                    raise ConfigError(f"{path}: {key}[{i}] needs a 'name' (the {what})")
+                if "on_unsupported" in entry:
+                    _check_policy(entry["on_unsupported"], path, f"{key}[{i}].on_unsupported")
+                entry = entry["name"]
+            elif not isinstance(entry, str):
+                raise ConfigError(
+                    f"{path}: {key}[{i}] must be a {what} or a mapping with 'name', not {entry!r}"
+                )
+            why = check(entry)
+            if why:
+                raise ConfigError(f"{path}: {key}[{i}]: {why}")
     timeout = data.get("checkpoint_timeout")
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"{path}: 'checkpoint_timeout' must be a positive number of seconds")
@@ -152,6 +174,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
     if conf_d.is_dir():
         paths += sorted(p for p in conf_d.iterdir() if p.suffix in (".yaml", ".yml"))
     units: list[str] = []
+    containers: list[str] = []
     policies: dict[str, OnUnsupported] = {}
     default_policy = OnUnsupported.REFUSE
     pmem: dict[str, str] = {}
@@ -159,13 +182,14 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
     timeout = Config.checkpoint_timeout
     for path in paths:
         data = _read_fragment(path)
-        for unit in data.get("units", []):
-            if isinstance(unit, dict):
-                if "on_unsupported" in unit:
-                    policies[unit["name"]] = OnUnsupported(unit["on_unsupported"])
-                unit = unit["name"]
-            if unit not in units:
-                units.append(unit)
+        for key, names in (("units", units), ("containers", containers)):
+            for entry in data.get(key, []):
+                if isinstance(entry, dict):
+                    if "on_unsupported" in entry:
+                        policies[entry["name"]] = OnUnsupported(entry["on_unsupported"])
+                    entry = entry["name"]
+                if entry not in names:
+                    names.append(entry)
         if "on_unsupported" in data:
             default_policy = OnUnsupported(data["on_unsupported"])
         pmem.update(data.get("pmem", {}))
@@ -178,6 +202,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         raise ConfigError(f"{where}: 'pmem.device' must be a device path under /dev, not '{device}'")
     return Config(
         units=tuple(units),
+        containers=tuple(containers),
         on_unsupported=default_policy,
         unit_on_unsupported=tuple(sorted(policies.items())),
         pmem_device=device,

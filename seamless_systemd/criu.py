@@ -45,6 +45,8 @@ class TreeFacts:
     mount_ns: bool = False
     private_tmp: tuple[str, ...] = ()
     outside_files: tuple[dict[str, Any], ...] = ()
+    # The host's run-time mounts seen in that namespace, left out (sandbox.runtime_mounts).
+    skip_mounts: tuple[str, ...] = ()
 
 
 def inspect(info: UnitInfo) -> TreeFacts:
@@ -115,6 +117,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
         mount_ns,
         tuple(private_tmp),
         tuple(sandbox.outside_files(pids)) if mount_ns else (),
+        tuple(sandbox.runtime_mounts(info.main_pid, info.name)) if mount_ns else (),
     )
 
 
@@ -255,6 +258,7 @@ def dump(
         argv += ["--external", f"unix[{ino}]"]
     if facts.mount_ns:
         argv += sandbox.DUMP_OPTIONS
+        argv += [a for p in facts.skip_mounts for a in ("--skip-mnt", p)]
         argv += [a for f in facts.outside_files for a in ("--external", f["external"])]
     env = None
     if save:

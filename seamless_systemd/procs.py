@@ -55,6 +55,7 @@ class Mount:
     point: str
     options: frozenset[str]  # per-mount options (ro, nosuid, relatime, …)
     fstype: str
+    tags: frozenset[str] = frozenset()  # propagation: shared:N, master:N, …
 
 
 def mounts(pid: int | str) -> list[Mount]:
@@ -65,7 +66,15 @@ def mounts(pid: int | str) -> list[Mount]:
         f = left.split()
         fstype = right.split()[0] if right else ""
         out.append(
-            Mount(int(f[0]), f[2], _unescape(f[3]), _unescape(f[4]), frozenset(f[5].split(",")), fstype)
+            Mount(
+                int(f[0]),
+                f[2],
+                _unescape(f[3]),
+                _unescape(f[4]),
+                frozenset(f[5].split(",")),
+                fstype,
+                frozenset(f[6:]),
+            )
         )
     return out
 

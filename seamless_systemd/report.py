@@ -22,11 +22,14 @@ def build(gen: state.Generation) -> dict[str, Any]:
         outcome = rest.get("outcome") or ("not-checkpointed" if not dump else "unknown")
         entry = {
             "unit": unit,
+            "container": dump.get("container") or manifest.get("containers", {}).get(unit),
             "outcome": outcome,
             "reason": rest.get("reason") or dump.get("reason"),
             "main_pid_before": dump.get("main_pid", manifest.get("main_pids", {}).get(unit)),
             "main_pid_after": rest.get("main_pid"),
             "image_bytes": dump.get("image_bytes"),
+            # The host's run-time mounts its namespace showed, left out (sandbox.runtime_mounts).
+            "skipped_mounts": dump.get("skipped_mounts") or [],
             "seconds": {
                 "checkpoint": _span(dump.get("started_at"), dump.get("dumped_at")),
                 "restore": _span(rest.get("started_at"), rest.get("finished_at")),
@@ -72,7 +75,8 @@ def render(rep: dict[str, Any]) -> str:
     for u in rep["units"]:
         pids = f"PID {u['main_pid_before']} -> {u['main_pid_after']}" if u["main_pid_after"] else ""
         why = f" ({u['reason']})" if u.get("reason") and u["outcome"] != "restored" else ""
-        lines.append(f"  {u['unit']}: {u['outcome']} {pids}{why}".rstrip())
+        ctr = f" (container {u['container']})" if u.get("container") else ""
+        lines.append(f"  {u['unit']}{ctr}: {u['outcome']} {pids}{why}".rstrip())
     secs = ", ".join(f"{k} {v:.1f} s" for k, v in rep["seconds"].items() if v is not None)
     lines.append(f"  phases: {secs}")
     return "\n".join(lines)

@@ -19,7 +19,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import criu, kernels, netlock, procs, report, sandbox, sockets, state, systemd, volatile
+from seamless_systemd import (
+    criu,
+    kernels,
+    netlock,
+    podman,
+    procs,
+    report,
+    sandbox,
+    sockets,
+    state,
+    systemd,
+    volatile,
+)
 from seamless_systemd.config import DEFAULT_MOUNTPOINT
 from seamless_systemd.errors import RestoreError, SeamlessError
 from seamless_systemd.log import log
@@ -153,6 +165,12 @@ def restore_unit(unit: str) -> int:
         dump = state.read_json(gen.dump_info(unit))
         pidfile = state.RESTORE_DIR / f"{unit}.pid"
         pidfile.unlink(missing_ok=True)
+        if dump.get("kind") == "podman":
+            main_pid = _restore_container(gen, unit, dump, pidfile)
+            _done_path(unit).write_text("restored\n")
+            record.update(outcome="restored", finished_at=time.time(), main_pid=main_pid)
+            log.info("Restored %s (container %s), main PID %d", unit, dump["container"], main_pid)
+            return 0
         put, kept = volatile.put_back(dump.get("volatile_files", []), gen.volatile_files(unit))
         if put or kept:
             record.update(tmpfs_files_put_back=put, tmpfs_files_already_there=kept)
@@ -207,6 +225,20 @@ def restore_unit(unit: str) -> int:
     finally:
         netlock.unlock(unit)
         state.write_json(gen.restore_info(unit), record)
+
+
+def _restore_container(gen: state.Generation, unit: str, dump: dict[str, Any], pidfile: Path) -> int:
+    """podman brings the container back; its new conmon (in this unit's cgroup) is the MainPID."""
+    ctr = podman.restore(
+        gen.images(unit) / podman.ARCHIVE, str(dump["container"]), state.RESTORE_DIR / f"{unit}.log", 300
+    )
+    # The unit's own ExecStop= finds the container through its --cidfile, lost with /run.
+    for path, text in ((dump.get("cidfile"), ctr.id), (dump.get("pid_file"), f"{ctr.conmon_pid}\n")):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+    pidfile.write_text(f"{ctr.conmon_pid}\n")
+    return ctr.conmon_pid
 
 
 SD_LISTEN_FDS_START = 3

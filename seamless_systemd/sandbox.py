@@ -31,7 +31,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import procs
+from seamless_systemd import procs, systemd
 from seamless_systemd.errors import CommandError
 from seamless_systemd.run import run
 
@@ -97,11 +97,39 @@ def _fdinfo(pid: int, fd: int) -> dict[str, str]:
     return {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in text.splitlines())}
 
 
-def snapshot(pid: int) -> list[list[Any]]:
+def runtime_mounts(pid: int, unit: str) -> list[str]:
+    """The host's run-time mounts that reached PID's namespace: left out of the dump.
+
+    The host propagates its mounts into a unit's namespace, also those made
+    after the unit started: a container's overlay and shm, /run/netns, a
+    login's /run/user/UID. The new boot does not have them when the unit is
+    restored, and CRIU would fail to bring them back (their mount points are
+    gone). They are not part of the unit's sandbox, so leaving them out
+    (criu --skip-mnt) hides what the host happened to have mounted, and
+    weakens nothing. The unit's own credentials mount stays.
+    """
+    outside = procs.mounts("self")
+    host = {(m.point, m.dev, m.root) for m in outside}
+    mine = f"/run/credentials/{unit}"
+    inside = procs.mounts(pid)
+    seen = sorted({m.point for m in inside if (m.point, m.dev, m.root) in host} - {"/", mine})
+    skip = systemd.runtime_mounts(seen) if seen else set()
+    # What is mounted below a mount left out goes with it, in the unit's namespace
+    # and in the host's, which CRIU reads too (--skip-mnt is by path; a mount
+    # whose parent was skipped stops the dump).
+    return sorted({m.point for m in inside + outside if any(_below(m.point, s) for s in skip)} | skip)
+
+
+def _below(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def snapshot(pid: int, skip: tuple[str, ...] = ()) -> list[list[Any]]:
     """PID's visible mounts as recorded at the dump: [mount point, sorted per-mount options]."""
     visible: dict[str, frozenset[str]] = {}
     for m in procs.mounts(pid):
-        visible[m.point] = m.options  # the last mount on a point is the one seen
+        if m.point not in skip:
+            visible[m.point] = m.options  # the last mount on a point is the one seen
     return [[point, sorted(opts)] for point, opts in visible.items()]
 
 

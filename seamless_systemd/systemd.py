@@ -33,6 +33,8 @@ class UnitInfo:
     exec_start: str
     fragment_path: str
     pid_file: str = ""
+    # The first ExecStart= command line.
+    exec_argv: tuple[str, ...] = ()
 
 
 def _s(value: Any) -> str:
@@ -100,6 +102,7 @@ def unit_info(name: str) -> UnitInfo:
             exec_start=path,
             fragment_path=_s(u.Unit.FragmentPath),
             pid_file=_s(u.Service.PIDFile),
+            exec_argv=tuple(_s(a) for a in exec_start[0][1]) if exec_start else (),
         )
 
 
@@ -137,6 +140,44 @@ def start_unit(name: str, mode: str = "replace", wait: float = 0) -> None:
             if state == "failed" or time.monotonic() > deadline:
                 raise SeamlessError(f"{name} did not start (state {state}); see 'journalctl -u {name}'")
             time.sleep(0.1)
+
+
+def mount_unit_name(path: str) -> str:
+    """The .mount unit systemd names after PATH (systemd-escape --path --suffix=mount)."""
+    text = "/".join(p for p in path.split("/") if p)
+    if not text:
+        return "-.mount"
+    out = []
+    for i, b in enumerate(text.encode()):
+        c = chr(b)
+        if c == "/":
+            out.append("-")
+        elif (c.isascii() and c.isalnum()) or c in ":_" or (c == "." and i > 0):
+            out.append(c)
+        else:
+            out.append(f"\\x{b:02x}")
+    return "".join(out) + ".mount"
+
+
+def runtime_mounts(points: list[str]) -> set[str]:
+    """Those of POINTS whose mount systemd knows only from the mount table.
+
+    Such a mount has no unit file and no fstab line (its unit's SourcePath= is
+    /proc/self/mountinfo): it was made at run time, by a container engine, by
+    logind for a login, by hand. A new boot does not have it.
+    """
+    from pystemd.systemd1 import Unit
+
+    out = set()
+    with _bus() as bus:
+        for point in points:
+            u = Unit(mount_unit_name(point).encode(), bus=bus)
+            u.load()
+            if _s(u.Unit.LoadState) != "loaded" or _s(u.Unit.FragmentPath):
+                continue
+            if _s(u.Unit.SourcePath) == "/proc/self/mountinfo":
+                out.add(point)
+    return out
 
 
 def stop_unit(name: str) -> None:

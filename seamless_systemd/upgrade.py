@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import criu, kernels, pmem, procs, sandbox, state, systemd, volatile
+from seamless_systemd import criu, kernels, pmem, podman, procs, sandbox, state, systemd, volatile
 from seamless_systemd.config import Config, OnUnsupported
 from seamless_systemd.errors import CheckpointError, CommandError, LockedError, PreflightError, SeamlessError
 from seamless_systemd.log import log
@@ -35,6 +35,10 @@ class UnitPlan:
     stateless: bool = False
     # Why the unit is restarted afresh instead of preserved (on_unsupported: restart).
     restart: str | None = None
+    # The podman container the unit runs (its MainPID is the container's conmon):
+    # checkpointed and restored through podman; PIDS is empty, the container's
+    # processes get new host PIDs anyway.
+    container: str = ""
 
     @property
     def preserved(self) -> bool:
@@ -140,7 +144,7 @@ def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) ->
         pmem_legacy_ranges=tuple(pmem.legacy_ranges()) if is_block else (),
         last_pid=int(Path("/proc/sys/kernel/ns_last_pid").read_text()),
         early_boot_last_pid=_early_boot_last_pid(),
-        units=tuple(_plan_unit(u, cfg.policy(u)) for u in cfg.units),
+        units=_plan_all(cfg),
     )
 
 
@@ -171,8 +175,11 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
         problems.append(f.kexec_problem)
     if not f.criu_installed:
         problems.append("criu is not installed (Debian: apt install criu)")
-    if not cfg.units:
-        problems.append("no units to preserve: list them under 'units:' in /etc/seamless/config.yaml")
+    if not cfg.units and not cfg.containers:
+        problems.append(
+            "nothing to preserve: list units under 'units:' (or podman containers under 'containers:') "
+            "in /etc/seamless/config.yaml"
+        )
 
     # The PMEM device, and whether the new kernel keeps it reserved.
     reserved = kernels.memmap_reservations(list(f.cmdline_words))
@@ -231,6 +238,23 @@ def _early_boot_last_pid() -> int | None:
         return None
 
 
+def _plan_all(cfg: Config) -> tuple[UnitPlan, ...]:
+    """The configured units, then the services that run the configured containers."""
+    out = [_plan_unit(u, cfg.policy(u)) for u in cfg.units]
+    seen = set(cfg.units)
+    for name in cfg.containers:
+        try:
+            unit, why = podman.carrier(name)
+        except SeamlessError as e:
+            unit, why = "", f"container {name}: {e}"
+        if why:
+            out.append(UnitPlan(f"container {name}", 0, (), 0, 0, why))
+        elif unit not in seen:
+            seen.add(unit)
+            out.append(_plan_unit(unit, cfg.policy(name)))
+    return tuple(out)
+
+
 def _plan_unit(unit: str, policy: OnUnsupported = OnUnsupported.REFUSE) -> UnitPlan:
     try:
         info = systemd.unit_info(unit)
@@ -240,6 +264,12 @@ def _plan_unit(unit: str, policy: OnUnsupported = OnUnsupported.REFUSE) -> UnitP
         return UnitPlan(unit, 0, (), 0, 0, f"{unit}: no such unit (load state {info.load_state})")
     if info.service_type == "oneshot":
         return UnitPlan(unit, 0, (), 0, 0, None, stateless=True)
+    try:
+        ctr = podman.of_unit(info.main_pid)
+    except SeamlessError as e:
+        return UnitPlan(unit, info.main_pid, (), 0, 0, f"{unit}: {e}")
+    if ctr is not None:
+        return _plan_container(unit, info.main_pid, ctr, policy)
     try:
         facts = criu.inspect(info)
     except CheckpointError as e:  # its message names the unit
@@ -258,6 +288,17 @@ def _plan_unit(unit: str, policy: OnUnsupported = OnUnsupported.REFUSE) -> UnitP
         )
     estimate = int(facts.memory_bytes * 1.1) + IMAGE_OVERHEAD * len(facts.pids)
     return UnitPlan(unit, facts.main_pid, facts.pids, facts.memory_bytes, estimate, None)
+
+
+def _plan_container(unit: str, main_pid: int, ctr: podman.Container, policy: OnUnsupported) -> UnitPlan:
+    mem = podman.memory_bytes(ctr)
+    why = "; ".join(f"{unit} {p}" for p in podman.problems(ctr))
+    if why and policy == OnUnsupported.RESTART:
+        return UnitPlan(unit, main_pid, (), mem, 0, None, restart=why, container=ctr.name)
+    if why:
+        why += f" (with 'on_unsupported: restart' for {ctr.name} it would be restarted afresh instead)"
+        return UnitPlan(unit, main_pid, (), mem, 0, why, container=ctr.name)
+    return UnitPlan(unit, main_pid, (), mem, int(mem * 1.1) + IMAGE_OVERHEAD, None, container=ctr.name)
 
 
 @contextmanager
@@ -304,7 +345,8 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 "generation": gen.id,
                 "kernel": {"from": plan.kernel_from, "to": plan.kernel_to.version},
                 "cmdline": cmdline,
-                "units": list(cfg.units),
+                "units": [u.unit for u in plan.units],
+                "containers": {u.unit: u.container for u in plan.units if u.container},
                 "stateless": [u.unit for u in plan.units if u.stateless],
                 "restart": {u.unit: u.restart for u in plan.units if u.restart},
                 "pid_floor": plan.pid_floor,
@@ -314,9 +356,11 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
             },
         )
         _kexec_load(plan.kernel_to, cmdline)
+        units = [u.unit for u in plan.units]
         state.write_json(
-            state.ARMED, {"generation": gen.id, "mount": str(cfg.pmem_mountpoint), "units": list(cfg.units)}
+            state.ARMED, {"generation": gen.id, "mount": str(cfg.pmem_mountpoint), "units": units}
         )
+        _order_hooks_after_containers(plan)
         for up in plan.units:
             if up.preserved:
                 systemd.start_unit(hook_unit(up.unit), wait=30)
@@ -329,9 +373,40 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
         gen.id,
         plan.kernel_from,
         plan.kernel_to.version,
-        len(cfg.units),
+        len(plan.units),
     )
     return gen
+
+
+HOOK_DROPIN_DIR = Path("/run/systemd/system")
+
+
+def _hook_container_dropin(unit: str) -> Path:
+    return HOOK_DROPIN_DIR / f"{hook_unit(unit)}.d" / "50-seamless-container.conf"
+
+
+def _order_hooks_after_containers(plan: Plan) -> None:
+    """Order each container's hook so that it dumps before anything the dump needs stops.
+
+    The container's processes live in their own scope, which the shutdown stops
+    independently of the unit; podman and runc talk to systemd over D-Bus.
+    """
+    wrote = False
+    for up in plan.units:
+        if not up.container or not up.preserved:
+            continue
+        ctr = podman.inspect(up.container)
+        scope = podman.unit_of_pid(ctr.pid) if ctr else ""
+        after = " ".join(x for x in (scope, "dbus.service", "dbus.socket") if x and x != up.unit)
+        path = _hook_container_dropin(up.unit)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            f"# Written by seamless-upgrade arm: {up.unit} runs podman container {up.container}.\n"
+            f"[Unit]\nAfter={after}\n"
+        )
+        wrote = True
+    if wrote:
+        systemd.daemon_reload()
 
 
 def _clean_old_generations(mount: Path) -> None:
@@ -347,16 +422,20 @@ def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan) -> None:
         if not up.preserved:
             continue
         info = systemd.unit_info(up.unit)
-        facts = criu.inspect(info)
         trial = gen.unit_dir(up.unit) / "trial"
+        log_path = gen.unit_dir(up.unit) / "trial-dump.log"
         try:
-            criu.dump(
-                facts,
-                trial,
-                gen.unit_dir(up.unit) / "trial-dump.log",
-                leave_running=True,
-                timeout=cfg.checkpoint_timeout,
-            )
+            if up.container:
+                ctr = podman.of_unit(info.main_pid)
+                if ctr is None:
+                    raise CheckpointError("its container stopped running")
+                podman.checkpoint(
+                    ctr, trial / podman.ARCHIVE, log_path, leave_running=True, timeout=cfg.checkpoint_timeout
+                )
+            else:
+                criu.dump(
+                    criu.inspect(info), trial, log_path, leave_running=True, timeout=cfg.checkpoint_timeout
+                )
         except CheckpointError as e:
             raise PreflightError([f"{up.unit}: trial checkpoint failed: {e}"]) from e
         finally:
@@ -398,6 +477,8 @@ def disarm(quiet: bool = False) -> None:
                 systemd.stop_unit(hook_unit(unit))
             except SeamlessError as e:
                 log.debug("Could not stop seamless-checkpoint@%s: %s", unit, e)
+            # The ordering it adds is harmless until the next daemon-reload.
+            _hook_container_dropin(unit).unlink(missing_ok=True)
     if not quiet:
         log.info("Disarmed: the next shutdown is an ordinary one")
 
@@ -441,6 +522,9 @@ def checkpoint(unit: str) -> int:
     record: dict[str, Any] = {"unit": unit, "started_at": criu.now()}
     try:
         info = systemd.unit_info(unit)
+        if unit in manifest.get("containers", {}):
+            _checkpoint_container(gen, unit, info, manifest, record)
+            return 0
         facts = criu.inspect(info)
         above = [p for p in facts.pids if p > manifest["pid_floor"]]
         if above:
@@ -457,7 +541,8 @@ def checkpoint(unit: str) -> int:
             mount_ns=facts.mount_ns,
             private_tmp=list(facts.private_tmp),
             outside_files=list(facts.outside_files),
-            mounts=sandbox.snapshot(facts.main_pid) if facts.mount_ns else [],
+            mounts=sandbox.snapshot(facts.main_pid, facts.skip_mounts) if facts.mount_ns else [],
+            skipped_mounts=list(facts.skip_mounts),
             syslog_identifier=info.syslog_identifier,
             service_type=info.service_type,
             pid_file=info.pid_file,
@@ -476,18 +561,52 @@ def checkpoint(unit: str) -> int:
             record["dumped_at"] = criu.now()
             # The tree is gone now: its tmpfs files hold their last contents.
             record["volatile_files"] = held.save(gen.volatile_files(unit))
-        record["image_bytes"] = criu.tree_size(gen.images(unit))
-        state.write_json(gen.checksums(unit), criu.checksum_tree(gen.images(unit)))
-        record["finished_at"] = criu.now()
-        record["outcome"] = "checkpointed"
-        state.write_json(gen.dump_info(unit), record)
-        state.write_json(gen.complete(unit), {"generation": gen.id})
-        log.info("Checkpointed %s in %.2f s", unit, record["dumped_at"] - record["started_at"])
+        _seal(gen, unit, record)
     except (SeamlessError, OSError) as e:
         record.update(finished_at=criu.now(), outcome="checkpoint-failed", reason=str(e))
         state.write_json(gen.dump_info(unit), record)
         log.error("Checkpoint of %s failed, it will start afresh after the kexec: %s", unit, e)
     return 0
+
+
+def _checkpoint_container(
+    gen: state.Generation, unit: str, info: systemd.UnitInfo, manifest: dict[str, Any], record: dict[str, Any]
+) -> None:
+    ctr = podman.of_unit(info.main_pid)
+    if ctr is None:
+        raise CheckpointError(f"{unit} no longer runs a podman container (MainPID {info.main_pid})")
+    record.update(
+        kind="podman",
+        container=ctr.name,
+        container_id=ctr.id,
+        main_pid=info.main_pid,
+        pids=[],
+        cidfile=podman.cidfile(list(info.exec_argv)),
+        syslog_identifier=info.syslog_identifier,
+        service_type=info.service_type,
+        pid_file=info.pid_file,
+    )
+    log.info("Checkpointing container %s of %s (conmon PID %d)", ctr.name, unit, info.main_pid)
+    podman.checkpoint(
+        ctr,
+        gen.images(unit) / podman.ARCHIVE,
+        gen.unit_dir(unit) / "dump.log",
+        leave_running=False,
+        timeout=manifest.get("checkpoint_timeout", 120),
+    )
+    record["dumped_at"] = criu.now()
+    _seal(gen, unit, record)
+
+
+def _seal(gen: state.Generation, unit: str, record: dict[str, Any]) -> None:
+    """Checksums, the dump record, then the COMPLETE marker: the images are usable."""
+    record["image_bytes"] = criu.tree_size(gen.images(unit))
+    state.write_json(gen.checksums(unit), criu.checksum_tree(gen.images(unit)))
+    record["finished_at"] = criu.now()
+    record["outcome"] = "checkpointed"
+    state.write_json(gen.dump_info(unit), record)
+    state.write_json(gen.complete(unit), {"generation": gen.id})
+    log.info("Checkpointed %s in %.2f s", unit, record["dumped_at"] - record["started_at"])
 
 
 def pids_alive(pids: list[int]) -> list[int]:

@@ -40,7 +40,8 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
     [
         (
             "unit: [a.service]\n",
-            "unknown key 'unit' (allowed: checkpoint_timeout, kernel, on_unsupported, pmem, units)",
+            "unknown key 'unit' (allowed: checkpoint_timeout, containers, kernel, on_unsupported, "
+            "pmem, units)",
         ),
         ("units: [{name: a.service, policy: x}]\n", "unknown key 'units[0].policy'"),
         ("units: [{on_unsupported: restart}]\n", "units[0] needs a 'name'"),
@@ -58,6 +59,10 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
         ("pmem: {device: pmem0}\n", "device path under /dev"),
         ("- a.service\n", "top level must be a mapping"),
         ("units: [a.service\n", "not valid YAML"),
+        ("containers: [looper.service]\n", "is a unit name; list units under 'units:'"),
+        ("containers: ['my container']\n", "containers[0]: container name 'my container' is not a podman"),
+        ("containers: [{name: web, on_unsupported: maybe}]\n", "containers[0].on_unsupported' must be one"),
+        ("containers: [{on_unsupported: restart}]\n", "containers[0] needs a 'name' (the container name)"),
     ],
 )
 def test_bad_input_names_file_and_problem(tmp_path: Path, text: str, message: str) -> None:
@@ -66,6 +71,16 @@ def test_bad_input_names_file_and_problem(tmp_path: Path, text: str, message: st
         config.load(tmp_path)
     assert message in str(e.value)
     assert str(tmp_path / "conf.d/50-x.yaml") in str(e.value)
+
+
+def test_containers_by_name_with_their_own_policy(tmp_path: Path) -> None:
+    write(tmp_path, "config.yaml", "units: [a.service]\ncontainers: [web]\n")
+    write(tmp_path, "conf.d/10-db.yaml", "containers: [{name: db-1, on_unsupported: restart}, web]\n")
+    cfg = config.load(tmp_path)
+    assert cfg.units == ("a.service",)
+    assert cfg.containers == ("web", "db-1")
+    assert cfg.policy("db-1") == config.OnUnsupported.RESTART
+    assert cfg.policy("web") == config.OnUnsupported.REFUSE
 
 
 def test_unit_name_checks() -> None:

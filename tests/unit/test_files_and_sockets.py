@@ -122,3 +122,62 @@ def test_remount_env_names_the_restrictive_mounts_with_all_their_options() -> No
 
     table = [["/", ["relatime", "ro"]], ["/var/lib/app", ["relatime", "rw"]], ["/home", ["nosuid", "ro"]]]
     assert sandbox.remount_env(table) == {"SEAMLESS_REMOUNT": "/\trelatime,ro\n/home\tnosuid,ro"}
+
+
+def test_mount_unit_names_as_systemd_escapes_them() -> None:
+    from seamless_systemd.systemd import mount_unit_name
+
+    assert mount_unit_name("/") == "-.mount"
+    assert mount_unit_name("/run/user/4242") == "run-user-4242.mount"
+    assert mount_unit_name("/run/credentials/systemd-sysctl.service/") == (
+        "run-credentials-systemd\\x2dsysctl.service.mount"
+    )
+    assert mount_unit_name("/var/lib/containers/storage/overlay-containers/f7ab/userdata/shm") == (
+        "var-lib-containers-storage-overlay\\x2dcontainers-f7ab-userdata-shm.mount"
+    )
+    assert mount_unit_name("/srv/.hidden/a b") == "srv-.hidden-a\\x20b.mount"
+    assert mount_unit_name("/.dotdir") == "\\x2edotdir.mount"  # only a leading dot is escaped
+
+
+def test_mount_propagation_tags_are_read() -> None:
+    from seamless_systemd import procs
+
+    root = next(m for m in procs.mounts("self") if m.point == "/")
+    assert all(":" in t or t == "unbindable" for t in root.tags)
+
+
+def test_runtime_mounts_left_out_with_what_is_below_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's run-time mounts seen in a sandbox are skipped, and so is everything below them."""
+    from seamless_systemd import procs, sandbox, systemd
+
+    def m(mid: int, dev: str, root: str, point: str) -> procs.Mount:
+        return procs.Mount(mid, dev, root, point, frozenset({"rw"}), "x")
+
+    host = [
+        m(1, "254:0", "/", "/"),
+        m(2, "0:23", "/", "/run"),
+        m(3, "254:0", "/var/lib/ctr/overlay", "/var/lib/ctr/overlay"),
+        m(4, "0:42", "/", "/var/lib/ctr/overlay/abc/merged"),  # only in the host: its parent is private
+        m(5, "0:51", "/", "/run/user/1000"),
+        m(6, "0:60", "/", "/run/credentials/web.service"),
+    ]
+    inside = [
+        m(10, "254:0", "/", "/"),
+        m(11, "0:23", "/", "/run"),
+        m(12, "254:0", "/usr", "/usr"),  # the sandbox's own read-only bind
+        m(13, "254:0", "/var/lib/ctr/overlay", "/var/lib/ctr/overlay"),
+        m(14, "0:51", "/", "/run/user/1000"),
+        m(15, "0:60", "/", "/run/credentials/web.service"),
+    ]
+    monkeypatch.setattr(procs, "mounts", lambda pid: host if pid == "self" else inside)
+    asked: list[str] = []
+
+    def runtime(points: list[str]) -> set[str]:
+        asked.extend(points)
+        return {p for p in points if p.startswith(("/var/lib/ctr", "/run/user", "/run/credentials"))}
+
+    monkeypatch.setattr(systemd, "runtime_mounts", runtime)
+    skipped = sandbox.runtime_mounts(99, "web.service")
+    assert skipped == ["/run/user/1000", "/var/lib/ctr/overlay", "/var/lib/ctr/overlay/abc/merged"]
+    # Only the host's mounts seen inside are asked about; never /, the unit's own credentials.
+    assert sorted(asked) == ["/run", "/run/user/1000", "/var/lib/ctr/overlay"]

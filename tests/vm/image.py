@@ -63,6 +63,12 @@ GUEST_PACKAGES = [
     "util-linux",
     "netcat-openbsd",
     "iptables",
+    # podman containers (runc: Debian 12's crun is built without CRIU)
+    "podman",
+    "runc",
+    "conmon",
+    "catatonit",
+    "containernetworking-plugins",
 ]
 IMAGE_SIZE = "4G"
 # Bump when the base build steps below change in a way the lists don't show.

@@ -2,7 +2,7 @@
 """A demo service whose state lives only in its memory.
 
 At start it draws a random 1 MiB blob and sets a counter to 0. Over TCP on
-127.0.0.1:PORT (7777 unless given) it answers 'GET' with its state and 'INC' by adding one to the
+HOST:PORT (127.0.0.1:7777 unless given) it answers 'GET' with its state and 'INC' by adding one to the
 counter first. It logs to stdout, i.e. to the journal. A restart cannot fake
 the state: the blob would differ.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from lines import answer_forever, listen_tcp
 
 port = int(sys.argv[1]) if len(sys.argv) > 1 else 7777
+host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
 blob = os.urandom(1 << 20)
 state = {
     "counter": 0,
@@ -33,4 +34,4 @@ def reply(cmd):
     return dict(state, pid=os.getpid(), kernel=os.uname().release)
 
 
-answer_forever(listen_tcp("127.0.0.1", port, 8), reply)
+answer_forever(listen_tcp(host, port, 8), reply)

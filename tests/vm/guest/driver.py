@@ -47,6 +47,7 @@ TYPES = {
     "seamless-sysv.service": 7789,
     "seamless-chat.service": 7790,
     "seamless-sandboxed-rw.service": 7791,
+    "seamless-podman.service": 7792,
 }
 SOCKACT = TYPES["seamless-sockact.service"]
 RESOURCES_DIR = "/var/lib/seamless-resources"
@@ -138,11 +139,28 @@ def types_state():
     out["seamless-exec.service"]["log_tail"] = read_or_none("/var/log/seamless-exec.log").splitlines()[-3:]
     out["seamless-forking.service"]["pid_file"] = read_or_none("/run/seamless-forking.pid")
     out["seamless-oneshot.service"]["stamp"] = read_or_none("/run/seamless-oneshot.stamp")
+    rc, ps = sh("podman", "ps", "--all", "--format", "json")
+    out["podman"] = [
+        {"id": c["Id"], "names": c["Names"], "state": c["State"], "pid": c["Pid"]}
+        for c in (json.loads(ps) if rc == 0 else [])
+    ]
+    rc, cidfile = sh("cat", "/run/seamless-podman.service.ctr-id")
+    out["seamless-podman.service"]["cidfile"] = cidfile if rc == 0 else None
     return out
 
 
+def start_container():
+    """Boot 1: import the container's image, start the unit that runs the container."""
+    rc, out = sh("podman", "import", "/usr/local/lib/seamless-test/ctr-rootfs.tar", "localhost/seamless-py")
+    if rc != 0:
+        raise SystemExit(f"podman import failed: {out}")
+    rc, out = sh("systemctl", "start", "seamless-podman.service")
+    if rc != 0:
+        raise SystemExit(f"seamless-podman.service did not start: {out}")
+
+
 def touch_types():
-    for port in (7780, 7781, 7782, 7783, 7785, 7786, 7787, SOCKACT, 7788, 7789, 7791):
+    for port in (7780, 7781, 7782, 7783, 7785, 7786, 7787, SOCKACT, 7788, 7789, 7791, 7792):
         demo(port, "INC")
         demo(port, "INC")
 
@@ -303,6 +321,7 @@ def main():
         demo(7778, "INC")
         demo(7779, "INC")
         if scenario == "full":
+            start_container()
             refused_upgrade()
             touch_types()
             emit("tcp-before", host_client("connect", 2))

@@ -16,6 +16,23 @@ if [ "$SCENARIO" = full ]; then
 	# The system user seamless-resources.service runs as.
 	useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin seamless-res
 fi
+if [ "$SCENARIO" = full ] || [ "$SCENARIO" = lab ]; then
+	# The podman container's root: python3, its standard library, the libraries
+	# ldd names, the demo service. The driver imports it in the guest ('podman
+	# import' cannot remount in this chroot).
+	C=/tmp/ctr-root
+	rm -rf "$C" && mkdir -p "$C/etc" "$C/proc" "$C/sys" "$C/dev" "$C/tmp" "$C/run" "$C/var/tmp" "$C/app"
+	py=$(readlink -f /usr/bin/python3)
+	for f in "$py" $(ldd "$py" | awk '/=>/ {print $3} /ld-linux/ {print $1}'); do
+		mkdir -p "$C$(dirname "$f")" && cp -L "$f" "$C$f"
+	done
+	mkdir -p "$C/usr/lib" && cp -a /usr/lib/python3.11 "$C/usr/lib/"
+	ln -s "$py" "$C/usr/bin/python3"
+	for l in bin lib lib64 sbin; do [ -e "$C/$l" ] || ln -s "usr/$l" "$C/$l"; done
+	cp /etc/passwd /etc/group "$C/etc/"
+	cp demo.py lines.py "$C/app/"
+	tar -C "$C" -cf ctr-rootfs.tar . && rm -rf "$C"
+fi
 mkdir -p /etc/seamless/conf.d /var/lib/seamless-test
 if [ "$SCENARIO" != workload ]; then
 	cp config.yaml /etc/seamless/conf.d/50-demo.yaml
