@@ -19,7 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
-from seamless_systemd import procs
+from seamless_systemd import procs, systemd
 from seamless_systemd.errors import CheckpointError, CommandError, RestoreError, SeamlessError
 from seamless_systemd.run import run
 
@@ -121,13 +121,17 @@ def carrier(name: str) -> tuple[str, str | None]:
     if not c.running or c.conmon_pid <= 0:
         return "", f"container {name} is not running"
     unit = unit_of_pid(c.conmon_pid)
-    if not unit.endswith(".service"):
-        return "", (
-            f"container {name} is not run by a systemd service (its conmon is in {unit or 'no unit'}); "
-            f"run it from one, e.g. 'podman generate systemd --new --name {name}', so that it "
-            "can be brought back inside that service"
-        )
-    return unit, None
+    where = f"its conmon, PID {c.conmon_pid}, is in {unit or 'no unit'}"
+    if unit.endswith(".service"):
+        main = systemd.unit_info(unit).main_pid
+        if main == c.conmon_pid:
+            return unit, None
+        where += f", whose main process is PID {main}"
+    return "", (
+        f"container {name} is not run by a systemd service of its own ({where}); run it from one, "
+        f"e.g. 'podman generate systemd --new --name {name}', so that it can be brought back inside "
+        "that service"
+    )
 
 
 def problems(c: Container) -> list[str]:

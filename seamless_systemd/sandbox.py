@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ def outside_files(pids: list[int]) -> list[dict[str, Any]]:
     """Files the tree holds that were opened outside its mount namespace: CRIU must get them from us."""
     out = []
     seen = set()
+    host = {m.mount_id: m for m in procs.mounts("self")}
     for pid in pids:
         inside = {m.mount_id for m in procs.mounts(pid)}
         for fd, target in procs.fds(pid).items():
@@ -82,14 +84,39 @@ def outside_files(pids: list[int]) -> list[dict[str, Any]]:
             try:
                 info = _fdinfo(pid, fd)
                 mnt_id, flags = int(info["mnt_id"]), int(info["flags"], 8)
-                ino = os.stat(procs.PROC / str(pid) / "fd" / str(fd)).st_ino
+                st = os.stat(procs.PROC / str(pid) / "fd" / str(fd))
             except (OSError, ValueError, KeyError):
                 continue
-            key = f"file[{mnt_id:x}:{ino:x}]"
+            key = f"file[{mnt_id:x}:{st.st_ino:x}]"
             if mnt_id not in inside and key not in seen:
                 seen.add(key)
-                out.append({"external": key, "path": target, "flags": flags})
+                path = _host_path(target, host.get(mnt_id), (st.st_dev, st.st_ino))
+                entry: dict[str, Any] = {"external": key, "path": path, "flags": flags}
+                if stat.S_ISCHR(st.st_mode):  # a device: found again by its number
+                    entry["rdev"] = [os.major(st.st_rdev), os.minor(st.st_rdev)]
+                out.append(entry)
     return out
+
+
+def _host_path(target: str, mount: procs.Mount | None, ident: tuple[int, int]) -> str:
+    """Where the host finds the file an outside fd shows as TARGET.
+
+    Seen from a namespace that does not contain its mount, the kernel names a
+    file either by its path in the host (/dev/null) or relative to its mount
+    (/null: the fd we handed a restored tree). The host's mount with the fd's
+    mount ID turns the latter back into a host path; the inode decides.
+    """
+    candidates = [target]
+    if mount is not None and (target + "/").startswith(mount.root.rstrip("/") + "/"):
+        candidates.append(os.path.normpath(os.path.join(mount.point, os.path.relpath(target, mount.root))))
+    for path in candidates:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == ident:
+            return path
+    return target
 
 
 def _fdinfo(pid: int, fd: int) -> dict[str, str]:
@@ -197,9 +224,22 @@ def open_outside_files(files: list[dict[str, Any]]) -> list[tuple[int, str]]:
     out = []
     for f in files:
         flags = int(f.get("flags", os.O_RDONLY)) & (os.O_ACCMODE | os.O_APPEND)
-        fd = os.open(f["path"], flags | os.O_CLOEXEC)
+        path = _device_path(f["path"], tuple(f["rdev"])) if f.get("rdev") else f["path"]
+        fd = os.open(path, flags | os.O_CLOEXEC)
         out.append((fd, f["external"]))
     return out
+
+
+def _device_path(path: str, rdev: tuple[int, ...]) -> str:
+    """PATH if it is the character device RDEV, else a node in /dev that is (early in the
+    boot udev may not have made its /dev/char/MAJOR:MINOR links yet)."""
+    with contextlib.suppress(OSError):
+        for entry in [path, *(e.path for e in os.scandir("/dev") if not e.is_symlink())]:
+            with contextlib.suppress(OSError):
+                st = os.stat(entry)
+                if stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == rdev:
+                    return entry
+    return f"/dev/char/{rdev[0]}:{rdev[1]}"
 
 
 def kill_tree(pid: int) -> None:

@@ -118,7 +118,9 @@ class HostFacts:
     pmem_capacity: int | None
     pmem_legacy_ranges: tuple[tuple[int, int], ...]
     last_pid: int
-    early_boot_last_pid: int | None
+    # PIDs up to this were left to the kernel and initramfs in this boot (None:
+    # our initramfs script did not run).
+    pid_base: int | None
     units: tuple[UnitPlan, ...]
 
 
@@ -143,7 +145,7 @@ def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) ->
         pmem_capacity=capacity,
         pmem_legacy_ranges=tuple(pmem.legacy_ranges()) if is_block else (),
         last_pid=int(Path("/proc/sys/kernel/ns_last_pid").read_text()),
-        early_boot_last_pid=_early_boot_last_pid(),
+        pid_base=_pid_base(),
         units=_plan_all(cfg),
     )
 
@@ -205,13 +207,21 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
         )
     max_pid = max((p for u in f.units if u.preserved for p in u.pids), default=0)
     floor = max(max_pid, f.last_pid) + PID_MARGIN
-    early = f.early_boot_last_pid or 0  # 0: not known in this boot, nothing to compare
+    # The new boot's kernel and initramfs use PIDs below its base (at least
+    # PID_BASE, see the initramfs script); the preserved trees' PIDs must be above.
+    kept_free = max(f.pid_base or 0, PID_BASE)
     for up in f.units:
-        low = [p for p in up.pids if p <= early] if up.preserved else []
+        low = [p for p in up.pids if p <= kept_free] if up.preserved else []
         if low:
+            how = (
+                f"restart {up.unit} before the upgrade so that it gets PIDs above {kept_free}"
+                if f.pid_base
+                else "this boot ran without the seamless-systemd initramfs script that keeps them "
+                "free (reboot once with the package installed), then restart it"
+            )
             problems.append(
                 f"{up.unit}: PIDs {low} are in the range the kernel and initramfs use at boot (up to "
-                f"{early}); restart {up.unit} before the upgrade so that it gets higher PIDs"
+                f"{kept_free}); {how}"
             )
     cmdline = kernels.new_cmdline(" ".join(f.cmdline_words), {})
     return Plan(
@@ -230,10 +240,13 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
     )
 
 
-def _early_boot_last_pid() -> int | None:
-    """The last PID handed out when our initramfs script ran in this boot, if it did."""
+# Must match initramfs-tools/scripts/init-top/seamless.
+PID_BASE = 4096
+
+
+def _pid_base() -> int | None:
     try:
-        return int((state.RUN_DIR / "initramfs-last-pid").read_text())
+        return int((state.RUN_DIR / "pid-base").read_text())
     except (OSError, ValueError):
         return None
 

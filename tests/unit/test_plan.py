@@ -25,9 +25,9 @@ def facts(**changes: object) -> HostFacts:
         pmem_size=512 * MiB,
         pmem_capacity=480 * MiB,
         pmem_legacy_ranges=((1536 * MiB, 2048 * MiB),),
-        last_pid=900,
-        early_boot_last_pid=150,
-        units=(UnitPlan("app.service", 812, (812, 813), 40 * MiB, 52 * MiB, None),),
+        last_pid=5900,
+        pid_base=4096,
+        units=(UnitPlan("app.service", 5812, (5812, 5813), 40 * MiB, 52 * MiB, None),),
     )
     return dataclasses.replace(good, **changes)  # type: ignore[arg-type]
 
@@ -38,7 +38,7 @@ def test_good_host_is_ready() -> None:
     assert plan.memmap_kept
     assert plan.kernel_to.version == B
     assert plan.cmdline == "root=/dev/vda memmap=512M!1536M quiet"
-    assert plan.pid_floor == 900 + PID_MARGIN
+    assert plan.pid_floor == 5900 + PID_MARGIN
     assert plan.estimate_bytes == 52 * MiB
 
 
@@ -64,7 +64,7 @@ def test_pmem_not_from_memmap_would_lose_images() -> None:
 
 
 def test_images_larger_than_pmem() -> None:
-    units = (UnitPlan("app.service", 812, (812,), 900 * MiB, 990 * MiB, None),)
+    units = (UnitPlan("app.service", 5812, (5812,), 900 * MiB, 990 * MiB, None),)
     assert "need about 990 MiB" in only_problem(units=units)
 
 
@@ -74,9 +74,15 @@ def test_unit_problem_is_passed_on() -> None:
 
 
 def test_low_pids_would_meet_the_next_boot() -> None:
-    units = (UnitPlan("app.service", 120, (120,), MiB, MiB, None),)
+    units = (UnitPlan("app.service", 4000, (4000, 4100), MiB, MiB, None),)
     p = only_problem(units=units)
-    assert "PIDs [120]" in p and "restart app.service" in p
+    assert "PIDs [4000]" in p and "up to 4096" in p and "restart app.service" in p
+    # A kernel that used many PIDs before the initramfs got a larger base: it counts.
+    p = only_problem(units=units, pid_base=8000)
+    assert "PIDs [4000, 4100]" in p and "up to 8000" in p
+    # Without our initramfs script in this boot, nothing kept the range free.
+    p = only_problem(units=units, pid_base=None)
+    assert "without the seamless-systemd initramfs script" in p
 
 
 def test_initrd_without_hook_and_without_initrd() -> None:
@@ -100,7 +106,7 @@ def test_same_kernel_is_a_note_not_a_refusal() -> None:
 
 def test_oneshot_units_are_not_a_problem() -> None:
     units = (
-        UnitPlan("app.service", 812, (812,), MiB, MiB, None),
+        UnitPlan("app.service", 5812, (5812,), MiB, MiB, None),
         UnitPlan("setup.service", 0, (), 0, 0, None, stateless=True),
     )
     plan = decide(Config(units=("app.service", "setup.service")), facts(units=units))
@@ -109,7 +115,7 @@ def test_oneshot_units_are_not_a_problem() -> None:
 
 def test_unit_restarted_by_policy_is_a_note() -> None:
     units = (
-        UnitPlan("app.service", 812, (812,), MiB, MiB, None),
+        UnitPlan("app.service", 5812, (5812,), MiB, MiB, None),
         UnitPlan(
             "box.service", 99999, (99999,), MiB, 0, None, restart="box.service runs in its own mount ns"
         ),
@@ -119,4 +125,4 @@ def test_unit_restarted_by_policy_is_a_note() -> None:
     assert plan.notes == (
         "box.service will be restarted afresh, not preserved: box.service runs in its own mount ns",
     )
-    assert plan.pid_floor == 900 + PID_MARGIN  # its PIDs need no room in the new boot
+    assert plan.pid_floor == 5900 + PID_MARGIN  # its PIDs need no room in the new boot

@@ -248,3 +248,10 @@ def test_podman_container_kept(scenario: vm.Scenario) -> None:
     assert a["cidfile"] is not None and a["cidfile"].strip() == ctr_after[0]["id"]  # ExecStop= finds it
     rep = report_of(scenario, unit)
     assert rep["outcome"] == "restored" and rep["container"] == "looper"
+
+
+@pytest.mark.parametrize("unit", ["seamless-podman.service", "seamless-sandboxed-rw.service"])
+def test_restored_units_are_preserved_again(scenario: vm.Scenario, unit: str) -> None:
+    """The second upgrade (arm + plain systemctl kexec) checkpoints what the first one restored."""
+    rep = next(u for u in need(scenario, "after2")["report"]["units"] if u["unit"] == unit)
+    assert rep["outcome"] == "restored", rep

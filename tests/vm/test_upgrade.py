@@ -31,6 +31,10 @@ def test_refused_upgrade_leaves_everything_running(scenario: vm.Scenario) -> Non
     assert r["plan_rc"] == 3, r["plan_out"]
     assert r["run_rc"] == 3, r["run_out"]
     assert "seamless-blocker.service" in r["run_out"] and "/run/dbus/system_bus_socket" in r["run_out"]
+    # Containers that cannot be kept are named with the reason and what to do.
+    assert "container nosuch: no such podman container" in r["plan_out"]
+    assert "container loose is not run by a systemd service of its own" in r["plan_out"]
+    assert "podman generate systemd --new --name loose" in r["plan_out"]
     assert r["pids_after"] == r["pids_before"]
     assert r["kexec_loaded"] == "0" and not r["armed"]
     assert r["blocker"] == "active"

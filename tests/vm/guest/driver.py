@@ -261,10 +261,16 @@ def kexec_loaded():
 
 def refused_upgrade():
     """An upgrade that must be refused before anything is stopped."""
+    # A container started from a shell (no unit to bring it back into) and one that does not exist.
+    sh(
+        *("podman", "run", "-d", "--name", "loose", "--network", "host", "localhost/seamless-py"),
+        *("python3", "-c", "import time; time.sleep(600)"),
+    )
+    # Last: dbus-daemon drops the blocker's (never authenticated) connection after a while.
     sh("systemctl", "start", "seamless-blocker.service")
     frag = "/etc/seamless/conf.d/90-blocker.yaml"
     with open(frag, "w") as f:
-        f.write("units: [seamless-blocker.service]\n")
+        f.write("units: [seamless-blocker.service]\ncontainers: [loose, nosuch]\n")
     pids = {p: demo(p)["pid"] for p in PORTS}
     plan_rc, plan_out = sh("seamless-upgrade", "plan")
     run_rc, run_out = sh("seamless-upgrade", "run")
@@ -284,6 +290,7 @@ def refused_upgrade():
     )
     os.unlink(frag)
     sh("systemctl", "stop", "seamless-blocker.service")
+    sh("podman", "rm", "--force", "loose")
 
 
 def read_or_none(path):
