@@ -36,10 +36,6 @@ class Container:
     conmon_pid: int
     runtime: str  # the OCI runtime (runc, crun)
 
-    @property
-    def short_id(self) -> str:
-        return self.id[:12]
-
 
 def installed() -> bool:
     return shutil.which(PODMAN) is not None
@@ -170,13 +166,13 @@ def checkpoint(c: Container, archive: Path, log: Path, leave_running: bool, time
 
 def restore(archive: Path, name: str, log: Path, timeout: float) -> Container:
     """podman container restore --import ARCHIVE; the restored container (with its new conmon)."""
-    old = inspect(name)
-    if old is not None:
-        if old.running:
-            raise RestoreError(f"a container named {name} is already running in this boot")
-        # What is left of the container after its checkpoint (one without --rm):
-        # its state is in the archive, which recreates it.
-        run([PODMAN, "container", "rm", "--force", old.id], timeout=120)
+    if inspect(name) is not None:
+        # A container run without --rm stays behind, stopped, after its checkpoint.
+        # It is left alone (nothing is removed that the unit's own start may need).
+        raise RestoreError(
+            f"a container named {name} already exists in this boot, so podman cannot recreate it from the "
+            "checkpoint; run containers that must be kept with --rm (as 'podman generate systemd --new' does)"
+        )
     try:
         out = run([PODMAN, "container", "restore", "--import", str(archive)], timeout=timeout)
         log.write_text(out.stdout + out.stderr)
