@@ -75,7 +75,6 @@ def outside_files(pids: list[int]) -> list[dict[str, Any]]:
     """Files the tree holds that were opened outside its mount namespace: CRIU must get them from us."""
     out = []
     seen = set()
-    host = {m.mount_id: m for m in procs.mounts("self")}
     for pid in pids:
         inside = {m.mount_id for m in procs.mounts(pid)}
         for fd, target in procs.fds(pid).items():
@@ -90,33 +89,13 @@ def outside_files(pids: list[int]) -> list[dict[str, Any]]:
             key = f"file[{mnt_id:x}:{st.st_ino:x}]"
             if mnt_id not in inside and key not in seen:
                 seen.add(key)
-                path = _host_path(target, host.get(mnt_id), (st.st_dev, st.st_ino))
-                entry: dict[str, Any] = {"external": key, "path": path, "flags": flags}
-                if stat.S_ISCHR(st.st_mode):  # a device: found again by its number
+                entry: dict[str, Any] = {"external": key, "path": target, "flags": flags}
+                # A device is found again by its number: in a restored tree the
+                # stdin we handed it shows as /null (relative to its mount).
+                if stat.S_ISCHR(st.st_mode):
                     entry["rdev"] = [os.major(st.st_rdev), os.minor(st.st_rdev)]
                 out.append(entry)
     return out
-
-
-def _host_path(target: str, mount: procs.Mount | None, ident: tuple[int, int]) -> str:
-    """Where the host finds the file an outside fd shows as TARGET.
-
-    Seen from a namespace that does not contain its mount, the kernel names a
-    file either by its path in the host (/dev/null) or relative to its mount
-    (/null: the fd we handed a restored tree). The host's mount with the fd's
-    mount ID turns the latter back into a host path; the inode decides.
-    """
-    candidates = [target]
-    if mount is not None and (target + "/").startswith(mount.root.rstrip("/") + "/"):
-        candidates.append(os.path.normpath(os.path.join(mount.point, os.path.relpath(target, mount.root))))
-    for path in candidates:
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == ident:
-            return path
-    return target
 
 
 def _fdinfo(pid: int, fd: int) -> dict[str, str]:

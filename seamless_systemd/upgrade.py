@@ -287,31 +287,34 @@ def _plan_unit(unit: str, policy: OnUnsupported = OnUnsupported.REFUSE) -> UnitP
         facts = criu.inspect(info)
     except CheckpointError as e:  # its message names the unit
         return UnitPlan(unit, info.main_pid, (), 0, 0, str(e))
-    if facts.unsupported:
-        why = "; ".join(facts.unsupported)
-        if policy == OnUnsupported.RESTART:
-            return UnitPlan(unit, facts.main_pid, facts.pids, facts.memory_bytes, 0, None, restart=why)
-        return UnitPlan(
-            unit,
-            facts.main_pid,
-            facts.pids,
-            facts.memory_bytes,
-            0,
-            f"{why} (with 'on_unsupported: restart' for {unit} it would be restarted afresh instead)",
-        )
     estimate = int(facts.memory_bytes * 1.1) + IMAGE_OVERHEAD * len(facts.pids)
-    return UnitPlan(unit, facts.main_pid, facts.pids, facts.memory_bytes, estimate, None)
+    return _judged(unit, facts.main_pid, facts.pids, facts.memory_bytes, estimate, facts.unsupported, policy)
 
 
 def _plan_container(unit: str, main_pid: int, ctr: podman.Container, policy: OnUnsupported) -> UnitPlan:
     mem = podman.memory_bytes(ctr)
-    why = "; ".join(f"{unit} {p}" for p in podman.problems(ctr))
-    if why and policy == OnUnsupported.RESTART:
-        return UnitPlan(unit, main_pid, (), mem, 0, None, restart=why, container=ctr.name)
-    if why:
-        why += f" (with 'on_unsupported: restart' for {ctr.name} it would be restarted afresh instead)"
-        return UnitPlan(unit, main_pid, (), mem, 0, why, container=ctr.name)
-    return UnitPlan(unit, main_pid, (), mem, int(mem * 1.1) + IMAGE_OVERHEAD, None, container=ctr.name)
+    problems = [f"{unit} {p}" for p in podman.problems(ctr)]
+    return _judged(unit, main_pid, (), mem, int(mem * 1.1) + IMAGE_OVERHEAD, problems, policy, ctr.name)
+
+
+def _judged(
+    unit: str,
+    main_pid: int,
+    pids: tuple[int, ...],
+    mem: int,
+    estimate: int,
+    unsupported: tuple[str, ...] | list[str],
+    policy: OnUnsupported,
+    container: str = "",
+) -> UnitPlan:
+    """UNIT's plan: preserved, or, with what cannot be kept, restarted or refused by POLICY."""
+    if not unsupported:
+        return UnitPlan(unit, main_pid, pids, mem, estimate, None, container=container)
+    why = "; ".join(unsupported)
+    if policy == OnUnsupported.RESTART:
+        return UnitPlan(unit, main_pid, pids, mem, 0, None, restart=why, container=container)
+    why += f" (with 'on_unsupported: restart' for {container or unit} it would be restarted afresh instead)"
+    return UnitPlan(unit, main_pid, pids, mem, 0, why, container=container)
 
 
 @contextmanager

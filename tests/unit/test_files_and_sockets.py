@@ -183,18 +183,6 @@ def test_runtime_mounts_left_out_with_what_is_below_them(monkeypatch: pytest.Mon
     assert sorted(asked) == ["/run", "/run/user/1000", "/var/lib/ctr/overlay"]
 
 
-def test_outside_file_named_relative_to_its_mount_is_found_in_the_host() -> None:
-    """A restored tree's stdin, handed over by us, shows as /null; the host opens /dev/null."""
-    from seamless_systemd import procs, sandbox
-
-    st = os.stat("/dev/null")
-    dev = procs.Mount(99, "0:5", "/", "/dev", frozenset({"rw"}), "devtmpfs")
-    ident = (st.st_dev, st.st_ino)
-    assert sandbox._host_path("/null", dev, ident) == "/dev/null"
-    assert sandbox._host_path("/dev/null", dev, ident) == "/dev/null"
-    assert sandbox._host_path("/gone", dev, ident) == "/gone"  # nothing better: left as it was
-
-
 def test_outside_device_found_by_its_number() -> None:
     from seamless_systemd import sandbox
 
