@@ -47,6 +47,9 @@ class TreeFacts:
     outside_files: tuple[dict[str, Any], ...] = ()
     # The host's run-time mounts seen in that namespace, left out (sandbox.runtime_mounts).
     skip_mounts: tuple[str, ...] = ()
+    # TCP listening and UDP sockets on a .socket unit's port: ("tcp"|"udp", address, port).
+    # See docs/design.md, socket activation.
+    socket_unit_inet: tuple[tuple[str, str, int], ...] = ()
 
 
 def inspect(info: UnitInfo) -> TreeFacts:
@@ -79,7 +82,8 @@ def inspect(info: UnitInfo) -> TreeFacts:
     socks = sockets.unix_sockets()
     journal = sockets.journal_streams(inodes, socks)
     # Sockets PID 1 holds too were passed by a .socket unit (socket activation).
-    from_systemd = {i for t in procs.fds(1).values() if (i := procs.socket_inode(t)) is not None} & inodes
+    pid1 = {i for t in procs.fds(1).values() if (i := procs.socket_inode(t)) is not None}
+    from_systemd = pid1 & inodes
     listen = sorted((ino, socks[ino].name) for ino in from_systemd if ino in socks and socks[ino].name)
     for ino in sorted(inodes - journal - from_systemd):
         s = socks.get(ino)
@@ -89,7 +93,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
         where = peer.name if peer and peer.name else f"socket {s.peer}"
         unsupported.append(f"is connected to a unix socket outside the unit ({where}); CRIU cannot dump that")
         break
-    problems, conns = _inet_problems(inodes, from_systemd)
+    problems, conns, socket_unit_inet = _inet_problems(inodes, pid1)
     unsupported += problems
     unsupported += _sandbox_problems(info.main_pid)
     mount_ns = sandbox.own_mount_namespace(info.main_pid)
@@ -118,6 +122,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
         tuple(private_tmp),
         tuple(sandbox.outside_files(pids)) if mount_ns else (),
         tuple(sandbox.runtime_mounts(info.main_pid, info.name)) if mount_ns else (),
+        tuple(socket_unit_inet),
     )
 
 
@@ -136,28 +141,41 @@ ALLOWED_DEVICES = frozenset(
 
 
 def _inet_problems(
-    inodes: set[int], from_systemd: set[int]
-) -> tuple[list[str], list[tuple[str, int, str, int]]]:
-    """TCP/UDP sockets of the tree this version cannot keep, and its open TCP connections."""
+    inodes: set[int], pid1: set[int]
+) -> tuple[list[str], list[tuple[str, int, str, int]], list[tuple[str, str, int]]]:
+    """TCP/UDP sockets of the tree this version cannot keep, its open TCP connections, and
+    its sockets on a .socket unit's port.
+
+    Such a socket (a TCP listener or an unconnected UDP socket) is the one
+    systemd passed (PID 1 holds it too) or, in a unit restored before, the copy
+    of it CRIU made, on a port PID 1 has a socket of the same kind on.
+    """
     out = []
     inet = sockets.inet_sockets()
-    passed = sorted({inet[i].port for i in from_systemd if i in inet})
-    if passed:
+    systemd_ports = {(inet[i].proto, inet[i].local) for i in pid1 if i in inet and inet[i].kind}
+    found, other = set(), set()
+    for i in sorted(inodes & set(inet)):
+        s = inet[i]
+        if s.kind and (i in pid1 or (s.proto, s.local) in systemd_ports):
+            found.add((s.kind, *sockets.decode_address(s.local)))
+        elif i in pid1:
+            other.add(s.port)
+    if other:
         out.append(
-            f"gets TCP/UDP port(s) {', '.join(map(str, passed))} from a .socket unit: CRIU cannot hand "
-            "the new boot's socket to the restored process (unix sockets from .socket units are kept)"
+            f"gets connected TCP/UDP socket(s) on port(s) {', '.join(map(str, sorted(other)))} from a "
+            ".socket unit, which this version cannot hand over (listening sockets are kept)"
         )
     conns = []
-    for i in sorted(inodes):
-        s = inet.get(i)
-        if s and s.proto.startswith("tcp") and s.state not in (sockets.TCP_LISTEN, sockets.TCP_CLOSE):
-            conns.append((*sockets.decode_address(s.local), *sockets.decode_address(s.remote)))
+    for i in sorted(inodes & set(inet)):
+        c = inet[i]
+        if c.proto.startswith("tcp") and c.state not in (sockets.TCP_LISTEN, sockets.TCP_CLOSE):
+            conns.append((*sockets.decode_address(c.local), *sockets.decode_address(c.remote)))
     if conns and not netlock.available():
         out.append(
             f"has {len(conns)} open TCP connection(s); keeping them needs iptables and ip6tables "
             "(CRIU locks the connections with them): apt install iptables"
         )
-    return out, conns
+    return out, conns, sorted(found)
 
 
 def _sysv_problems(pids: list[int]) -> list[str]:

@@ -29,6 +29,9 @@ CHAIN_PREFIX = "SEAMLESS-"
 Conn = Sequence[object]
 
 
+ANY = ("0.0.0.0", "::")
+
+
 def available() -> bool:
     """Whether CRIU can lock connections (it runs iptables) and so can we."""
     return shutil.which("iptables") is not None and shutil.which("ip6tables") is not None
@@ -60,7 +63,9 @@ def lock(unit: str, conns: Iterable[Conn]) -> int:
             run([tool, "-w", "-I", "INPUT", "-j", name])
             made.add(tool)
         peer = ["-s", _plain(remote_ip), "--sport", str(rport)]
-        here = ["-d", _plain(local_ip), "--dport", str(lport)]
+        # A container's connection comes in through a published port on any local address.
+        here = [] if local_ip in ANY else ["-d", _plain(local_ip)]
+        here += ["--dport", str(lport)]
         run([tool, "-w", "-A", name, "-p", "tcp", *peer, *here, "-j", "DROP"])
         locked += 1
     return locked

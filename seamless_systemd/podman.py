@@ -18,8 +18,9 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
-from seamless_systemd import procs, systemd
+from seamless_systemd import netlock, procs, sockets, systemd
 from seamless_systemd.errors import CheckpointError, CommandError, RestoreError, SeamlessError
 from seamless_systemd.run import run
 
@@ -35,6 +36,9 @@ class Container:
     pid: int  # the container's first process, as the host sees it
     conmon_pid: int
     runtime: str  # the OCI runtime (runc, crun)
+    auto_remove: bool = True  # run with --rm
+    # Published TCP ports: (port in the container, port on the host).
+    ports: tuple[tuple[int, int], ...] = ()
 
 
 def installed() -> bool:
@@ -61,9 +65,46 @@ def inspect(ref: str) -> Container | None:
             pid=int(st.get("Pid") or 0),
             conmon_pid=int(st.get("ConmonPid") or 0),
             runtime=str(data.get("OCIRuntime") or ""),
+            auto_remove=bool((data.get("HostConfig") or {}).get("AutoRemove")),
+            ports=_published(data.get("NetworkSettings") or {}),
         )
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise SeamlessError(f"podman container inspect {ref}: unexpected output ({e})") from e
+
+
+def _published(settings: dict[str, Any]) -> tuple[tuple[int, int], ...]:
+    """NetworkSettings.Ports ({"7792/tcp": [{"HostIp": "", "HostPort": "7792"}]}) as (inside, host) pairs."""
+    out = set()
+    for key, binds in (settings.get("Ports") or {}).items():
+        port, _, proto = str(key).partition("/")
+        if proto != "tcp" or not port.isdigit():
+            continue
+        for b in binds or []:
+            if str(b.get("HostPort", "")).isdigit():
+                out.add((int(port), int(b["HostPort"])))
+    return tuple(sorted(out))
+
+
+def connections(c: Container) -> list[tuple[str, int, str, int]]:
+    """The container's open TCP connections, as its network namespace sees them."""
+    if c.pid <= 0:
+        return []
+    inet = sockets.inet_sockets(str(procs.PROC / str(c.pid) / "net"))
+    return [
+        (*sockets.decode_address(s.local), *sockets.decode_address(s.remote))
+        for s in inet.values()
+        if s.proto.startswith("tcp") and s.state not in (sockets.TCP_LISTEN, sockets.TCP_CLOSE)
+    ]
+
+
+def host_side(c: Container, conns: list[tuple[str, int, str, int]]) -> list[tuple[str, int, str, int]]:
+    """The connections as they reach this host: through a published port (any local address)."""
+    host_port = dict(c.ports)
+    return [
+        ("0.0.0.0", host_port[lport], remote, rport)
+        for _, lport, remote, rport in conns
+        if lport in host_port
+    ]
 
 
 def conmon_container_id(pid: int) -> str | None:
@@ -131,30 +172,58 @@ def carrier(name: str) -> tuple[str, str | None]:
 
 
 def problems(c: Container) -> list[str]:
-    """What keeps podman from checkpointing C, found before any dump."""
+    """What keeps podman from checkpointing C, or from restoring it, found before any dump."""
+    out = []
+    if not c.auto_remove:
+        out.append(
+            f"runs container {c.name} without --rm: after its checkpoint the stopped container would stay "
+            "and stand in the way of its restore (which never removes a container); run it with --rm, "
+            "as 'podman generate systemd --new' does"
+        )
+    conns = connections(c)
+    if conns:
+        published = {inside for inside, _ in c.ports}
+        other = sorted({f"{r}:{rp}" for _, lp, r, rp in conns if lp not in published})
+        if other:
+            out.append(
+                f"has TCP connection(s) of container {c.name} that do not come in through a published port "
+                f"(with {', '.join(other[:3])}); the host's NAT state for them does not survive the kexec"
+            )
+        if not netlock.available():
+            out.append(
+                f"has {len(conns)} open TCP connection(s) into container {c.name}; keeping them needs "
+                "iptables and ip6tables: apt install iptables"
+            )
     if c.runtime == "crun":
         try:
             version = run(["crun", "--version"], timeout=30).stdout
         except CommandError:
             version = ""
         if "+CRIU" not in version:
-            return [
+            out.append(
                 f"runs container {c.name} with crun, which is built without CRIU here, so podman "
                 "cannot checkpoint it; run it with '--runtime runc'"
-            ]
-    return []
+            )
+    return out
 
 
 def memory_bytes(c: Container) -> int:
     return sum(procs.anon_bytes(p) for p in procs.tree(c.pid)) if c.pid > 0 else 0
 
 
-def checkpoint(c: Container, archive: Path, log: Path, leave_running: bool, timeout: float) -> None:
-    """podman container checkpoint --export ARCHIVE; without LEAVE_RUNNING the container stops."""
+def checkpoint(
+    c: Container, archive: Path, log: Path, leave_running: bool, timeout: float, tcp: bool = False
+) -> None:
+    """podman container checkpoint --export ARCHIVE; without LEAVE_RUNNING the container stops.
+
+    TCP: keep its open connections (CRIU's TCP repair; the restore needs it too).
+    """
     archive.parent.mkdir(parents=True, exist_ok=True)
     argv = [PODMAN, "container", "checkpoint", "--export", str(archive)]
     if leave_running:
         argv.append("--leave-running")
+    if tcp:
+        argv.append("--tcp-established")
     argv.append(c.id)
     try:
         out = run(argv, timeout=timeout)
@@ -164,7 +233,7 @@ def checkpoint(c: Container, archive: Path, log: Path, leave_running: bool, time
         raise CheckpointError(f"podman could not checkpoint container {c.name}: {e.stderr.strip()}") from e
 
 
-def restore(archive: Path, name: str, log: Path, timeout: float) -> Container:
+def restore(archive: Path, name: str, log: Path, timeout: float, tcp: bool = False) -> Container:
     """podman container restore --import ARCHIVE; the restored container (with its new conmon)."""
     if inspect(name) is not None:
         # A container run without --rm stays behind, stopped, after its checkpoint.
@@ -174,7 +243,8 @@ def restore(archive: Path, name: str, log: Path, timeout: float) -> Container:
             "checkpoint; run containers that must be kept with --rm (as 'podman generate systemd --new' does)"
         )
     try:
-        out = run([PODMAN, "container", "restore", "--import", str(archive)], timeout=timeout)
+        argv = [PODMAN, "container", "restore", "--import", str(archive)]
+        out = run([*argv, "--tcp-established"] if tcp else argv, timeout=timeout)
         log.write_text(out.stdout + out.stderr)
     except CommandError as e:
         log.write_text(str(e))

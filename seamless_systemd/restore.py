@@ -171,6 +171,7 @@ def restore_unit(unit: str) -> int:
             record.update(outcome="restored", finished_at=time.time(), main_pid=main_pid)
             log.info("Restored %s (container %s), main PID %d", unit, dump["container"], main_pid)
             return 0
+        _same_dynamic_user(unit, dump.get("dynamic_uid"))
         put, kept = volatile.put_back(dump.get("volatile_files", []), gen.volatile_files(unit))
         if put or kept:
             record.update(tmpfs_files_put_back=put, tmpfs_files_already_there=kept)
@@ -184,6 +185,7 @@ def restore_unit(unit: str) -> int:
         inherit = [(1, f"socket:[{ino}]") for ino in dump.get("journal_inodes", [])]
         listen = dump.get("listen_sockets", [])
         inherit += _socket_unit_fds(listen)
+        inet_sockets = _socket_unit_inet(dump.get("socket_unit_inet", []))
         root = None
         outside: list[tuple[int, str]] = []
         if dump.get("mount_ns"):
@@ -207,6 +209,10 @@ def restore_unit(unit: str) -> int:
             for fd, _ in outside:
                 os.close(fd)
         main_pid = int(pidfile.read_text().strip())
+        for sock in inet_sockets:
+            # The .socket unit's socket joined the port first, CRIU's copy second.
+            sockets.steer_port_group(sock, 1)
+            sock.close()
         if dump.get("mount_ns"):
             weaker = sandbox.weaker(dump.get("mounts", []), main_pid)
             if weaker:
@@ -227,10 +233,31 @@ def restore_unit(unit: str) -> int:
         state.write_json(gen.restore_info(unit), record)
 
 
+def _same_dynamic_user(unit: str, dumped: int | None) -> None:
+    """A DynamicUser= unit's processes come back with the UID they had; the unit must have it again.
+
+    systemd picks the UID from a hash of the user's name, so it is normally the
+    same in every boot; if it was taken, the unit got another one, and its
+    state directory now belongs to that one.
+    """
+    if dumped is None:
+        return
+    now = systemd.unit_info(unit).dynamic_uid
+    if now != dumped:
+        raise RestoreError(
+            f"its dynamic user (DynamicUser=) has UID {now} in this boot, but the checkpointed "
+            f"processes run as UID {dumped}"
+        )
+
+
 def _restore_container(gen: state.Generation, unit: str, dump: dict[str, Any], pidfile: Path) -> int:
     """podman brings the container back; its new conmon (in this unit's cgroup) is the MainPID."""
     ctr = podman.restore(
-        gen.images(unit) / podman.ARCHIVE, str(dump["container"]), state.RESTORE_DIR / f"{unit}.log", 300
+        gen.images(unit) / podman.ARCHIVE,
+        str(dump["container"]),
+        state.RESTORE_DIR / f"{unit}.log",
+        300,
+        tcp=bool(dump.get("tcp_established")),
     )
     # The unit's own ExecStop= finds the container through its --cidfile, lost with /run.
     for path, text in ((dump.get("cidfile"), ctr.id), (dump.get("pid_file"), f"{ctr.conmon_pid}\n")):
@@ -244,21 +271,27 @@ def _restore_container(gen: state.Generation, unit: str, dump: dict[str, Any], p
 SD_LISTEN_FDS_START = 3
 
 
-def _socket_unit_fds(dumped: list[list[Any]]) -> list[tuple[int, str]]:
-    """Match the unix sockets systemd passed us (LISTEN_FDS) to the dumped ones, by path."""
-    if not dumped:
-        return []
+def _listen_fds() -> list[tuple[int, socket.socket]]:
+    """The sockets systemd passed to this start of the unit (LISTEN_FDS), each as a copy."""
     try:
         count = int(os.environ.get("LISTEN_FDS", "0"))
     except ValueError:
         count = 0
-    ours: dict[str, int] = {}
+    out = []
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
-        try:
-            with socket.socket(fileno=os.dup(fd)) as s:
-                name = s.getsockname()
-        except OSError:
-            continue
+        with contextlib.suppress(OSError):
+            out.append((fd, socket.socket(fileno=os.dup(fd))))
+    return out
+
+
+def _socket_unit_fds(dumped: list[list[Any]]) -> list[tuple[int, str]]:
+    """Match the unix sockets systemd passed us (LISTEN_FDS) to the dumped ones, by path."""
+    if not dumped:
+        return []
+    ours: dict[str, int] = {}
+    for fd, s in _listen_fds():
+        with s:
+            name = s.getsockname()
         if isinstance(name, bytes):  # abstract: b"\0name"
             name = "@" + name[1:].decode(errors="replace")
         if isinstance(name, str) and name:
@@ -271,6 +304,45 @@ def _socket_unit_fds(dumped: list[list[Any]]) -> list[tuple[int, str]]:
                 f"(passed: {', '.join(sorted(ours)) or 'none'})"
             )
         out.append((ours[path], f"socket:[{ino}]"))
+    return out
+
+
+def _socket_unit_inet(dumped: list[list[Any]]) -> list[socket.socket]:
+    """The .socket unit's TCP/UDP sockets (LISTEN_FDS) on the ports of the dumped ones.
+
+    CRIU cannot be handed an inet socket; it makes a new one and binds it to
+    the same port, which works only beside a socket bound with SO_REUSEPORT
+    (the generator's drop-in gives the .socket unit ReusePort=yes).
+    """
+    if not dumped:
+        return []
+    passed = [s for _, s in _listen_fds()]
+    out = []
+    types = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+    for kind, address, port in dumped:
+        sock = next(
+            (
+                s
+                for s in passed
+                if s.type == types.get(kind)
+                and sockets.same_address(s.getsockname(), str(address), int(port))
+            ),
+            None,
+        )
+        if sock is None:
+            raise RestoreError(
+                f"systemd did not pass the {str(kind).upper()} socket {address} port {port} that the unit "
+                "had from its .socket unit"
+            )
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+            raise RestoreError(
+                f"the .socket unit's socket on port {port} was not bound with ReusePort=yes (the "
+                "generator's drop-in for it is missing), so the restored copy cannot share the port"
+            )
+        out.append(sock)
+    for s in passed:
+        if s not in out:
+            s.close()
     return out
 
 

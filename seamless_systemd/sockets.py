@@ -8,11 +8,14 @@ as external and give the restored process a fresh stream from its unit.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import ipaddress
 import os
 import socket
 import struct
 from pathlib import Path
+from typing import Any
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -119,6 +122,13 @@ class InetSocket:
     def listening(self) -> bool:
         return self.state == TCP_LISTEN
 
+    @property
+    def kind(self) -> str:
+        """'tcp' for a listening TCP socket, 'udp' for an unconnected UDP one, '' otherwise."""
+        if self.proto.startswith("tcp"):
+            return "tcp" if self.listening else ""
+        return "udp" if self.state == TCP_CLOSE else ""
+
 
 TCP_LISTEN = 0x0A
 TCP_CLOSE = 0x07
@@ -151,3 +161,30 @@ def decode_address(text: str) -> tuple[str, int]:
 
 def is_loopback(ip: str) -> bool:
     return ip.startswith("127.") or ip == "::1" or ip.startswith("::ffff:127.")
+
+
+SO_ATTACH_REUSEPORT_CBPF = 51
+BPF_RET_K = 0x06  # BPF_RET | BPF_K: return a constant
+
+
+def steer_port_group(sock: socket.socket, index: int) -> None:
+    """Send every new connection on SOCK's port group (SO_REUSEPORT) to the group's INDEX-th member.
+
+    The members are numbered in the order they joined (bound the port). A
+    classic BPF program that returns INDEX does it; once fewer members are
+    left, the kernel ignores the out-of-range answer and picks by its hash, so
+    the remaining sockets get the connections again.
+    """
+    insn = ctypes.create_string_buffer(struct.pack("=HBBI", BPF_RET_K, 0, 0, index), 8)
+    prog = struct.pack("@HP", 1, ctypes.addressof(insn))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, prog)
+
+
+def same_address(name: Any, address: str, port: int) -> bool:
+    """Whether getsockname()'s NAME is ADDRESS:PORT (as decode_address gives it)."""
+    if not isinstance(name, tuple) or len(name) < 2 or name[1] != port:
+        return False
+    try:
+        return bool(ipaddress.ip_address(name[0]) == ipaddress.ip_address(address))
+    except ValueError:
+        return False

@@ -35,6 +35,10 @@ class UnitInfo:
     pid_file: str = ""
     # The first ExecStart= command line.
     exec_argv: tuple[str, ...] = ()
+    # DynamicUser=: the UID systemd allocated for this run of the unit (None otherwise).
+    dynamic_uid: int | None = None
+    # The .socket units that start it (socket activation).
+    socket_units: tuple[str, ...] = ()
 
 
 def _s(value: Any) -> str:
@@ -103,7 +107,20 @@ def unit_info(name: str) -> UnitInfo:
             fragment_path=_s(u.Unit.FragmentPath),
             pid_file=_s(u.Service.PIDFile),
             exec_argv=tuple(_s(a) for a in exec_start[0][1]) if exec_start else (),
+            dynamic_uid=_dynamic_uid(u),
+            socket_units=tuple(n for t in u.Unit.TriggeredBy if (n := _s(t)).endswith(".socket")),
         )
+
+
+UID_UNSET = 2**32 - 1
+
+
+def _dynamic_uid(u: Any) -> int | None:
+    """The UID of a DynamicUser= unit's user, as systemd allocated it when the unit started."""
+    if not u.Service.DynamicUser:
+        return None
+    uid = int(u.Service.UID)
+    return None if uid == UID_UNSET else uid
 
 
 def has_start_job(name: str) -> bool:

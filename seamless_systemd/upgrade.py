@@ -446,7 +446,12 @@ def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan) -> None:
                 if ctr is None:
                     raise CheckpointError("its container stopped running")
                 podman.checkpoint(
-                    ctr, trial / podman.ARCHIVE, log_path, leave_running=True, timeout=cfg.checkpoint_timeout
+                    ctr,
+                    trial / podman.ARCHIVE,
+                    log_path,
+                    leave_running=True,
+                    timeout=cfg.checkpoint_timeout,
+                    tcp=bool(podman.connections(ctr)),
                 )
             else:
                 criu.dump(
@@ -563,6 +568,10 @@ def checkpoint(unit: str) -> int:
             service_type=info.service_type,
             pid_file=info.pid_file,
             shell_job=facts.shell_job,
+            dynamic_uid=info.dynamic_uid,
+            socket_unit_inet=[list(x) for x in facts.socket_unit_inet],
+            # The new boot's generator lets these share their port with the restored copy.
+            reuse_port_sockets=list(info.socket_units) if facts.socket_unit_inet else [],
         )
         log.info("Checkpointing %s (PID %d, %d process(es))", unit, facts.main_pid, len(facts.pids))
         with volatile.Held(facts.volatile_files) as held:
@@ -602,6 +611,11 @@ def _checkpoint_container(
         service_type=info.service_type,
         pid_file=info.pid_file,
     )
+    conns = podman.connections(ctr)
+    # The new boot holds their segments back (netlock) until the container is back.
+    record.update(
+        tcp_established=bool(conns), tcp_connections=[list(x) for x in podman.host_side(ctr, conns)]
+    )
     log.info("Checkpointing container %s of %s (conmon PID %d)", ctr.name, unit, info.main_pid)
     podman.checkpoint(
         ctr,
@@ -609,6 +623,7 @@ def _checkpoint_container(
         gen.unit_dir(unit) / "dump.log",
         leave_running=False,
         timeout=manifest.get("checkpoint_timeout", 120),
+        tcp=bool(conns),
     )
     record["dumped_at"] = criu.now()
     _seal(gen, unit, record)

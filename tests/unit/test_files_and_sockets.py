@@ -190,3 +190,107 @@ def test_outside_device_found_by_its_number() -> None:
     assert sandbox._device_path("/null", (1, 3)) == "/dev/null"
     assert sandbox._device_path("/dev/zero", (1, 3)) == "/dev/null"
     assert sandbox._device_path("/null", (4095, 1)) == "/dev/char/4095:1"  # none: the open names it
+
+
+def reuse_port_listener(port: int = 0) -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(32)
+    return s
+
+
+def test_port_group_steered_to_the_restored_copy_then_back() -> None:
+    """The kernel's own behaviour that TCP socket activation relies on (see restore._socket_unit_inet)."""
+    first = reuse_port_listener()  # the .socket unit's socket
+    port = first.getsockname()[1]
+    second = reuse_port_listener(port)  # CRIU's copy in the restored process
+    clients = []
+    try:
+        sockets.steer_port_group(first, 1)
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+        second.settimeout(5)
+        for _ in clients:
+            second.accept()[0].close()
+        first.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            first.accept()  # not one connection went to the .socket unit's socket
+        second.close()  # the restored process stops: the .socket unit gets the port back
+        clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        first.settimeout(5)
+        first.accept()[0].close()
+    finally:
+        for c in clients:
+            c.close()
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "address", "port", "same"),
+    [
+        (("127.0.0.1", 7788), "127.0.0.1", 7788, True),
+        (("::", 7788, 0, 0), "::", 7788, True),
+        (("::ffff:127.0.0.1", 80, 0, 0), "::ffff:127.0.0.1", 80, True),
+        (("127.0.0.1", 7788), "127.0.0.1", 7789, False),
+        (("0.0.0.0", 7788), "::", 7788, False),
+        ("/run/x.sock", "/run/x.sock", 0, False),
+    ],
+)
+def test_socket_names_matched_by_address(name: object, address: str, port: int, same: bool) -> None:
+    assert sockets.same_address(name, address, port) is same
+
+
+def test_udp_port_group_steered_too() -> None:
+    def bound(port: int = 0) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", port))
+        return s
+
+    first = bound()
+    port = first.getsockname()[1]
+    second = bound(port)
+    with first, second, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        sockets.steer_port_group(first, 1)
+        for i in range(20):
+            client.sendto(b"%d" % i, ("127.0.0.1", port))
+        second.settimeout(5)
+        assert sorted(int(second.recv(16)) for _ in range(20)) == list(range(20))
+        first.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            first.recv(16)
+
+
+@pytest.mark.parametrize(
+    ("proto", "state", "remote", "kind"),
+    [
+        ("tcp", sockets.TCP_LISTEN, "00000000:0000", "tcp"),
+        ("tcp6", 0x01, "0100007F:1F90", ""),  # established
+        ("udp", sockets.TCP_CLOSE, "00000000:0000", "udp"),
+        ("udp6", 0x01, "0100007F:1F90", ""),  # connected
+    ],
+)
+def test_socket_kinds_a_socket_unit_passes(proto: str, state: int, remote: str, kind: str) -> None:
+    assert sockets.InetSocket(1, proto, "0100007F:1E6C", remote, state).kind == kind
+
+
+def test_lock_rules_match_any_local_address_for_containers(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    class Done:
+        returncode = 0
+        stdout = ""
+
+    def fake_run(argv: list[str], check: bool = True) -> Done:
+        calls.append(argv)
+        return Done()
+
+    monkeypatch.setattr(netlock, "run", fake_run)
+    n = netlock.lock(
+        "web.service", [("0.0.0.0", 8080, "10.0.2.2", 40000), ("10.0.2.15", 7790, "10.0.2.2", 41000)]
+    )
+    assert n == 2
+    rules = [c for c in calls if "-A" in c]
+    assert rules[0][-8:] == ["-s", "10.0.2.2", "--sport", "40000", "--dport", "8080", "-j", "DROP"]
+    assert rules[1][-6:-2] == ["-d", "10.0.2.15", "--dport", "7790"]

@@ -31,7 +31,10 @@ def images(root: Path, units: dict[str, bool]) -> None:
     for unit, complete in units.items():
         udir = gdir / "units" / unit
         udir.mkdir(parents=True)
-        (udir / "dump.json").write_text(json.dumps({"syslog_identifier": unit.split(".")[0]}))
+        dump: dict[str, object] = {"syslog_identifier": unit.split(".")[0]}
+        if unit.startswith("web"):  # socket-activated on a TCP port
+            dump["reuse_port_sockets"] = ["web.socket", "../evil.socket"]
+        (udir / "dump.json").write_text(json.dumps(dump))
         if complete:
             (udir / "COMPLETE").write_text("{}")
 
@@ -73,7 +76,11 @@ def check_golden(case: str, out: Path) -> None:
 
 CASES = {
     # name: (units with complete images?, extra cmdline, files to create in the root)
-    "restore": ({"seamless-demo.service": True, "db.service": True, "broken.service": False}, "", []),
+    "restore": (
+        {"seamless-demo.service": True, "db.service": True, "broken.service": False, "web.service": True},
+        "",
+        [],
+    ),
     # A Type=oneshot unit has no images and needs no drop-in; it is not waited for either.
     "stateless": ({"seamless-demo.service": True, "setup-oneshot.service": False}, "", []),
     "done": (

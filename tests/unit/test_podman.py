@@ -66,3 +66,30 @@ def test_unit_of_pid_reads_the_cgroup(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_container_names_match_config_rules() -> None:
     assert config.check_container_name("web-1.prod") is None
     assert config.check_container_name("-web") is not None
+
+
+def test_container_without_rm_is_found_before_the_upgrade() -> None:
+    kept = podman.Container("c0ffee", "web", True, 100, 99, "runc", auto_remove=True)
+    left = podman.Container("c0ffee", "web", True, 100, 99, "runc", auto_remove=False)
+    assert podman.problems(kept) == []
+    (why,) = podman.problems(left)
+    assert "without --rm" in why and "'podman generate systemd --new'" in why
+
+
+def test_published_tcp_ports_read_from_inspect() -> None:
+    settings = {
+        "Ports": {
+            "7792/tcp": [{"HostIp": "", "HostPort": "7792"}, {"HostIp": "::", "HostPort": "7792"}],
+            "53/udp": [{"HostIp": "", "HostPort": "5353"}],
+            "80/tcp": [{"HostIp": "", "HostPort": "8080"}],
+            "9000/tcp": None,  # exposed, not published
+        }
+    }
+    assert podman._published(settings) == ((80, 8080), (7792, 7792))
+    assert podman._published({"Ports": None}) == ()
+
+
+def test_container_connections_locked_on_the_host_port() -> None:
+    c = podman.Container("c0ffee", "web", True, 100, 99, "runc", ports=((80, 8080),))
+    conns = [("10.88.0.2", 80, "10.0.2.2", 40000), ("10.88.0.2", 5432, "10.88.0.1", 41000)]
+    assert podman.host_side(c, conns) == [("0.0.0.0", 8080, "10.0.2.2", 40000)]

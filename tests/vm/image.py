@@ -5,6 +5,9 @@ Two layers, so that a code change does not rebuild the world:
 * the *base* root tree (debootstrap + both kernels + criu + kexec-tools + the
   Python libraries) is cached under ``~/.cache/seamless-systemd/base-KEY``,
   KEY being a hash of everything that goes into it;
+* CRIU 4.1.1 (Debian 13's), built once from its release tarball in a copy of
+  the base tree and cached under ``criu-4.1.1-KEY`` (Debian 12's 3.17 cannot
+  keep ``NoNewPrivileges=``);
 * the *test* image is made for every run: a copy of the base tree, this
   project's Debian package (built from ``packaging/``) and the guest test
   files installed into it, initramfs images regenerated, then packed into a
@@ -24,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +73,33 @@ GUEST_PACKAGES = [
     "conmon",
     "catatonit",
     "containernetworking-plugins",
+]
+# Debian 12's CRIU is 3.17, which drops NoNewPrivileges= on restore (kept from
+# 3.19 on). The guest gets Debian 13's CRIU instead, built here on bookworm from
+# the same release tarball (the one trixie's source package names, checked by
+# its SHA-256) and installed as /usr/local/sbin/criu, ahead of /usr/sbin in
+# every PATH: what a sysadmin on Debian 12 would do.
+CRIU_VERSION = "4.1.1"
+CRIU_TARBALL = f"{MIRROR}/pool/main/c/criu/criu_{CRIU_VERSION}.orig.tar.xz"
+CRIU_SHA256 = "f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe"
+CRIU_BUILD_DEPS = [
+    "gcc",
+    "make",
+    "pkgconf",
+    "libc6-dev",
+    "libprotobuf-c-dev",
+    "libprotobuf-dev",
+    "protobuf-c-compiler",
+    "protobuf-compiler",
+    "python3-protobuf",
+    "libnl-3-dev",
+    "libnet1-dev",
+    "libcap-dev",
+    "libbsd-dev",
+    "libgnutls28-dev",
+    "libnftables-dev",
+    "uuid-dev",
+    "xz-utils",
 ]
 IMAGE_SIZE = "4G"
 # Bump when the base build steps below change in a way the lists don't show.
@@ -209,6 +240,52 @@ def configure_base(root: Path) -> None:
             link.symlink_to("/dev/null")
 
 
+def fetch(url: str, sha256: str) -> Path:
+    """URL's file, downloaded once into the cache and checked against SHA256."""
+    dest = CACHE / "downloads" / f"{sha256[:16]}-{url.rsplit('/', 1)[-1]}"
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    log(f"download {url}")
+    with urllib.request.urlopen(url, timeout=120) as resp:
+        data = resp.read()
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha256:
+        raise SystemExit(f"{url}: SHA-256 is {got}, expected {sha256}; refusing to build with it")
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.rename(dest)
+    return dest
+
+
+def build_criu(base: Path) -> Path:
+    """The CRIU binary for the guest, built in a throw-away copy of the base tree; cached."""
+    key = hashlib.sha256(json.dumps([base.parent.name, CRIU_SHA256, CRIU_BUILD_DEPS]).encode()).hexdigest()
+    dest = CACHE / f"criu-{CRIU_VERSION}-{key[:16]}"
+    if (dest / "criu").exists():
+        log(f"CRIU {CRIU_VERSION} cached: {dest}")
+        return dest / "criu"
+    tarball = fetch(CRIU_TARBALL, CRIU_SHA256)
+    work = CACHE / f"criu-build-{key[:16]}"
+    if work.exists():
+        shutil.rmtree(work)
+    sh("cp", "-a", "--reflink=auto", base, work)
+    try:
+        shutil.copy2(tarball, work / "tmp/criu.tar.xz")
+        with chroot_mounts(work):
+            in_chroot(work, "apt-get", "update", "-q")
+            in_chroot(work, "apt-get", "install", "-y", "-q", "--no-install-recommends", *CRIU_BUILD_DEPS)
+            in_chroot(work, "tar", "-C", "/tmp", "-xJf", "/tmp/criu.tar.xz")
+            in_chroot(work, "make", "-C", f"/tmp/criu-{CRIU_VERSION}", f"-j{os.cpu_count() or 1}", "criu")
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(work / f"tmp/criu-{CRIU_VERSION}/criu/criu", dest / "criu.tmp")
+        (dest / "criu.tmp").rename(dest / "criu")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"CRIU {CRIU_VERSION} built: {dest}")
+    return dest / "criu"
+
+
 @dataclasses.dataclass(frozen=True)
 class Image:
     disk: Path
@@ -256,6 +333,7 @@ def build_image(
     after.sh (run in the guest before the upgrade and after the restore).
     """
     base = build_base() / "rootfs"
+    criu = build_criu(base)
     out = BUILD / "vm"
     out.mkdir(parents=True, exist_ok=True)
     BUILD_LOG.unlink(missing_ok=True)
@@ -265,6 +343,7 @@ def build_image(
         shutil.rmtree(root)
     sh("cp", "-a", "--reflink=auto", base, root)
     shutil.copy2(deb, root / "tmp/seamless-systemd.deb")
+    shutil.copy2(criu, root / "usr/local/sbin/criu")
     guest = REPO / "tests/vm/guest"
     sh("cp", "-a", f"{guest}/.", root / "usr/local/lib/seamless-test")
     if lab_script is not None:

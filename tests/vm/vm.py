@@ -61,8 +61,10 @@ class Scenario:
 
 
 # The guest's chat service (tests/vm/guest/chat.py) is reachable from the host
-# through QEMU's user-mode network: a client outside the VM.
+# through QEMU's user-mode network: a client outside the VM. So is the podman
+# container (chat.py too, behind the port it publishes).
 CHAT_GUEST_PORT = 7790
+CONTAINER_GUEST_PORT = 7792
 
 
 def free_port() -> int:
@@ -71,8 +73,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def qemu_argv(img: vmimage.Image, console: Path, append: str = "", host_port: int = 0) -> list[str]:
+def qemu_argv(
+    img: vmimage.Image, console: Path, append: str = "", forwards: dict[int, int] | None = None
+) -> list[str]:
+    """FORWARDS: host port -> guest port, through QEMU's user-mode network (none: no network)."""
     cmdline = f"root=/dev/vda rw console=ttyS0 {MEMMAP} panic=-1 {append}".strip()
+    fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in (forwards or {}).items())
     return [
         "qemu-system-x86_64",
         "-accel",
@@ -90,9 +96,7 @@ def qemu_argv(img: vmimage.Image, console: Path, append: str = "", host_port: in
         "-serial",
         f"file:{console}",
         "-nic",
-        f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{host_port}-:{CHAT_GUEST_PORT}"
-        if host_port
-        else "none",
+        f"user,model=virtio-net-pci{fwd}" if forwards else "none",
         "-no-reboot",
         "-drive",
         f"file={img.disk},format=raw,if=virtio,cache=unsafe",
@@ -106,29 +110,33 @@ def qemu_argv(img: vmimage.Image, console: Path, append: str = "", host_port: in
 
 
 class HostClient:
-    """A TCP client on the host that keeps one connection to the guest's chat service.
+    """A TCP client on the host that keeps one connection to a chat service in the guest.
 
     The guest asks for it with 'tcp-client' events: {"action": "connect"} opens
     the connection and talks twice, {"action": "talk"} (after the kexec) talks
-    once more on the same connection. What the client saw becomes a 'tcp-host'
-    event.
+    once more on the same connection; "target" names the client (default
+    "chat"). What the client saw becomes a 'tcp-host' event with that target.
+    COMMAND is what it sends each time (INC adds one to the service's counter).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, guest_port: int, target: str, command: bytes = b"INC") -> None:
         self.port = free_port()
+        self.guest_port = guest_port
+        self.target = target
+        self.command = command
         self.sock: socket.socket | None = None
         self.reader: Any = None
 
     def _talk(self) -> dict[str, Any]:
         assert self.sock is not None
-        self.sock.sendall(b"INC\n")
+        self.sock.sendall(self.command + b"\n")
         line = self.reader.readline()
         if not line:
             raise ConnectionError("connection closed by the guest")
         return dict(json.loads(line))
 
     def handle(self, data: dict[str, Any]) -> Event:
-        out: dict[str, Any] = {"action": data.get("action")}
+        out: dict[str, Any] = {"action": data.get("action"), "target": self.target}
         try:
             if data.get("action") == "connect":
                 self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=120)
@@ -148,11 +156,12 @@ def boot(
     console: Path,
     events: list[Event],
     stop_on: set[str],
-    client: HostClient | None = None,
+    clients: list[HostClient] | None = None,
 ) -> None:
     """Run one QEMU process until it exits (or times out); collect events."""
     console.unlink(missing_ok=True)
-    argv = qemu_argv(img, console, host_port=client.port if client else 0)
+    by_target = {c.target: c for c in clients or []}
+    argv = qemu_argv(img, console, forwards={c.port: c.guest_port for c in by_target.values()})
     print(f"[vm] booting kernel A, console: {console}", file=sys.stderr, flush=True)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + QEMU_TIMEOUT
@@ -178,7 +187,8 @@ def boot(
                         data = {"raw": payload}
                     events.append(Event(name, data, time.time()))
                     print(f"[vm] {name}: {payload[:300]}", file=sys.stderr, flush=True)
-                    if name == "tcp-client" and client is not None:
+                    client = by_target.get(str(data.get("target", "chat"))) if name == "tcp-client" else None
+                    if client is not None:
                         events.append(client.handle(data))
                         print(f"[vm] tcp-host: {events[-1].data}", file=sys.stderr, flush=True)
             if proc.poll() is not None:
@@ -199,13 +209,14 @@ def run_scenario(img: vmimage.Image, out: Path) -> Scenario:
     """Boot 1 (upgrade) + boot 2 (after kexec) in one QEMU run, then boot 3 (after reboot)."""
     out.mkdir(parents=True, exist_ok=True)
     sc = Scenario([], [])
-    client = HostClient()
+    # The container's client only reads: the counter stays what the driver made it.
+    clients = [HostClient(CHAT_GUEST_PORT, "chat"), HostClient(CONTAINER_GUEST_PORT, "container", b"GET")]
     for n in (1, 2, 3):
         console = out / f"console-{n}.log"
         sc.consoles.append(console)
         seen = len(sc.events)
         try:
-            boot(img, console, sc.events, set(), client)
+            boot(img, console, sc.events, set(), clients)
         except TimeoutError as e:
             sc.events.append(Event("timeout", {"error": str(e)}, time.time()))
             return sc

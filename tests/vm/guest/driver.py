@@ -44,10 +44,12 @@ TYPES = {
     "seamless-resources.service": 7787,
     "seamless-sockact.service": "/run/seamless-sockact.sock",
     "seamless-sockact-tcp.service": 7788,
+    "seamless-sockact-udp.service": ("udp", 7794),
     "seamless-sysv.service": 7789,
     "seamless-chat.service": 7790,
     "seamless-sandboxed-rw.service": 7791,
     "seamless-podman.service": 7792,
+    "seamless-dynamic.service": 7793,
 }
 SOCKACT = TYPES["seamless-sockact.service"]
 RESOURCES_DIR = "/var/lib/seamless-resources"
@@ -79,9 +81,14 @@ def set_phase(phase):
 
 
 def demo(port, cmd="GET"):
-    """Ask the test service on TCP PORT (or unix socket PORT, a path)."""
+    """Ask the test service on TCP PORT (or unix socket PORT, a path; or ("udp", PORT))."""
     for _ in range(120):
         try:
+            if isinstance(port, tuple):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.settimeout(10)
+                    s.sendto(cmd.encode(), ("127.0.0.1", port[1]))
+                    return json.loads(s.recv(65536))
             if isinstance(port, str):
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 s.settimeout(10)
@@ -149,6 +156,48 @@ def types_state():
     return out
 
 
+SOCKACT_TCP = TYPES["seamless-sockact-tcp.service"]
+SOCKACT_UDP = TYPES["seamless-sockact-udp.service"]
+
+
+def ask_once(port):
+    """One GET on TCP PORT or ("udp", PORT), given 5 s."""
+    if isinstance(port, tuple):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(b"GET", ("127.0.0.1", port[1]))
+            return json.loads(s.recv(65536))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.settimeout(5)
+        s.sendall(b"GET\n")
+        return json.loads(s.makefile().readline())
+
+
+def clients(port, n=20):
+    """N clients in a row, each given 5 s: how many were answered, by which PIDs, the last counter."""
+    name = "seamless-sockact-udp.socket" if isinstance(port, tuple) else "seamless-sockact-tcp.socket"
+    out = {"socket": unit_state(name)["ActiveState"], "answered": 0, "pids": []}
+    for _ in range(n):
+        try:
+            reply = ask_once(port)
+        except (OSError, ValueError):
+            continue
+        out["answered"] += 1
+        out["counter"] = reply["counter"]
+        if reply["main_pid"] not in out["pids"]:
+            out["pids"].append(reply["main_pid"])
+    return out
+
+
+def sockact_again(port, unit):
+    """Restored twice: the clients still reach it; stopped, its .socket unit starts it afresh."""
+    out = {"clients": clients(port)}
+    sh("systemctl", "stop", f"{unit}.service")
+    out["reply"] = demo(port)
+    out["socket"] = unit_state(f"{unit}.socket")["ActiveState"]
+    return out
+
+
 def start_container():
     """Boot 1: import the container's image, start the unit that runs the container."""
     rc, out = sh("podman", "import", "/usr/local/lib/seamless-test/ctr-rootfs.tar", "localhost/seamless-py")
@@ -160,16 +209,16 @@ def start_container():
 
 
 def touch_types():
-    for port in (7780, 7781, 7782, 7783, 7785, 7786, 7787, SOCKACT, 7788, 7789, 7791, 7792):
+    for port in (7780, 7781, 7782, 7783, 7785, 7786, 7787, SOCKACT, 7788, 7789, 7791, 7792, SOCKACT_UDP):
         demo(port, "INC")
         demo(port, "INC")
 
 
-def host_client(action, lines):
+def host_client(action, lines, target="chat", port=7790):
     """Ask the host for a TCP client action, wait until the chat service has seen LINES from it."""
-    emit("tcp-client", {"action": action})
+    emit("tcp-client", {"action": action, "target": target})
     for _ in range(240):
-        st = demo(7790, "STATE")
+        st = demo(port, "STATE")
         outside = {p: n for p, n in st["connections"].items() if not p.startswith("127.")}
         if any(n >= lines for n in outside.values()):
             return st
@@ -332,6 +381,7 @@ def main():
             refused_upgrade()
             touch_types()
             emit("tcp-before", host_client("connect", 2))
+            emit("tcp-ctr-before", host_client("connect", 2, "container", 7792))
             emit("types-before", types_state())
             emit("resources-before", resources("before"))
         emit("before", all_states())
@@ -378,6 +428,7 @@ def main():
             return
         emit("types-after", types_state())
         emit("tcp-after", host_client("talk", 3))
+        emit("tcp-ctr-after", host_client("talk", 3, "container", 7792))
         emit("resources-after", resources("after"))
         # The .socket unit still works: stop the restored service, the next client starts it afresh.
         sh("systemctl", "stop", "seamless-sockact.service")
@@ -385,6 +436,8 @@ def main():
             "sockact-again",
             {"reply": demo(SOCKACT), "socket": unit_state("seamless-sockact.socket")["ActiveState"]},
         )
+        emit("sockact-tcp", clients(SOCKACT_TCP))
+        emit("sockact-udp", clients(SOCKACT_UDP))
         rc, out = sh("systemctl", "reload", "seamless-notify.service")
         emit("types-reload", {"rc": rc, "out": out, "reply": demo(7781)})
         demo(7777, "INC")
@@ -404,6 +457,8 @@ def main():
             {"states": all_states(), "finish": finish, "report": report(), "uname": os.uname().release},
         )
         debug_dump()
+        emit("sockact-tcp-again", sockact_again(SOCKACT_TCP, "seamless-sockact-tcp"))
+        emit("sockact-udp-again", sockact_again(SOCKACT_UDP, "seamless-sockact-udp"))
         rc, out = sh("seamless-upgrade", "arm")
         _, status = sh("seamless-upgrade", "status", "--json")
         emit("arm2", {"rc": rc, "out": out, "status": json.loads(status)})

@@ -8,11 +8,11 @@ systemctl enable seamless-test.service seamless-spoiler.service
 if [ "$SCENARIO" != workload ]; then
 	systemctl enable seamless-demo@7777.service seamless-demo@7778.service seamless-demo@7779.service
 fi
-TYPES="seamless-exec seamless-notify seamless-forking seamless-forking-nopid seamless-oneshot seamless-prefork seamless-backend seamless-frontend seamless-sandboxed seamless-resources seamless-sysv seamless-chat seamless-sandboxed-rw"
+TYPES="seamless-exec seamless-notify seamless-forking seamless-forking-nopid seamless-oneshot seamless-prefork seamless-backend seamless-frontend seamless-sandboxed seamless-resources seamless-sysv seamless-chat seamless-sandboxed-rw seamless-dynamic"
 if [ "$SCENARIO" = full ]; then
 	for u in $TYPES; do systemctl enable "$u.service"; done
 	# Socket-activated: only the sockets are enabled; the first client starts the service.
-	systemctl enable seamless-sockact.socket seamless-sockact-tcp.socket
+	systemctl enable seamless-sockact.socket seamless-sockact-tcp.socket seamless-sockact-udp.socket
 	# The system user seamless-resources.service runs as.
 	useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin seamless-res
 fi
@@ -30,7 +30,7 @@ if [ "$SCENARIO" = full ] || [ "$SCENARIO" = lab ]; then
 	ln -s "$py" "$C/usr/bin/python3"
 	for l in bin lib lib64 sbin; do [ -e "$C/$l" ] || ln -s "usr/$l" "$C/$l"; done
 	cp /etc/passwd /etc/group "$C/etc/"
-	cp demo.py lines.py "$C/app/"
+	cp demo.py lines.py chat.py "$C/app/"
 	tar -C "$C" -cf ctr-rootfs.tar . && rm -rf "$C"
 fi
 mkdir -p /etc/seamless/conf.d /var/lib/seamless-test

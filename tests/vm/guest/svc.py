@@ -13,7 +13,8 @@ its counter. SIGHUP (ExecReload=) adds one to 'reloads'.
   --workers N   N pre-forked workers accept on the same listening socket
   --child       keep a child process ('sleep') running
   --backend     also ask the service on unix socket PATH and include its answer
-  --listen-fd   serve on the socket systemd passed (fd 3, socket activation)
+  --listen-fd   serve on the socket systemd passed (fd 3, socket activation);
+                a UDP socket answers each datagram with one
   --sandbox     also report what its sandbox lets it see and write
 """
 
@@ -103,26 +104,59 @@ if args.sandbox:
     os.write(note_fd, f"written before the upgrade, blob {state['blob_sha256'][:16]}\n".encode())
 
 
+def own_mnt_ns():
+    try:
+        return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+    except PermissionError:  # not root: cannot tell
+        return None
+
+
 def sandbox():
     """What the mount namespace allows, as this process sees it."""
     with open("/proc/self/mountinfo") as f:
         points = sorted({line.split()[4] for line in f})
     with open("/proc/self/status") as f:
-        nnp = next(line.split()[1] for line in f if line.startswith("NoNewPrivs:"))
+        status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
     return {
         "writable": {
             d: os.access(d, os.W_OK)
-            for d in ("/usr", "/etc", "/var/lib/seamless-sbx", "/tmp", "/home", "/run/credentials")
+            for d in (
+                "/usr",
+                "/etc",
+                "/var/lib/seamless-sbx",
+                "/var/lib/seamless-dyn",
+                "/tmp",
+                "/home",
+                "/run/credentials",
+            )
         },
         "devices": sorted(os.listdir("/dev")),
         "mount_points": points,
-        "own_mnt_ns": os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt"),
-        "no_new_privs": nnp,
+        "own_mnt_ns": own_mnt_ns(),
+        "no_new_privs": status["NoNewPrivs"],
+        "seccomp": status["Seccomp"],
+        "uid_gid": [status["Uid"], status["Gid"]],
+        "groups": status["Groups"],
         "tmp_note": os.pread(note_fd, 4096, 0).decode() if os.path.exists("/tmp/seamless-note") else None,
     }
 
 
+def serve_datagrams():
+    while True:
+        try:
+            data, peer = srv.recvfrom(64)
+        except InterruptedError:
+            continue
+        cmd = data.decode(errors="replace").strip()
+        if cmd == "INC":
+            state["counter"] += 1
+        srv.sendto(json.dumps(dict(state, pid=os.getpid(), kernel=os.uname().release)).encode(), peer)
+        print(f"{cmd or 'EMPTY'}: counter={state['counter']}", flush=True)
+
+
 def serve():
+    if srv.type == socket.SOCK_DGRAM:
+        serve_datagrams()
     while True:
         try:
             conn, _ = srv.accept()
