@@ -165,11 +165,7 @@ def _inet_problems(
             f"gets connected TCP/UDP socket(s) on port(s) {', '.join(map(str, sorted(other)))} from a "
             ".socket unit, which this version cannot hand over (listening sockets are kept)"
         )
-    conns = []
-    for i in sorted(inodes & set(inet)):
-        c = inet[i]
-        if c.proto.startswith("tcp") and c.state not in (sockets.TCP_LISTEN, sockets.TCP_CLOSE):
-            conns.append((*sockets.decode_address(c.local), *sockets.decode_address(c.remote)))
+    conns = [inet[i].connection() for i in sorted(inodes & set(inet)) if inet[i].established]
     if conns and not netlock.available():
         out.append(
             f"has {len(conns)} open TCP connection(s); keeping them needs iptables and ip6tables "

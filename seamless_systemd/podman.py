@@ -90,11 +90,7 @@ def connections(c: Container) -> list[tuple[str, int, str, int]]:
     if c.pid <= 0:
         return []
     inet = sockets.inet_sockets(str(procs.PROC / str(c.pid) / "net"))
-    return [
-        (*sockets.decode_address(s.local), *sockets.decode_address(s.remote))
-        for s in inet.values()
-        if s.proto.startswith("tcp") and s.state not in (sockets.TCP_LISTEN, sockets.TCP_CLOSE)
-    ]
+    return [s.connection() for s in inet.values() if s.established]
 
 
 def host_side(c: Container, conns: list[tuple[str, int, str, int]]) -> list[tuple[str, int, str, int]]:

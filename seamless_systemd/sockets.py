@@ -123,6 +123,15 @@ class InetSocket:
         return self.state == TCP_LISTEN
 
     @property
+    def established(self) -> bool:
+        """A TCP connection (neither listening nor closed)."""
+        return self.proto.startswith("tcp") and self.state not in (TCP_LISTEN, TCP_CLOSE)
+
+    def connection(self) -> tuple[str, int, str, int]:
+        """(local address, port, remote address, port)."""
+        return (*decode_address(self.local), *decode_address(self.remote))
+
+    @property
     def kind(self) -> str:
         """'tcp' for a listening TCP socket, 'udp' for an unconnected UDP one, '' otherwise."""
         if self.proto.startswith("tcp"):

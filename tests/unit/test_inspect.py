@@ -130,10 +130,14 @@ def test_tmpfs_file_and_device_seen(spawn: Spawn) -> None:
             os.unlink(shm)
 
 
-def test_no_new_privileges_reported(spawn: Spawn) -> None:
+@pytest.mark.parametrize(("have", "reported"), [((3, 17, 1), True), ((4, 1, 1), False), (None, True)])
+def test_no_new_privileges_reported_for_old_criu(
+    spawn: Spawn, monkeypatch: pytest.MonkeyPatch, have: tuple[int, ...] | None, reported: bool
+) -> None:
+    monkeypatch.setattr(criu, "version", lambda: have)
     pid = spawn("import ctypes\nassert ctypes.CDLL(None).prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS")
     facts = criu.inspect(unit_for(pid))
-    assert any("NoNewPrivileges=" in u for u in facts.unsupported)
+    assert any("NoNewPrivileges=" in u and "before 3.19" in u for u in facts.unsupported) is reported
 
 
 def test_criu_version_read(monkeypatch: pytest.MonkeyPatch) -> None:
