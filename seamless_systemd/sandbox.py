@@ -71,14 +71,23 @@ def private_tmp_dirs(pid: int) -> list[str]:
     return sorted(out)
 
 
+MEMFD_PREFIX = "/memfd:"
+
+
 def outside_files(pids: list[int]) -> list[dict[str, Any]]:
-    """Files the tree holds that were opened outside its mount namespace: CRIU must get them from us."""
+    """Files the tree holds that were opened outside its mount namespace: CRIU must get them from us.
+
+    Outside means on a mount the tree's namespace does not have. That is also
+    true of a memfd (the kernel's internal mount), which CRIU keeps by itself,
+    and of a file a restored tree was handed, whose mount may be in no
+    namespace at all by now (the second upgrade found its stdin so).
+    """
     out = []
     seen = set()
     for pid in pids:
         inside = {m.mount_id for m in procs.mounts(pid)}
         for fd, target in procs.fds(pid).items():
-            if not target.startswith("/"):
+            if not target.startswith("/") or target.startswith(MEMFD_PREFIX):
                 continue
             try:
                 info = _fdinfo(pid, fd)

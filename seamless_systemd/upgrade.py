@@ -240,7 +240,7 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
     )
 
 
-# Must match initramfs-tools/scripts/init-top/seamless.
+# Must match initrd/seamless-pid-base.
 PID_BASE = 4096
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from seamless_systemd import netlock, sockets, volatile
+from seamless_systemd import netlock, sandbox, sockets, volatile
 
 SHM = Path("/dev/shm")
 
@@ -294,3 +294,28 @@ def test_lock_rules_match_any_local_address_for_containers(monkeypatch: pytest.M
     rules = [c for c in calls if "-A" in c]
     assert rules[0][-8:] == ["-s", "10.0.2.2", "--sport", "40000", "--dport", "8080", "-j", "DROP"]
     assert rules[1][-6:-2] == ["-d", "10.0.2.15", "--dport", "7790"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_outside_files_are_host_files_not_memfds(tmp_path: Path) -> None:
+    """A file opened before the namespace was made is outside; a memfd (no namespace's) is not."""
+    import subprocess
+    import sys
+
+    held = tmp_path / "opened-outside"
+    with held.open("w") as f:
+        code = "import os, time\nfd = os.memfd_create('probe')\nprint('ready', flush=True)\ntime.sleep(60)\n"
+        child = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", code],
+            pass_fds=[f.fileno()],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        paths = [e["path"] for e in sandbox.outside_files([child.pid])]
+        assert str(held) in paths
+        assert not any("memfd:" in p for p in paths), paths
+    finally:
+        child.kill()
+        child.wait()

@@ -73,6 +73,9 @@ GUEST_PACKAGES = [
     "conmon",
     "catatonit",
     "containernetworking-plugins",
+    # The dracut scenario builds its initramfs images with dracut instead
+    # (dracut-core does not replace initramfs-tools).
+    "dracut-core",
 ]
 # Debian 12's CRIU is 3.17, which drops NoNewPrivileges= on restore (kept from
 # 3.19 on). The guest gets Debian 13's CRIU instead, built here on bookworm from
@@ -325,7 +328,9 @@ def build_deb(out: Path) -> Path:
 def build_image(
     scenario: str = "full", workload: Path | None = None, lab_script: Path | None = None
 ) -> Image:
-    """The test image for SCENARIO (full, demo, workload); WORKLOAD: a user's directory.
+    """The test image for SCENARIO (full, demo, dracut, workload); WORKLOAD: a user's directory.
+
+    dracut is the demo scenario with initramfs images made by dracut.
 
     A workload directory may hold unit files (installed into /etc/systemd/system
     and enabled), config.yaml (a seamless config fragment), setup.sh (run in the
@@ -357,7 +362,11 @@ def build_image(
     with chroot_mounts(root):
         in_chroot(root, "dpkg", "-i", "/tmp/seamless-systemd.deb")
         in_chroot(root, "sh", "/usr/local/lib/seamless-test/install.sh")
-        in_chroot(root, "update-initramfs", "-u", "-k", "all")
+        if scenario == "dracut":
+            for ver in (KERNEL_A, KERNEL_B):
+                in_chroot(root, "dracut", "--force", "--no-hostonly", f"/boot/initrd.img-{ver}", ver)
+        else:
+            in_chroot(root, "update-initramfs", "-u", "-k", "all")
     (root / "tmp/seamless-systemd.deb").unlink()
     disk = out / "disk.raw"
     if disk.exists():

@@ -1,11 +1,22 @@
 #!/usr/bin/python3
-"""A service CRIU cannot dump: it holds a connection to the D-Bus system bus."""
+"""A service CRIU cannot dump: it holds a connection to the D-Bus system bus.
 
-import socket
-import time
+The connection is a real client's (authenticated, with a bus name), so that
+dbus-daemon keeps it however long the test takes to get to the upgrade; a
+bare socket connection is dropped once the daemon's authentication timeout
+passes.
+"""
 
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect("/run/dbus/system_bus_socket")
-print("connected to the system bus", flush=True)
-while True:
-    time.sleep(3600)
+import asyncio
+
+from dbus_fast import BusType
+from dbus_fast.aio import MessageBus
+
+
+async def main():
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    print(f"connected to the system bus as {bus.unique_name}", flush=True)
+    await asyncio.Event().wait()
+
+
+asyncio.run(main())

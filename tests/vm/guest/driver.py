@@ -45,6 +45,7 @@ TYPES = {
     "seamless-sockact.service": "/run/seamless-sockact.sock",
     "seamless-sockact-tcp.service": 7788,
     "seamless-sockact-udp.service": ("udp", 7794),
+    "seamless-sysv-private.service": 7795,
     "seamless-sysv.service": 7789,
     "seamless-chat.service": 7790,
     "seamless-sandboxed-rw.service": 7791,
@@ -209,7 +210,22 @@ def start_container():
 
 
 def touch_types():
-    for port in (7780, 7781, 7782, 7783, 7785, 7786, 7787, SOCKACT, 7788, 7789, 7791, 7792, SOCKACT_UDP):
+    for port in (
+        7780,
+        7781,
+        7782,
+        7783,
+        7785,
+        7786,
+        7787,
+        SOCKACT,
+        7788,
+        7789,
+        7791,
+        7792,
+        SOCKACT_UDP,
+        7795,
+    ):
         demo(port, "INC")
         demo(port, "INC")
 
@@ -359,6 +375,8 @@ def main():
             "kernel": os.uname().release,
             "cmdline": Path("/proc/cmdline").read_text().strip(),
             "initramfs_last_pid": read_or_none("/run/seamless/initramfs-last-pid"),
+            "initramfs": read_or_none("/run/seamless/initramfs"),
+            "pid_base": read_or_none("/run/seamless/pid-base"),
         },
     )
     if scenario == "lab":
