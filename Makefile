@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: all demo test unit lint deps clean
+.PHONY: all demo test unit lint deps clean rpm
 
 all: unit
 
@@ -24,11 +24,15 @@ unit:
 	$(PYTHON) -m pytest -v -m "not integration" tests
 
 lint:
-	shellcheck -s sh initramfs-tools/hooks/seamless initramfs-tools/scripts/*/seamless initrd/* dracut/90seamless/*.sh libexec/criu-action tests/vm/host-deps.sh .ci/run
+	shellcheck -s sh initramfs-tools/hooks/seamless initramfs-tools/scripts/*/seamless initrd/* dracut/90seamless/*.sh libexec/criu-action tests/vm/host-deps.sh packaging/rpm/build.sh .ci/run
 	shellcheck -s bash dracut/90seamless/module-setup.sh
 	$(PYTHON) -m ruff format --check seamless_systemd tests generators/seamless-generator
 	$(PYTHON) -m ruff check seamless_systemd tests
 	$(PYTHON) -m mypy seamless_systemd
+
+# The RPM (Fedora/RHEL: dracut), from the files git knows, into build/rpm/RPMS.
+rpm: deps
+	packaging/rpm/build.sh build/rpm
 
 clean:
 	rm -rf build

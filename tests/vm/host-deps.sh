@@ -12,6 +12,7 @@ dpkg-query -W -f='${Status}' python3-setuptools 2>/dev/null | grep -q "ok instal
 command -v mkfs.ext4 >/dev/null || need="$need e2fsprogs"
 command -v shellcheck >/dev/null || need="$need shellcheck"
 command -v systemd-analyze >/dev/null || need="$need systemd"
+command -v rpmbuild >/dev/null || need="$need rpm"
 if [ -n "$need" ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "missing host packages:$need (run as root, or: sudo apt-get install$need)" >&2

@@ -4,18 +4,16 @@ import json
 import sys
 from pathlib import Path
 
+from tests.vm.vm import ConsoleEvents
+
 for path in sys.argv[1:]:
+    reader = ConsoleEvents()
     for line in Path(path).read_text(errors="replace").splitlines():
-        i = line.find("SEAMLESS-TEST ")
-        if i < 0:
+        got = reader.feed(line)
+        if got is None:
             continue
-        _, name, payload = line[i:].rstrip().split(" ", 2)
-        try:
-            data = json.loads(payload)
-        except ValueError:
-            print(name, payload)
-            continue
-        if name == "debug":
+        name, data = got
+        if name == "debug" and "cmd" in data:
             print(f"== debug: {' '.join(data['cmd'])}\n{data['out']}")
         else:
             print(f"== {name}\n{json.dumps(data, indent=1)}")

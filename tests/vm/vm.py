@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -151,6 +152,44 @@ class HostClient:
         return Event("tcp-host", out, time.time())
 
 
+MARK = "SEAMLESS-TEST "
+# A kernel message on the serial console: "[   32.150763] powernow_k8: …".
+KERNEL_MESSAGE = re.compile(r"\[\s*\d+\.\d+\] ")
+
+
+class ConsoleEvents:
+    """SEAMLESS-TEST lines from the console, one line at a time.
+
+    The guest writes each event as one line to the serial port, and so does the
+    kernel with its messages: one may land in the middle of an event line
+    ("…29809a09f[   32.150763] powernow_k8: …" and the rest of the event on
+    the next line). Such an event is put back together from the next line.
+    """
+
+    def __init__(self) -> None:
+        self.pending = ""
+
+    def feed(self, line: str) -> tuple[str, dict[str, Any]] | None:
+        line = line.rstrip("\r")
+        if self.pending:
+            if MARK in line:  # the broken event never went on: give it up as it is
+                self.pending = ""
+            else:
+                line, self.pending = self.pending + line, ""
+        idx = line.find(MARK)
+        if idx < 0:
+            return None
+        name, _, payload = line[idx + len(MARK) :].partition(" ")
+        try:
+            return name, dict(json.loads(payload))
+        except ValueError:
+            cut = KERNEL_MESSAGE.search(payload)
+            if cut is not None:
+                self.pending = MARK + name + " " + payload[: cut.start()]
+                return None
+            return name, {"raw": payload}
+
+
 def boot(
     img: vmimage.Image,
     console: Path,
@@ -167,6 +206,7 @@ def boot(
     deadline = time.monotonic() + QEMU_TIMEOUT
     pos = 0
     partial = ""
+    reader = ConsoleEvents()
     try:
         while True:
             if console.exists():
@@ -177,16 +217,12 @@ def boot(
                 partial += chunk.decode(errors="replace")
                 *lines, partial = partial.split("\n")
                 for line in lines:
-                    idx = line.find("SEAMLESS-TEST ")
-                    if idx < 0:
+                    got = reader.feed(line)
+                    if got is None:
                         continue
-                    _, name, payload = line[idx:].rstrip("\r").split(" ", 2)
-                    try:
-                        data = json.loads(payload)
-                    except ValueError:
-                        data = {"raw": payload}
+                    name, data = got
                     events.append(Event(name, data, time.time()))
-                    print(f"[vm] {name}: {payload[:300]}", file=sys.stderr, flush=True)
+                    print(f"[vm] {name}: {json.dumps(data)[:300]}", file=sys.stderr, flush=True)
                     client = by_target.get(str(data.get("target", "chat"))) if name == "tcp-client" else None
                     if client is not None:
                         events.append(client.handle(data))
