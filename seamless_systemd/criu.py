@@ -153,19 +153,20 @@ def _inet_problems(
     out = []
     inet = sockets.inet_sockets()
     systemd_ports = {(inet[i].proto, inet[i].local) for i in pid1 if i in inet and inet[i].kind}
-    found, other = set(), set()
+    found, other, conns = set(), set(), []
     for i in sorted(inodes & set(inet)):
         s = inet[i]
         if s.kind and (i in pid1 or (s.proto, s.local) in systemd_ports):
             found.add((s.kind, *sockets.decode_address(s.local)))
         elif i in pid1:
             other.add(s.port)
+        if s.established:
+            conns.append(s.connection())
     if other:
         out.append(
             f"gets connected TCP/UDP socket(s) on port(s) {', '.join(map(str, sorted(other)))} from a "
             ".socket unit, which this version cannot hand over (listening sockets are kept)"
         )
-    conns = [inet[i].connection() for i in sorted(inodes & set(inet)) if inet[i].established]
     if conns and not netlock.available():
         out.append(
             f"has {len(conns)} open TCP connection(s); keeping them needs iptables and ip6tables "

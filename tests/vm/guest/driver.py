@@ -81,24 +81,29 @@ def set_phase(phase):
     os.sync()
 
 
+def ask(port, cmd="GET", timeout=10):
+    """One request to the test service on TCP PORT (or unix socket PORT, a path; or ("udp", PORT))."""
+    if isinstance(port, tuple):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.sendto(cmd.encode(), ("127.0.0.1", port[1]))
+            return json.loads(s.recv(65536))
+    if isinstance(port, str):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect(port)
+    else:
+        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    with s:
+        s.sendall(cmd.encode() + b"\n")
+        return json.loads(s.makefile().readline())
+
+
 def demo(port, cmd="GET"):
-    """Ask the test service on TCP PORT (or unix socket PORT, a path; or ("udp", PORT))."""
+    """Ask the test service (see ask), waiting up to two minutes for it to answer."""
     for _ in range(120):
         try:
-            if isinstance(port, tuple):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    s.settimeout(10)
-                    s.sendto(cmd.encode(), ("127.0.0.1", port[1]))
-                    return json.loads(s.recv(65536))
-            if isinstance(port, str):
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.settimeout(10)
-                s.connect(port)
-            else:
-                s = socket.create_connection(("127.0.0.1", port), timeout=10)
-            with s:
-                s.sendall(cmd.encode() + b"\n")
-                return json.loads(s.makefile().readline())
+            return ask(port, cmd)
         except OSError:
             time.sleep(1)
     raise SystemExit(f"the test service on {port} does not answer")
@@ -161,26 +166,13 @@ SOCKACT_TCP = TYPES["seamless-sockact-tcp.service"]
 SOCKACT_UDP = TYPES["seamless-sockact-udp.service"]
 
 
-def ask_once(port):
-    """One GET on TCP PORT or ("udp", PORT), given 5 s."""
-    if isinstance(port, tuple):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(5)
-            s.sendto(b"GET", ("127.0.0.1", port[1]))
-            return json.loads(s.recv(65536))
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.settimeout(5)
-        s.sendall(b"GET\n")
-        return json.loads(s.makefile().readline())
-
-
 def clients(port, n=20):
     """N clients in a row, each given 5 s: how many were answered, by which PIDs, the last counter."""
     name = "seamless-sockact-udp.socket" if isinstance(port, tuple) else "seamless-sockact-tcp.socket"
     out = {"socket": unit_state(name)["ActiveState"], "answered": 0, "pids": []}
     for _ in range(n):
         try:
-            reply = ask_once(port)
+            reply = ask(port, timeout=5)
         except (OSError, ValueError):
             continue
         out["answered"] += 1
