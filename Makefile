@@ -13,7 +13,7 @@ deps:
 # show what happened; the report lands in build/demo/report.json.
 # WORKLOAD=DIR: try your own services instead (see README).
 demo: deps
-	$(PYTHON) -m tests.vm.vm demo $(if $(WORKLOAD),--workload $(WORKLOAD))
+	$(PYTHON) -m tests.vm.vm demo $(if $(WORKLOAD),--workload "$(WORKLOAD)")
 
 # Every test: unit tests, generator golden files, and the VM upgrade test.
 test: deps lint

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import netlock, procs, sandbox, sockets, volatile
+from seamless_systemd import kobjects, netlock, procs, sandbox, sockets, volatile
 from seamless_systemd.errors import CheckpointError, CommandError, RestoreError
+from seamless_systemd.log import journal
 from seamless_systemd.run import run
 from seamless_systemd.systemd import UnitInfo
 
@@ -99,6 +100,8 @@ def inspect(info: UnitInfo) -> TreeFacts:
     mount_ns = sandbox.own_mount_namespace(info.main_pid)
     unsupported += _container_problems(info.main_pid, pids)
     unsupported += _sysv_problems(pids)
+    unsupported += kobjects.problems(pids, version())
+    unsupported += _mapping_problems(pids)
     for pid in pids:
         tracer = procs.status_field(pid, "TracerPid")
         if tracer not in ("", "0"):
@@ -187,9 +190,38 @@ def _sysv_problems(pids: list[int]) -> list[str]:
         if "/SYSV" in maps:
             return [
                 f"process {pid} uses System V shared memory in the host's IPC namespace, which CRIU "
-                "cannot keep"
+                "cannot keep: it dumps System V memory only with an IPC namespace of the tree's own "
+                "(criu/cr-dump.c, check_sysvipc_map_dump)"
             ]
     return []
+
+
+# CRIU reads the page map of a process's longest mapping into one buffer, 8
+# bytes per page (24 with the PAGEMAP_SCAN ioctl of Linux 6.7+): criu/mem.c,
+# pmc_init. A service that reserves a huge address range it may never use
+# (MariaDB's buffer pool reserves 8 TiB by default) makes that buffer larger than
+# the machine.
+PAGEMAP_ENTRY = 8
+
+
+def _mapping_problems(pids: list[int]) -> list[str]:
+    free = procs.meminfo("MemAvailable")
+    for pid in pids:
+        size, path = procs.longest_mapping(pid)
+        need = size // 4096 * PAGEMAP_ENTRY
+        if free and need > free:
+            what = f"of {path}" if path else "of anonymous memory"
+            fix = kobjects.FIXES.get(("huge-mapping", procs.comm(pid)))
+            return [
+                f"process {pid} ({procs.comm(pid)}) has a mapping {what} of {_gib(size)} (address space "
+                f"reserved, mostly unused); CRIU reads its page map in one buffer of {_gib(need)}, more "
+                f"than the {_gib(free)} of memory available" + (f"; {fix}" if fix else "")
+            ]
+    return []
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n >> 20} MiB"
 
 
 def _container_problems(main_pid: int, pids: list[int]) -> list[str]:
@@ -209,7 +241,12 @@ def _sandbox_problems(pid: int) -> list[str]:
     """The namespaces and flags of PID's sandbox that this version cannot restore."""
     out = []
     if procs.namespace(pid, "user") != procs.namespace("self", "user"):
-        out.append("runs in its own user namespace (PrivateUsers=): CRIU cannot dump that")
+        out.append(
+            "runs in its own user namespace (PrivateUsers=): systemd makes it after the unit's mount "
+            "namespace, which therefore belongs to the host's user namespace, and CRIU dumps only "
+            "namespaces that belong to the process's own (criu/namespaces.c, check_user_ns); a drop-in "
+            "with 'PrivateUsers=no' lets it be preserved"
+        )
     if procs.namespace(pid, "net") != procs.namespace("self", "net"):
         out.append("runs in its own network namespace (PrivateNetwork=): not supported yet")
     if procs.namespace(pid, "ipc") != procs.namespace("self", "ipc"):
@@ -290,7 +327,7 @@ def dump(
     try:
         run(argv, timeout=timeout, env=env)
     except CommandError as e:
-        raise CheckpointError(f"criu dump failed (exit {e.returncode}): {log_tail(log)}") from e
+        raise CheckpointError(failed("dump", log)) from e
 
 
 GHOST_LIMIT = 256 << 20
@@ -338,17 +375,23 @@ def restore(
             env=env,
         )
     except CommandError as e:
-        raise RestoreError(f"criu restore failed (exit {e.returncode}): {log_tail(log)}") from e
+        raise RestoreError(failed("restore", log)) from e
 
 
-def log_tail(log: Path, lines: int = 6) -> str:
+def failed(what: str, log: Path) -> str:
+    """The reason for a failed criu WHAT, in words; CRIU's own last lines go to the journal."""
+    journal.error("criu %s failed, the end of its log %s:\n%s", what, log, log_tail(log, 20, "\n"))
+    return f"criu {what} failed: {kobjects.explain(log)}"
+
+
+def log_tail(log: Path, lines: int = 6, sep: str = " | ") -> str:
     """The last error lines of a CRIU log, for messages."""
     try:
         text = log.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
     errors = [ln for ln in text if "Error" in ln or "error" in ln or "FAIL" in ln]
-    return " | ".join((errors or text)[-lines:]).strip()
+    return sep.join((errors or text)[-lines:]).strip()
 
 
 def checksum_tree(images: Path) -> dict[str, str]:

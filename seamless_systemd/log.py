@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 
 _LEVELS = {
@@ -26,3 +27,24 @@ def setup(debug: bool = False) -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+    setup_journal()
+
+
+# What belongs in the journal but not on the sysadmin's terminal (e.g. the end
+# of CRIU's log behind a refusal that is explained in words): sent to syslog,
+# which journald reads, when there is one.
+journal = logging.getLogger("seamless.journal")
+journal.propagate = False
+journal.addHandler(logging.NullHandler())
+
+
+def setup_journal(socket_path: str = "/dev/log") -> None:
+    if not os.path.exists(socket_path):
+        journal.addHandler(logging.NullHandler())
+        return
+    try:
+        handler: logging.Handler = logging.handlers.SysLogHandler(address=socket_path)
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("seamless-upgrade: %(message)s"))
+    journal.handlers[:] = [handler]

@@ -173,3 +173,38 @@ def anon_bytes(pid: int) -> int:
         if key in ("Anonymous", "Private_Dirty"):
             total += int(rest.split()[0]) * 1024
     return total
+
+
+def longest_mapping(pid: int) -> tuple[int, str]:
+    """PID's longest private (or anonymous shared) mapping: (bytes, what is mapped, '' for anonymous).
+
+    These are the mappings whose page map CRIU reads in one buffer (criu/mem.c).
+    """
+    best = (0, "")
+    try:
+        maps = (PROC / str(pid) / "maps").read_text()
+    except OSError:
+        return best
+    for line in maps.splitlines():
+        f = line.split(maxsplit=5)
+        if len(f) < 5:
+            continue
+        path = f[5].strip() if len(f) == 6 else ""
+        if f[1][3] != "p" and path not in ("", "/dev/zero (deleted)"):
+            continue
+        if path == "[vsyscall]":
+            continue
+        lo, _, hi = f[0].partition("-")
+        size = int(hi, 16) - int(lo, 16)
+        if size > best[0]:
+            best = (size, path)
+    return best
+
+
+def meminfo(key: str) -> int:
+    """A /proc/meminfo value in bytes (0 if absent)."""
+    for line in (PROC / "meminfo").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name == key:
+            return int(rest.split()[0]) * 1024
+    return 0

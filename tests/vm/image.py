@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,6 +164,16 @@ def chroot_mounts(root: Path) -> Iterator[None]:
     finally:
         for dst in reversed(mounted):
             subprocess.run(["umount", "-l", str(dst)], check=False)
+
+
+@contextlib.contextmanager
+def bind_mount(src: Path, dst: Path) -> Iterator[None]:
+    dst.mkdir(parents=True, exist_ok=True)
+    sh("mount", "--bind", src, dst)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(dst)], check=False)
 
 
 def in_chroot(root: Path, *args: str) -> None:
@@ -326,9 +336,9 @@ def build_deb(out: Path) -> Path:
 
 
 def build_image(
-    scenario: str = "full", workload: Path | None = None, lab_script: Path | None = None
+    scenario: str = "full", workloads: Sequence[Path] = (), lab_script: Path | None = None
 ) -> Image:
-    """The test image for SCENARIO (full, demo, dracut, workload); WORKLOAD: a user's directory.
+    """The test image for SCENARIO (full, demo, dracut, workload); WORKLOADS: users' directories.
 
     dracut is the demo scenario with initramfs images made by dracut.
 
@@ -336,6 +346,8 @@ def build_image(
     and enabled), config.yaml (a seamless config fragment), setup.sh (run in the
     image at build time, e.g. to install Debian packages), before.sh and
     after.sh (run in the guest before the upgrade and after the restore).
+    Several workloads share one image and one upgrade; each lands in
+    /usr/local/lib/seamless-workloads/NAME (NAME: the directory's name).
     """
     base = build_base() / "rootfs"
     criu = build_criu(base)
@@ -353,13 +365,21 @@ def build_image(
     sh("cp", "-a", f"{guest}/.", root / "usr/local/lib/seamless-test")
     if lab_script is not None:
         shutil.copy(lab_script, root / "usr/local/lib/seamless-test/lab.sh")
-    if workload is not None:
+    names = [w.name for w in workloads]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"WORKLOAD: two directories with the same name in {names}")
+    for workload in workloads:
         if not workload.is_dir():
             raise SystemExit(f"WORKLOAD={workload}: not a directory")
-        sh("cp", "-a", f"{workload}/.", root / "usr/local/lib/seamless-workload")
+        dest = root / "usr/local/lib/seamless-workloads" / workload.name
+        dest.mkdir(parents=True)
+        sh("cp", "-a", f"{workload}/.", dest)
     (root / "etc/seamless-test").mkdir(exist_ok=True)
     (root / "etc/seamless-test/scenario").write_text(scenario + "\n")
-    with chroot_mounts(root):
+    # The workloads' setup.sh install Debian packages: keep what they download.
+    archives = CACHE / "apt-archives"
+    archives.mkdir(parents=True, exist_ok=True)
+    with chroot_mounts(root), bind_mount(archives, root / "var/cache/apt/archives"):
         in_chroot(root, "dpkg", "-i", "/tmp/seamless-systemd.deb")
         in_chroot(root, "sh", "/usr/local/lib/seamless-test/install.sh")
         if scenario == "dracut":

@@ -21,11 +21,13 @@ def test_nginx_workload_survives_the_upgrade() -> None:
         pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
     out = vmimage.BUILD / "demo-nginx"
     shutil.rmtree(out, ignore_errors=True)
-    rc = vm.demo(out, NGINX)
+    rc = vm.demo(out, [NGINX])
     rep = json.loads((out / "report.json").read_text())
     scripts = rep["workload"]["scripts"]
-    assert scripts["before.sh"]["rc"] == 0, scripts["before.sh"]
-    assert scripts["after.sh"]["rc"] == 0, scripts["after.sh"]  # same master/workers, same page, reload works
+    assert scripts["nginx/before.sh"]["rc"] == 0, scripts["nginx/before.sh"]
+    assert scripts["nginx/after.sh"]["rc"] == 0, scripts[
+        "nginx/after.sh"
+    ]  # same master/workers, same page, reload works
     (nginx,) = rep["units"]
     assert nginx["unit"] == "nginx.service" and nginx["outcome"] == "restored", nginx
     assert nginx["main_pid_before"] == nginx["main_pid_after"]

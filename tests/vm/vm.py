@@ -263,9 +263,9 @@ def run_scenario(img: vmimage.Image, out: Path) -> Scenario:
     return sc
 
 
-def demo(workdir: Path, workload: Path | None = None) -> int:
-    """make demo [WORKLOAD=DIR]: build, boot, upgrade, show what happened, write the report."""
-    img = vmimage.build_image("workload" if workload else "demo", workload)
+def demo(workdir: Path, workloads: list[Path] | None = None) -> int:
+    """make demo [WORKLOAD="DIR ..."]: build, boot, upgrade, show what happened, write the report."""
+    img = vmimage.build_image("workload" if workloads else "demo", workloads or ())
     t0 = time.time()
     sc = run_scenario(img, workdir)
     before, after = sc.get("before"), sc.get("after")
@@ -277,9 +277,9 @@ def demo(workdir: Path, workload: Path | None = None) -> int:
     rep = dict(after["report"])
     print(f"Kernel: {rep['kernel']['from']} -> {after['uname']}")
     ok_all = True
-    if workload:
+    if workloads:
         scripts = {**before["workload"], **after["workload"]}
-        after_ok = scripts.get("after.sh") is None or scripts["after.sh"]["rc"] == 0
+        after_ok = all(res["rc"] == 0 for name, res in scripts.items() if name.endswith("/after.sh"))
         for u in rep.get("units", []):
             u["state_ok"] = u["outcome"] == "restored" and after_ok
             ok_all = ok_all and u["state_ok"]
@@ -288,12 +288,10 @@ def demo(workdir: Path, workload: Path | None = None) -> int:
                 + (f" ({u['reason']})" if u.get("reason") else "")
             )
         for name, res in scripts.items():
-            if res is None:
-                continue
             print(f"{name}: exit status {res['rc']}")
             for line in res["tail"][-5:]:
                 print(f"  | {line}")
-        rep["workload"] = {"dir": str(workload), "scripts": scripts}
+        rep["workload"] = {"dirs": [str(w) for w in workloads], "scripts": scripts}
     else:
         for u in rep.get("units", []):
             port = u["unit"].removeprefix("seamless-demo@").removesuffix(".service")
@@ -331,9 +329,9 @@ def demo(workdir: Path, workload: Path | None = None) -> int:
     return 0 if ok_all else 1
 
 
-def lab(script: Path) -> int:
-    """Boot the image once, run SCRIPT in the guest as root, print its output."""
-    img = vmimage.build_image("lab", lab_script=script)
+def lab(script: Path, workloads: list[Path] | None = None) -> int:
+    """Boot the image once (with WORKLOADS installed), run SCRIPT in the guest as root, print its output."""
+    img = vmimage.build_image("lab", workloads or (), lab_script=script)
     sc = run_scenario(img, vmimage.BUILD / "lab")
     res = sc.get("lab")
     if res is None:
@@ -346,10 +344,15 @@ def lab(script: Path) -> int:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if args[:1] == ["lab"] and len(args) == 2:
-        sys.exit(lab(Path(args[1])))
-    if args[:1] == ["demo"] and len(args) in (1, 3) and (len(args) == 1 or args[1] == "--workload"):
-        wl = Path(args[2]).resolve() if len(args) == 3 else None
-        sys.exit(demo(vmimage.BUILD / "demo", wl))
-    print("usage: python3 -m tests.vm.vm demo [--workload DIR]", file=sys.stderr)
+    # --workload takes one or more directories, separated by spaces (make demo WORKLOAD="A B").
+    wls = [Path(w).resolve() for i, a in enumerate(args) if a == "--workload" for w in args[i + 1].split()]
+    rest = [a for i, a in enumerate(args) if a != "--workload" and (i == 0 or args[i - 1] != "--workload")]
+    if rest[:1] == ["lab"] and len(rest) == 2:
+        sys.exit(lab(Path(rest[1]), wls))
+    if rest == ["demo"]:
+        sys.exit(demo(vmimage.BUILD / "demo", wls))
+    print(
+        'usage: python3 -m tests.vm.vm demo [--workload "DIR ..."] | lab SCRIPT [--workload "DIR ..."]',
+        file=sys.stderr,
+    )
     sys.exit(2)

@@ -261,16 +261,23 @@ def resources(name):
     }
 
 
-WORKLOAD = Path("/usr/local/lib/seamless-workload")
+WORKLOADS = Path("/usr/local/lib/seamless-workloads")
 
 
-def run_script(name):
-    """Run the workload's NAME script if it has one: exit status and output tail."""
-    script = WORKLOAD / name
-    if not script.exists():
-        return None
-    p = subprocess.run(["sh", str(script)], cwd=WORKLOAD, capture_output=True, text=True, timeout=600)
-    return {"rc": p.returncode, "tail": (p.stdout + p.stderr).splitlines()[-20:]}
+def run_scripts(name):
+    """Run each workload's NAME script: {"WORKLOAD/NAME": exit status and output tail}."""
+    out = {}
+    for wl in sorted(WORKLOADS.iterdir()) if WORKLOADS.is_dir() else []:
+        script = wl / name
+        if not script.exists():
+            continue
+        try:
+            p = subprocess.run(["sh", str(script)], cwd=wl, capture_output=True, text=True, timeout=600)
+            res = {"rc": p.returncode, "tail": (p.stdout + p.stderr).splitlines()[-20:]}
+        except subprocess.TimeoutExpired as e:
+            res = {"rc": -1, "tail": [f"timed out after {e.timeout} s"]}
+        out[f"{wl.name}/{name}"] = res
+    return out
 
 
 def workload_units():
@@ -379,8 +386,7 @@ def main():
         sh("systemctl", "poweroff")
         return
     if phase == "" and scenario == "workload":
-        before_sh = run_script("before.sh")
-        emit("before", {"workload": {"before.sh": before_sh}, "units": workload_units()})
+        emit("before", {"workload": run_scripts("before.sh"), "units": workload_units()})
     elif phase == "":
         for _ in range(3):
             demo(7777, "INC")
@@ -414,11 +420,10 @@ def main():
             os.unlink(SPOIL)
         finish = wait_for_finish()
         if scenario == "workload":
-            after_sh = run_script("after.sh")
             emit(
                 "after",
                 {
-                    "workload": {"after.sh": after_sh},
+                    "workload": run_scripts("after.sh"),
                     "units": workload_units(),
                     "finish": finish,
                     "report": report(),

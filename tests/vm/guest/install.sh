@@ -50,11 +50,15 @@ systemctl enable systemd-networkd.service
 mkdir -p /var/log/journal
 # Not used by the tests, and it fails without real NVDIMMs to monitor.
 systemctl mask ndctl-monitor.service
-# A user's workload (make demo WORKLOAD=DIR).
-WL=/usr/local/lib/seamless-workload
-if [ -d "$WL" ]; then
+# Users' workloads (make demo WORKLOAD="DIR ..."), each in its own directory.
+for WL in /usr/local/lib/seamless-workloads/*/; do
+	[ -d "$WL" ] || continue
+	WL=${WL%/}
+	name=$(basename "$WL")
 	if [ -f "$WL/setup.sh" ]; then
-		echo "Running the workload's setup.sh"
+		# The base tree's package lists may be older than the mirror.
+		[ -e /var/lib/seamless-test/apt-updated ] || { apt-get update -q && touch /var/lib/seamless-test/apt-updated; }
+		echo "Running the setup.sh of workload $name"
 		(cd "$WL" && sh ./setup.sh)
 	fi
 	for f in "$WL"/*.service "$WL"/*.socket "$WL"/*.timer; do
@@ -65,6 +69,7 @@ if [ -d "$WL" ]; then
 		fi
 	done
 	if [ -f "$WL/config.yaml" ]; then
-		cp "$WL/config.yaml" /etc/seamless/conf.d/70-workload.yaml
+		cp "$WL/config.yaml" "/etc/seamless/conf.d/70-$name.yaml"
 	fi
-fi
+done
+rm -f /var/lib/seamless-test/apt-updated

@@ -1,0 +1,70 @@
+"""Debian's own services, their units as shipped, across one seamless upgrade (tests/vm/services.py).
+
+Each workload's after.sh checks what only the running process holds (redis'
+run_id and a volatile key, apache's scoreboard, php-fpm's pool counters,
+haproxy's request counter, a MariaDB MEMORY table, memcached's items). What
+plan refuses comes back afresh by policy, with the reason plan gave.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from tests.vm import image as vmimage
+from tests.vm import services
+
+pytestmark = pytest.mark.integration
+
+KEPT = {
+    "redis": "redis-server.service",
+    "memcached": "memcached.service",
+    "apache2": "apache2.service",
+    "php-fpm": "php8.2-fpm.service",
+    "haproxy": "haproxy.service",
+    "mariadb": "mariadb.service",
+}
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+    if os.geteuid() != 0:
+        pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
+    _, rep = services.run()
+    if not rep:
+        pytest.fail(f"the services run wrote no report (console: {services.OUT})")
+    (vmimage.BUILD / "services.md").write_text(services.table(rep))
+    return rep
+
+
+def unit(rep: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(u for u in rep["units"] if u["unit"] == name)
+
+
+def test_the_kernel_changed(report: dict[str, Any]) -> None:
+    assert report["kernel"] == {"from": vmimage.KERNEL_A, "to": vmimage.KERNEL_B}
+
+
+def test_every_before_script_ran(report: dict[str, Any]) -> None:
+    scripts = report["workload"]["scripts"]
+    for name in services.NAMES:
+        assert scripts[f"{name}/before.sh"]["rc"] == 0, scripts[f"{name}/before.sh"]
+
+
+@pytest.mark.parametrize("name", sorted(KEPT))
+def test_service_kept_its_running_state(report: dict[str, Any], name: str) -> None:
+    u = unit(report, KEPT[name])
+    assert u["outcome"] == "restored", u
+    assert u["main_pid_before"] == u["main_pid_after"], u
+    after = report["workload"]["scripts"][f"{name}/after.sh"]
+    assert after["rc"] == 0, after  # the same process, with its in-memory state
+
+
+def test_postgresql_is_restarted_as_plan_said(report: dict[str, Any]) -> None:
+    u = unit(report, "postgresql@15-main.service")
+    assert u["outcome"] == "restarted", u
+    assert "System V shared memory in the host's IPC namespace" in u["reason"], u
+    after = report["workload"]["scripts"]["postgresql/after.sh"]
+    assert after["rc"] == 0, after  # it answers again, with every committed row
