@@ -189,7 +189,7 @@ def restore_unit(unit: str) -> int:
         root = None
         outside: list[tuple[int, str]] = []
         if dump.get("mount_ns"):
-            root = sandbox.restore_root()
+            root = sandbox.restore_root(sandbox.root_writable(dump.get("mounts", [])))
             sandbox.recreate_private_tmp(dump.get("private_tmp", []), gen.private_tmp(unit))
             outside = sandbox.open_outside_files(dump.get("outside_files", []))
         try:

@@ -27,8 +27,10 @@ a read-only bind of / (--root). What it needs besides:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,56 @@ def remount_env(table: list[list[Any]]) -> dict[str, str]:
 
 
 ACTION_SCRIPT = "/usr/libexec/seamless-systemd/criu-action"
+
+# mount(2) flags of a bind remount, by the option names mountinfo shows.
+_MOUNT_FLAGS = {
+    "ro": 1,  # MS_RDONLY
+    "nosuid": 2,
+    "nodev": 4,
+    "noexec": 8,
+    "noatime": 1024,
+    "nodiratime": 2048,
+    "relatime": 1 << 21,
+    "strictatime": 1 << 24,
+}
+_MS_REMOUNT, _MS_BIND, _CLONE_NEWNS = 32, 4096, 0x00020000
+
+
+def remount_in(pid: int, lines: str) -> list[str]:
+    """Give each mount in LINES ("POINT<tab>OPTIONS" per line) its options again, in PID's mount namespace.
+
+    Done with setns(2) and mount(2) from this process, not by running mount(8)
+    inside the namespace: a unit with NoExecPaths=/ (Debian's redis) has no
+    executable /usr/bin in there. Returns what could not be remounted.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(procs.PROC / str(pid) / "ns" / "mnt", os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNS) != 0:
+            return [f"cannot enter the mount namespace of {pid}: {os.strerror(ctypes.get_errno())}"]
+    finally:
+        os.close(fd)
+    failed = []
+    for line in filter(None, lines.splitlines()):
+        point, _, opts = line.partition("\t")
+        flags = _MS_REMOUNT | _MS_BIND
+        for o in opts.split(","):
+            flags |= _MOUNT_FLAGS.get(o, 0)
+        if libc.mount(None, point.encode(), None, flags, None) != 0:
+            failed.append(f"cannot remount {point} ({opts}): {os.strerror(ctypes.get_errno())}")
+    return failed
+
+
+def remount_main() -> int:
+    """criu-action at pre-resume: SEAMLESS_REMOUNT into CRTOOLS_INIT_PID's namespace."""
+    pid = os.environ.get("CRTOOLS_INIT_PID", "")
+    if not pid.isdigit():
+        print("seamless criu-action: no CRTOOLS_INIT_PID, cannot remount", file=sys.stderr)
+        return 1
+    for problem in remount_in(int(pid), os.environ.get("SEAMLESS_REMOUNT", "")):
+        print(f"seamless criu-action: {problem}", file=sys.stderr)
+    # What could not be put back shows in the mount check after the restore.
+    return 0
 
 
 def private_tmp_dirs(pid: int) -> list[str]:
@@ -185,13 +237,26 @@ def weaker_than(before: list[list[Any]], after: list[list[Any]]) -> list[str]:
 ROOT = Path("/run/seamless/root")
 
 
-def restore_root() -> Path:
-    """A read-only bind of / for criu restore --root (made once per boot)."""
-    ROOT.mkdir(parents=True, exist_ok=True)
-    if not os.path.ismount(ROOT):
-        run(["mount", "--bind", "/", str(ROOT)])
-        run(["mount", "-o", "remount,bind,ro", str(ROOT)])
-    return ROOT
+def root_writable(table: list[list[Any]]) -> bool:
+    """Whether / was writable in the dumped namespace (no ProtectSystem=strict, ReadOnlyPaths=/)."""
+    return "ro" not in _visible(table).get("/", {"ro"})
+
+
+def restore_root(writable: bool = False) -> Path:
+    """A bind of / for criu restore --root, read-only unless WRITABLE (made once per boot).
+
+    CRIU rebuilds the namespace's root from it, with its flags: a unit whose /
+    was read-only gets a read-only one, and one whose / was writable must get a
+    writable one, or CRIU cannot reopen its log files or recreate its deleted
+    files there (the VM found apache2 and mariadb so).
+    """
+    root = ROOT.with_name("root-rw") if writable else ROOT
+    root.mkdir(parents=True, exist_ok=True)
+    if not os.path.ismount(root):
+        run(["mount", "--bind", "/", str(root)])
+        if not writable:
+            run(["mount", "-o", "remount,bind,ro", str(root)])
+    return root
 
 
 def recreate_private_tmp(dirs: list[str], saved: Path) -> None:
@@ -239,7 +304,8 @@ def kill_tree(pid: int) -> None:
 
 
 def unmount_root() -> None:
-    """Drop the restore root once nothing needs it (restore-finish)."""
-    if os.path.ismount(ROOT):
-        with contextlib.suppress(CommandError):
-            run(["umount", "--lazy", str(ROOT)])
+    """Drop the restore roots once nothing needs them (restore-finish)."""
+    for root in (ROOT, ROOT.with_name("root-rw")):
+        if os.path.ismount(root):
+            with contextlib.suppress(CommandError):
+                run(["umount", "--lazy", str(root)])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import types
+from pathlib import Path
 
 import pytest
 
-from seamless_systemd import restore, systemd
+from seamless_systemd import procs, restore, systemd
 from seamless_systemd.errors import RestoreError
 from seamless_systemd.systemd import UnitInfo
 
@@ -43,3 +45,64 @@ def test_unit_without_dynamic_user_is_not_asked(monkeypatch: pytest.MonkeyPatch)
 def test_dynamic_uid_read_from_the_service(dynamic: bool, uid: int, expected: int | None) -> None:
     unit = types.SimpleNamespace(Service=types.SimpleNamespace(DynamicUser=dynamic, UID=uid))
     assert systemd._dynamic_uid(unit) == expected
+
+
+def test_restore_root_follows_the_dumped_root_flags() -> None:
+    from seamless_systemd import sandbox
+
+    # ProtectSystem=strict (or ReadOnlyPaths=/): read-only root; PrivateTmp= alone: writable.
+    assert not sandbox.root_writable([["/", ["ro", "relatime"]], ["/var/lib/x", ["rw"]]])
+    assert sandbox.root_writable([["/", ["rw", "relatime"]], ["/usr", ["ro"]]])
+    assert not sandbox.root_writable([])  # nothing known: the safe one
+
+
+def test_remount_puts_flags_back_in_the_tree_namespace(tmp_path: Path) -> None:
+    """What criu-action does at pre-resume, on a real second mount namespace of this host."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1)")
+    point = tmp_path / "inaccessible"
+    point.mkdir()
+    ns = subprocess.Popen(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"mount -t tmpfs seamless-test {point} && echo ready && exec sleep 60",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert ns.stdout is not None and ns.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        env = {
+            **os.environ,
+            "CRTOOLS_INIT_PID": str(ns.pid),
+            "SEAMLESS_REMOUNT": f"{point}\tro,nosuid,nodev,noexec",
+        }
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from seamless_systemd import sandbox; sys.exit(sandbox.remount_main())",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parents[2],
+        )
+        assert p.returncode == 0 and p.stderr == "", p.stderr
+        (mine,) = [m for m in procs.mounts(ns.pid) if m.point == str(point)]
+        assert {"ro", "nosuid", "nodev", "noexec"} <= mine.options
+        assert not any(m.point == str(point) for m in procs.mounts("self"))  # only in its namespace
+    finally:
+        ns.kill()
+        ns.wait()

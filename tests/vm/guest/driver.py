@@ -310,6 +310,21 @@ def other_kernel():
 
 
 def debug_dump():
+    # What CRIU said at each restore, and what the restored units logged.
+    restore_dir = Path("/run/seamless/restore")
+    for log in sorted(restore_dir.glob("*.log")) if restore_dir.is_dir() else []:
+        lines = log.read_text(errors="replace").splitlines()
+        bad = [ln for ln in lines if "Error" in ln or "Warn" in ln or "criu-action" in ln]
+        emit("debug", {"cmd": ["restore-log", log.name], "out": "\n".join(bad[-30:] or lines[-10:])})
+    if WORKLOADS.is_dir():
+        try:
+            names = json.loads(sh("seamless-upgrade", "status", "--json")[1]).get("units", [])
+        except ValueError:
+            names = []
+        units = [a for u in names for a in ("-u", u)]
+        if units:
+            cmd = ["journalctl", "-b", "--no-pager", "-o", "cat", "-n", "60", *units]
+            emit("debug", {"cmd": cmd, "out": sh(*cmd)[1][-6000:]})
     for cmd in (
         ["journalctl", "-b", "-o", "short-monotonic", "--no-pager", "-u", "seamless-upgrade.service"],
         ["journalctl", "-b", "-1", "-o", "short-monotonic", "--no-pager", "-u", "seamless-*", "-u", "kexec*"],
