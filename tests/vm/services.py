@@ -81,7 +81,30 @@ def table(rep: dict[str, Any]) -> str:
             f"| {r['workload']} | `{r['unit']}` | {r['outcome']} | {r['pid']} | {r['check']} | "
             f"{why.replace('|', '/')} |"
         )
-    return "\n".join(head + body) + "\n"
+    return "\n".join(head + body + ["", *NOTES]) + "\n"
+
+
+NOTES = [
+    "What the run also showed (each found by this run or the ones before it, in the VM):",
+    "",
+    "- **redis**: Debian's unit has `PrivateUsers=true`; CRIU cannot dump a process in its own user "
+    "namespace (docs/design.md says exactly why), and `plan` refuses it with that reason. The workload "
+    "adds one drop-in, `PrivateUsers=no`; everything else in the unit (ProtectSystem=strict, "
+    "ProtectHome, NoExecPaths=/, seccomp, an empty capability bounding set, …) is kept.",
+    "- **mariadb**: with its defaults, `plan` refuses it twice over: InnoDB's io_uring, and an 8 TiB "
+    "address-space reservation for the buffer pool whose page map CRIU cannot read in one buffer. The "
+    "workload sets the two settings `plan` names (`innodb_use_native_aio = 0`, "
+    "`innodb_buffer_pool_size_max = 128M`).",
+    "- **postgresql**: refused by `plan` (System V shared memory in the host's IPC namespace); "
+    "restarted afresh by its `on_unsupported: restart`, with every committed row.",
+    "- **haproxy**: Debian's stats socket `/run/haproxy/admin.sock` is bound by the worker inside its "
+    "chroot (`/var/lib/haproxy`), where CRIU does not find the socket's path; it restores it as a "
+    "deleted socket, and that path answers no more after the upgrade. The master's CLI socket "
+    "(`-S /run/haproxy-master.sock`) is kept, and the check asks the worker through it.",
+    "- **apache2**: `systemctl reload apache2` fails after the upgrade: `apachectl graceful` signals "
+    "the PID in `/run/apache2/apache2.pid`, which went with `/run` (the unit has no `PIDFile=` that "
+    "the restore could write again).",
+]
 
 
 if __name__ == "__main__":

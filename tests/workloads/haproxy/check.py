@@ -26,10 +26,17 @@ def get() -> str:
 
 
 def info() -> dict:
+    """The worker's 'show info', through the master's CLI socket (-S in Debian's unit).
+
+    Debian's stats socket (/run/haproxy/admin.sock) is bound by the worker
+    inside its chroot (/var/lib/haproxy), where CRIU does not find its path
+    and so restores it as a deleted socket: it answers no more after the
+    upgrade (docs/services.md).
+    """
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
-        s.connect("/run/haproxy/admin.sock")
-        s.sendall(b"show info\n")
+        s.connect("/run/haproxy-master.sock")
+        s.sendall(b"@1 show info\n")
         data = b""
         while chunk := s.recv(65536):
             data += chunk
