@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ class TreeFacts:
     # TCP listening and UDP sockets on a .socket unit's port: ("tcp"|"udp", address, port).
     # See docs/design.md, socket activation.
     socket_unit_inet: tuple[tuple[str, str, int], ...] = ()
+    # What will not be quite the same after the restore, though the state is kept.
+    warnings: tuple[str, ...] = ()
 
 
 def inspect(info: UnitInfo) -> TreeFacts:
@@ -70,12 +73,14 @@ def inspect(info: UnitInfo) -> TreeFacts:
         )
     unsupported: list[str] = []
     inodes: set[int] = set()
+    holders: dict[int, list[int]] = {}
     devices: set[str] = set()
     for pid in pids:
         for fd, target in procs.fds(pid).items():
             ino = procs.socket_inode(target)
             if ino is not None:
                 inodes.add(ino)
+                holders.setdefault(ino, []).append(pid)
             elif target.startswith("/") and procs.device_number(pid, fd) not in (None, *ALLOWED_DEVICES):
                 devices.add(target)
     if devices:
@@ -94,6 +99,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
         where = peer.name if peer and peer.name else f"socket {s.peer}"
         unsupported.append(f"is connected to a unix socket outside the unit ({where}); CRIU cannot dump that")
         break
+    warnings = _socket_path_warnings(holders, socks, from_systemd)
     problems, conns, socket_unit_inet = _inet_problems(inodes, pid1)
     unsupported += problems
     unsupported += _sandbox_problems(info.main_pid)
@@ -107,6 +113,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
         if tracer not in ("", "0"):
             unsupported.append(f"process {pid} is traced (ptrace) by PID {tracer}")
     files, deleted_bytes = volatile.find(pids)
+    files = sorted({*files, *volatile.pid_files(pids)})
     private_tmp = sandbox.private_tmp_dirs(info.main_pid) if mount_ns else []
     mem = sum(procs.anon_bytes(p) for p in pids) + volatile.size(files) + deleted_bytes
     mem += sum(volatile.tree_bytes(d) for d in private_tmp)  # copied into the images too
@@ -126,7 +133,43 @@ def inspect(info: UnitInfo) -> TreeFacts:
         tuple(sandbox.outside_files(pids)) if mount_ns else (),
         tuple(sandbox.runtime_mounts(info.main_pid, info.name)) if mount_ns else (),
         tuple(socket_unit_inet),
+        tuple(f"{info.name} {w}" for w in warnings),
     )
+
+
+UNIX_LISTEN = 10
+
+
+def _socket_path_warnings(
+    holders: dict[int, list[int]], socks: dict[int, sockets.UnixSocket], from_systemd: set[int]
+) -> list[str]:
+    """Listening unix sockets whose path CRIU will not find, so that they come back without it.
+
+    CRIU looks a socket's path up from its process's root. A daemon that binds
+    before it chroots (haproxy's stats socket, bound in /run and then used in
+    /var/lib/haproxy) holds a socket whose path does not exist there: CRIU
+    dumps it as deleted, and after the restore nothing can connect to that path.
+    """
+    out = []
+    for ino, pids in sorted(holders.items()):
+        s = socks.get(ino)
+        if s is None or ino in from_systemd or s.state != UNIX_LISTEN or not s.name.startswith("/"):
+            continue
+        lost = [p for p in pids if not _is_socket(procs.PROC / str(p) / "root" / s.name.lstrip("/"))]
+        if lost:
+            out.append(
+                f"listens on the unix socket {s.name}, whose path process {lost[0]} ({procs.comm(lost[0])}) "
+                "cannot see (it runs in a chroot): CRIU restores that socket without its path, so "
+                "clients cannot connect to it after the upgrade"
+            )
+    return out
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 # Character devices CRIU restores by reopening them (by device number: a file

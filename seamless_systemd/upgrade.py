@@ -39,6 +39,8 @@ class UnitPlan:
     # checkpointed and restored through podman; PIDS is empty, the container's
     # processes get new host PIDs anyway.
     container: str = ""
+    # Kept, but not quite the same afterwards (e.g. a socket path in a chroot).
+    warnings: tuple[str, ...] = ()
 
     @property
     def preserved(self) -> bool:
@@ -199,6 +201,7 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
 
     problems += [u.problem for u in f.units if u.problem]
     notes += [f"{u.unit} will be restarted afresh, not preserved: {u.restart}" for u in f.units if u.restart]
+    notes += [w for u in f.units if u.preserved and not u.problem for w in u.warnings]
     estimate = sum(u.estimate_bytes for u in f.units)
     if f.pmem_capacity is not None and estimate > f.pmem_capacity:
         problems.append(
@@ -288,7 +291,8 @@ def _plan_unit(unit: str, policy: OnUnsupported = OnUnsupported.REFUSE) -> UnitP
     except CheckpointError as e:  # its message names the unit
         return UnitPlan(unit, info.main_pid, (), 0, 0, str(e))
     estimate = int(facts.memory_bytes * 1.1) + IMAGE_OVERHEAD * len(facts.pids)
-    return _judged(unit, facts.main_pid, facts.pids, facts.memory_bytes, estimate, facts.unsupported, policy)
+    up = _judged(unit, facts.main_pid, facts.pids, facts.memory_bytes, estimate, facts.unsupported, policy)
+    return dataclasses.replace(up, warnings=facts.warnings)
 
 
 def _plan_container(unit: str, main_pid: int, ctr: podman.Container, policy: OnUnsupported) -> UnitPlan:

@@ -76,6 +76,42 @@ def find(pids: Iterable[int]) -> tuple[list[str], int]:
     return sorted(found), deleted_bytes
 
 
+# Where daemons write their PID files, and how deep to look for them.
+RUN = Path("/run")
+PID_FILE_DEPTH = 2
+SKIP_IN_RUN = frozenset(["seamless", "systemd", "user", "credentials", "udev", "log"])
+
+
+def pid_files(pids: Iterable[int], run: Path = RUN) -> list[str]:
+    """The PID files (NAME.pid in /run, holding one of PIDS) the tree wrote for its tools.
+
+    A daemon writes its PID file once, at start; the file is not open, so CRIU
+    does not know it, and it goes with /run. Tools find the daemon by it
+    (`apachectl graceful`, behind `systemctl reload apache2`, signals the PID
+    in /run/apache2/apache2.pid): the checkpoint carries it like the other
+    tmpfs files.
+    """
+    wanted = {str(p) for p in pids}
+    out = []
+    for top, dirs, names in os.walk(run):
+        depth = len(Path(top).relative_to(run).parts)
+        dirs[:] = [] if depth >= PID_FILE_DEPTH else [d for d in dirs if depth or d not in SKIP_IN_RUN]
+        for name in names:
+            path = os.path.join(top, name)
+            if not name.endswith(".pid"):
+                continue
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > 24:
+                    continue
+                with open(path) as f:
+                    if f.read().strip() in wanted:
+                        out.append(path)
+            except (OSError, UnicodeDecodeError):
+                continue
+    return sorted(out)
+
+
 def size(paths: Iterable[str]) -> int:
     total = 0
     for p in paths:

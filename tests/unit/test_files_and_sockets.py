@@ -319,3 +319,19 @@ def test_outside_files_are_host_files_not_memfds(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_pid_files_the_tree_wrote_are_found(tmp_path: Path) -> None:
+    me = os.getpid()
+    (tmp_path / "apache2").mkdir()
+    (tmp_path / "apache2/apache2.pid").write_text(f"{me}\n")
+    (tmp_path / "haproxy.pid").write_text(f"{me}")
+    (tmp_path / "other.pid").write_text("1\n")  # another process's
+    (tmp_path / "notes.txt").write_text(f"{me}\n")  # not a PID file
+    (tmp_path / "systemd").mkdir()
+    (tmp_path / "systemd/x.pid").write_text(f"{me}\n")  # systemd's own directory is not looked at
+    deep = tmp_path / "a/b/c"
+    deep.mkdir(parents=True)
+    (deep / "deep.pid").write_text(f"{me}\n")  # too deep
+    found = volatile.pid_files([me], tmp_path)
+    assert found == [str(tmp_path / "apache2/apache2.pid"), str(tmp_path / "haproxy.pid")]

@@ -147,3 +147,26 @@ def test_criu_version_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(criu, "run", lambda *a, **k: Out())
     assert criu.version.__wrapped__() == (3, 17, 1)
     assert criu.version.__wrapped__() < criu.NO_NEW_PRIVS_KEPT
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_listening_socket_in_a_chroot_is_warned_of(spawn: Spawn, tmp_path: Path) -> None:
+    path = tmp_path / "admin.sock"
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    # haproxy's way: bind in /run, then chroot where that path does not exist.
+    pid = spawn(
+        f"import os, socket\ns = socket.socket(socket.AF_UNIX)\ns.bind({str(path)!r})\ns.listen()\n"
+        f"os.chroot({str(jail)!r})\n"
+    )
+    facts = criu.inspect(unit_for(pid, "lb.service"))
+    (warning,) = facts.warnings
+    assert warning.startswith(f"lb.service listens on the unix socket {path}, whose path process {pid}")
+    assert "clients cannot connect to it after the upgrade" in warning
+    assert facts.unsupported == ()  # the state is kept: a warning, not a refusal
+
+
+def test_listening_socket_outside_a_chroot_is_fine(spawn: Spawn, tmp_path: Path) -> None:
+    path = tmp_path / "ok.sock"
+    pid = spawn(f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.bind({str(path)!r})\ns.listen()\n")
+    assert criu.inspect(unit_for(pid)).warnings == ()

@@ -126,3 +126,11 @@ def test_unit_restarted_by_policy_is_a_note() -> None:
         "box.service will be restarted afresh, not preserved: box.service runs in its own mount ns",
     )
     assert plan.pid_floor == 5900 + PID_MARGIN  # its PIDs need no room in the new boot
+
+
+def test_a_kept_unit_with_a_warning_is_ready_and_says_it() -> None:
+    warn = "app.service listens on the unix socket /run/app/admin.sock, whose path …"
+    units = (UnitPlan("app.service", 5812, (5812,), MiB, MiB, None, warnings=(warn,)),)
+    plan = decide(CFG, facts(units=units))
+    assert plan.problems == ()
+    assert warn in plan.notes

@@ -2,7 +2,9 @@
 
 Each workload's after.sh checks what only the running process holds (redis'
 run_id and a volatile key, apache's scoreboard, php-fpm's pool counters,
-haproxy's request counter, a MariaDB MEMORY table, memcached's items). What
+haproxy's request counter, a MariaDB MEMORY table, memcached's items; for the
+hardened services of tests/workloads/hardening, their whole sandbox as /proc
+and the cgroup show it, and what the process itself can read and write). What
 plan refuses comes back afresh by policy, with the reason plan gave.
 """
 
@@ -18,14 +20,17 @@ from tests.vm import services
 
 pytestmark = pytest.mark.integration
 
-KEPT = {
-    "redis": "redis-server.service",
-    "memcached": "memcached.service",
-    "apache2": "apache2.service",
-    "php-fpm": "php8.2-fpm.service",
-    "haproxy": "haproxy.service",
-    "mariadb": "mariadb.service",
-}
+KEPT = [
+    ("redis", "redis-server.service"),
+    ("memcached", "memcached.service"),
+    ("apache2", "apache2.service"),
+    ("php-fpm", "php8.2-fpm.service"),
+    ("haproxy", "haproxy.service"),
+    ("mariadb", "mariadb.service"),
+    ("hardening", "seamless-harden-strict.service"),
+    ("hardening", "seamless-harden-full.service"),
+    ("hardening", "seamless-harden-yes.service"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +58,9 @@ def test_every_before_script_ran(report: dict[str, Any]) -> None:
         assert scripts[f"{name}/before.sh"]["rc"] == 0, scripts[f"{name}/before.sh"]
 
 
-@pytest.mark.parametrize("name", sorted(KEPT))
-def test_service_kept_its_running_state(report: dict[str, Any], name: str) -> None:
-    u = unit(report, KEPT[name])
+@pytest.mark.parametrize(("name", "unit_name"), KEPT)
+def test_service_kept_its_running_state(report: dict[str, Any], name: str, unit_name: str) -> None:
+    u = unit(report, unit_name)
     assert u["outcome"] == "restored", u
     assert u["main_pid_before"] == u["main_pid_after"], u
     after = report["workload"]["scripts"][f"{name}/after.sh"]

@@ -38,7 +38,8 @@ def info() -> dict:
         s.connect("/run/haproxy-master.sock")
         s.sendall(b"@1 show info\n")
         data = b""
-        while chunk := s.recv(65536):
+        # The master's CLI keeps the connection open; the answer ends with an empty line.
+        while not data.endswith(b"\n\n") and (chunk := s.recv(65536)):
             data += chunk
     pairs = (ln.split(":", 1) for ln in data.decode().splitlines() if ":" in ln)
     return {k.strip(): v.strip() for k, v in pairs}
