@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -10,6 +11,7 @@ import re
 import shutil
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,8 @@ class TreeFacts:
     socket_unit_inet: tuple[tuple[str, str, int], ...] = ()
     # What will not be quite the same after the restore, though the state is kept.
     warnings: tuple[str, ...] = ()
+    # Listening unix sockets renamed after bind(): (bound name, path now). See _socket_paths.
+    renamed_sockets: tuple[tuple[str, str], ...] = ()
 
 
 def inspect(info: UnitInfo) -> TreeFacts:
@@ -99,7 +103,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
         where = peer.name if peer and peer.name else f"socket {s.peer}"
         unsupported.append(f"is connected to a unix socket outside the unit ({where}); CRIU cannot dump that")
         break
-    warnings = _socket_path_warnings(holders, socks, from_systemd)
+    renamed, warnings = _socket_paths(holders, socks, from_systemd)
     problems, conns, socket_unit_inet = _inet_problems(inodes, pid1)
     unsupported += problems
     unsupported += _sandbox_problems(info.main_pid)
@@ -134,42 +138,73 @@ def inspect(info: UnitInfo) -> TreeFacts:
         tuple(sandbox.runtime_mounts(info.main_pid, info.name)) if mount_ns else (),
         tuple(socket_unit_inet),
         tuple(f"{info.name} {w}" for w in warnings),
+        tuple(renamed),
     )
 
 
 UNIX_LISTEN = 10
 
 
-def _socket_path_warnings(
+def _socket_paths(
     holders: dict[int, list[int]], socks: dict[int, sockets.UnixSocket], from_systemd: set[int]
-) -> list[str]:
-    """Listening unix sockets whose path CRIU will not find, so that they come back without it.
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Listening unix sockets whose bound name no longer leads to them: (name, path now) pairs
+    that can be carried across, and warnings for those that cannot.
 
-    CRIU looks a socket's path up from its process's root. A daemon that binds
-    before it chroots (haproxy's stats socket, bound in /run and then used in
-    /var/lib/haproxy) holds a socket whose path does not exist there: CRIU
-    dumps it as deleted, and after the restore nothing can connect to that path.
+    CRIU looks a socket's bound name up from its process's root, and a name
+    that does not lead to the socket's file makes it dump the socket as
+    deleted: after the restore nothing can connect to it. A daemon that binds
+    to a temporary name and renames the file into place (haproxy's stats and
+    master sockets: /run/haproxy/admin.sock.PID.tmp -> admin.sock) is found by
+    the file's inode in the same directory; the checkpoint then links the old
+    name to the file for CRIU (criu.dump), and the restore renames it back
+    (restore-unit). One bound before a chroot is not found so, and is only
+    warned of.
     """
-    out = []
+    renamed, warnings = [], []
     for ino, pids in sorted(holders.items()):
         s = socks.get(ino)
         if s is None or ino in from_systemd or s.state != UNIX_LISTEN or not s.name.startswith("/"):
             continue
-        lost = [p for p in pids if not _is_socket(procs.PROC / str(p) / "root" / s.name.lstrip("/"))]
-        if lost:
-            out.append(
-                f"listens on the unix socket {s.name}, whose path process {lost[0]} ({procs.comm(lost[0])}) "
-                "cannot see (it runs in a chroot): CRIU restores that socket without its path, so "
-                "clients cannot connect to it after the upgrade"
-            )
-    return out
+        lost = [
+            p for p in pids if _socket_ino(procs.PROC / str(p) / "root" / s.name.lstrip("/")) != s.vfs_ino
+        ]
+        if not lost:
+            continue
+        root = procs.PROC / str(lost[0]) / "root"
+        now = _find_socket_file(root / os.path.dirname(s.name).lstrip("/"), s.vfs_ino) if s.vfs_ino else None
+        if now is not None and all(os.readlink(procs.PROC / str(p) / "root") == "/" for p in lost):
+            renamed.append((s.name, os.path.join(os.path.dirname(s.name), now)))
+            continue
+        warnings.append(
+            f"listens on the unix socket {s.name}, whose name does not lead to it from process {lost[0]} "
+            f"({procs.comm(lost[0])}) (it runs in a chroot, or the file was moved away): CRIU restores "
+            "that socket without its path, so clients cannot connect to it after the upgrade"
+        )
+    return renamed, warnings
 
 
-def _is_socket(path: Path) -> bool:
+def _socket_ino(path: Path) -> int:
     try:
-        return stat.S_ISSOCK(os.stat(path).st_mode)
+        st = os.stat(path)
     except OSError:
-        return False
+        return 0
+    return st.st_ino if stat.S_ISSOCK(st.st_mode) else 0
+
+
+def _find_socket_file(directory: Path, vfs_ino: int) -> str | None:
+    """The name of the socket file with inode VFS_INO in DIRECTORY."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return None
+    for e in entries:
+        try:
+            if e.inode() == vfs_ino and stat.S_ISSOCK(e.stat(follow_symlinks=False).st_mode):
+                return e.name
+        except OSError:
+            continue
+    return None
 
 
 # Character devices CRIU restores by reopening them (by device number: a file
@@ -367,13 +402,78 @@ def dump(
     argv += ["--ghost-limit", str(GHOST_LIMIT)]
     if leave_running:
         argv.append("--leave-running")
-    try:
-        run(argv, timeout=timeout, env=env)
-    except CommandError as e:
-        raise CheckpointError(failed("dump", log)) from e
+    with _bound_names_linked(facts.main_pid, facts.renamed_sockets):
+        try:
+            run(argv, timeout=timeout, env=env)
+        except CommandError as e:
+            raise CheckpointError(failed("dump", log)) from e
 
 
 GHOST_LIMIT = 256 << 20
+
+
+def renamed_socket_records(facts: TreeFacts) -> list[dict[str, Any]]:
+    """What the restore needs of each renamed socket: both names and its directory's owner and mode."""
+    out = []
+    for bound, now in facts.renamed_sockets:
+        st = os.stat(procs.PROC / str(facts.main_pid) / "root" / os.path.dirname(bound).lstrip("/"))
+        out.append(
+            {
+                "bound": bound,
+                "path": now,
+                "dir_mode": st.st_mode & 0o7777,
+                "dir_uid": st.st_uid,
+                "dir_gid": st.st_gid,
+            }
+        )
+    return out
+
+
+def prepare_renamed_sockets(records: list[dict[str, Any]]) -> None:
+    """Before the restore: the directory each renamed socket is bound in (CRIU binds its old name there)."""
+    for r in records:
+        d = Path(os.path.dirname(r["bound"]))
+        if not d.is_absolute() or ".." in d.parts or d.exists():
+            continue
+        d.mkdir(parents=True)
+        os.chown(d, r["dir_uid"], r["dir_gid"])
+        os.chmod(d, r["dir_mode"])
+
+
+def rename_restored_sockets(main_pid: int, records: list[dict[str, Any]]) -> list[str]:
+    """After the restore: each renamed socket's file moved to where it was (its name now); the paths."""
+    done = []
+    root = procs.PROC / str(main_pid) / "root"
+    for r in records:
+        with contextlib.suppress(OSError):
+            os.rename(root / r["bound"].lstrip("/"), root / r["path"].lstrip("/"))
+            done.append(r["path"])
+    return done
+
+
+@contextlib.contextmanager
+def _bound_names_linked(pid: int, renamed: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """For the dump, the bound name of each renamed socket linked to its file again (see _socket_paths).
+
+    Made through a descriptor of the directory as the tree sees it, so that the
+    link goes again after CRIU has killed the tree.
+    """
+    made: list[tuple[int, str]] = []
+    try:
+        for bound, now in renamed:
+            d = os.open(procs.PROC / str(pid) / "root" / os.path.dirname(bound).lstrip("/"), os.O_PATH)
+            try:
+                os.link(os.path.basename(now), os.path.basename(bound), src_dir_fd=d, dst_dir_fd=d)
+            except FileExistsError:
+                os.close(d)
+                continue
+            made.append((d, os.path.basename(bound)))
+        yield
+    finally:
+        for d, name in made:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=d)
+            os.close(d)
 
 
 def restore(

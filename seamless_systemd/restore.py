@@ -188,6 +188,7 @@ def restore_unit(unit: str) -> int:
         inet_sockets = _socket_unit_inet(dump.get("socket_unit_inet", []))
         root = None
         outside: list[tuple[int, str]] = []
+        criu.prepare_renamed_sockets(dump.get("renamed_sockets", []))
         if dump.get("mount_ns"):
             root = sandbox.restore_root(sandbox.root_writable(dump.get("mounts", [])))
             sandbox.recreate_private_tmp(dump.get("private_tmp", []), gen.private_tmp(unit))
@@ -209,6 +210,7 @@ def restore_unit(unit: str) -> int:
             for fd, _ in outside:
                 os.close(fd)
         main_pid = int(pidfile.read_text().strip())
+        record["renamed_sockets"] = criu.rename_restored_sockets(main_pid, dump.get("renamed_sockets", []))
         for sock in inet_sockets:
             # The .socket unit's socket joined the port first, CRIU's copy second.
             sockets.steer_port_group(sock, 1)

@@ -24,8 +24,10 @@ NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 UDIAG_SHOW_NAME = 0x1
+UDIAG_SHOW_VFS = 0x2
 UDIAG_SHOW_PEER = 0x4
 UNIX_DIAG_NAME = 0
+UNIX_DIAG_VFS = 1
 UNIX_DIAG_PEER = 2
 JOURNAL_STDOUT = "/run/systemd/journal/stdout"
 
@@ -37,6 +39,7 @@ class UnixSocket:
     state: int
     name: str  # bound path ("@…" for abstract), "" if unnamed
     peer: int  # inode of the peer, 0 if none
+    vfs_ino: int = 0  # inode of the socket's file in the file system it is bound in, 0 if none
 
 
 def unix_sockets() -> dict[int, UnixSocket]:
@@ -48,7 +51,7 @@ def unix_sockets() -> dict[int, UnixSocket]:
         0,
         0xFFFFFFFF,
         0,
-        UDIAG_SHOW_NAME | UDIAG_SHOW_PEER,
+        UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_VFS,
         0xFFFFFFFF,
         0xFFFFFFFF,
     )
@@ -74,7 +77,7 @@ def unix_sockets() -> dict[int, UnixSocket]:
 
 def _parse(msg: bytes, out: dict[int, UnixSocket]) -> None:
     _family, stype, state, _pad, inode = struct.unpack_from("=BBBBI", msg, 0)
-    name, peer = "", 0
+    name, peer, vfs_ino = "", 0, 0
     off = 16  # unix_diag_msg: 4 bytes + ino + 2 cookies
     while off + 4 <= len(msg):
         alen, atype = struct.unpack_from("=HH", msg, off)
@@ -88,8 +91,10 @@ def _parse(msg: bytes, out: dict[int, UnixSocket]) -> None:
                 name = payload.split(b"\0", 1)[0].decode(errors="replace")
         elif atype == UNIX_DIAG_PEER:
             (peer,) = struct.unpack_from("=I", payload)
+        elif atype == UNIX_DIAG_VFS:
+            (vfs_ino,) = struct.unpack_from("=I", payload)
         off += (alen + 3) & ~3
-    out[inode] = UnixSocket(inode, stype, state, name, peer)
+    out[inode] = UnixSocket(inode, stype, state, name, peer, vfs_ino)
 
 
 def journal_streams(inodes: set[int], sockets: dict[int, UnixSocket] | None = None) -> set[int]:

@@ -574,6 +574,7 @@ def checkpoint(unit: str) -> int:
             shell_job=facts.shell_job,
             dynamic_uid=info.dynamic_uid,
             socket_unit_inet=[list(x) for x in facts.socket_unit_inet],
+            renamed_sockets=criu.renamed_socket_records(facts),
             # The new boot's generator lets these share their port with the restored copy.
             reuse_port_sockets=list(info.socket_units) if facts.socket_unit_inet else [],
         )

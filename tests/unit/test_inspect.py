@@ -161,7 +161,7 @@ def test_listening_socket_in_a_chroot_is_warned_of(spawn: Spawn, tmp_path: Path)
     )
     facts = criu.inspect(unit_for(pid, "lb.service"))
     (warning,) = facts.warnings
-    assert warning.startswith(f"lb.service listens on the unix socket {path}, whose path process {pid}")
+    assert warning.startswith(f"lb.service listens on the unix socket {path}, whose name does not lead to it")
     assert "clients cannot connect to it after the upgrade" in warning
     assert facts.unsupported == ()  # the state is kept: a warning, not a refusal
 
@@ -170,3 +170,38 @@ def test_listening_socket_outside_a_chroot_is_fine(spawn: Spawn, tmp_path: Path)
     path = tmp_path / "ok.sock"
     pid = spawn(f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.bind({str(path)!r})\ns.listen()\n")
     assert criu.inspect(unit_for(pid)).warnings == ()
+
+
+def test_socket_renamed_after_bind_is_carried(spawn: Spawn, tmp_path: Path) -> None:
+    """haproxy's way: bind to NAME.tmp, then rename the file into place."""
+    final = tmp_path / "admin.sock"
+    pid = spawn(
+        f"import os, socket\ns = socket.socket(socket.AF_UNIX)\ns.bind({str(final)!r} + '.1.tmp')\n"
+        f"s.listen()\nos.rename({str(final)!r} + '.1.tmp', {str(final)!r})\n"
+    )
+    facts = criu.inspect(unit_for(pid))
+    assert facts.warnings == ()
+    assert facts.renamed_sockets == ((f"{final}.1.tmp", str(final)),)
+    # For the dump the old name leads to the socket again, and only for the dump.
+    with criu._bound_names_linked(pid, facts.renamed_sockets):
+        assert os.stat(f"{final}.1.tmp").st_ino == os.stat(final).st_ino
+    assert not os.path.exists(f"{final}.1.tmp") and final.exists()
+    (rec,) = criu.renamed_socket_records(facts)
+    assert rec["bound"] == f"{final}.1.tmp" and rec["path"] == str(final)
+
+
+def test_restored_socket_goes_back_to_its_name(tmp_path: Path) -> None:
+    run = tmp_path / "run/lb"
+    rec = {
+        "bound": f"{run}/admin.sock.1.tmp",
+        "path": f"{run}/admin.sock",
+        "dir_mode": 0o750,
+        "dir_uid": os.getuid(),
+        "dir_gid": os.getgid(),
+    }
+    criu.prepare_renamed_sockets([rec])  # the new boot has no such directory yet
+    assert run.is_dir() and (run.stat().st_mode & 0o777) == 0o750
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(rec["bound"])  # as CRIU binds it
+        assert criu.rename_restored_sockets(os.getpid(), [rec]) == [rec["path"]]
+        assert (run / "admin.sock").is_socket() and not Path(rec["bound"]).exists()

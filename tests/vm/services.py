@@ -33,7 +33,7 @@ def units_of(name: str) -> list[str]:
 
 def run() -> tuple[int, dict[str, Any]]:
     shutil.rmtree(OUT, ignore_errors=True)
-    rc = vm.demo(OUT, [WORKLOADS / n for n in NAMES])
+    rc = vm.demo(OUT, [WORKLOADS / n for n in NAMES], vm.LARGE)
     rep = json.loads((OUT / "report.json").read_text()) if (OUT / "report.json").exists() else {}
     return rc, rep
 
@@ -98,10 +98,11 @@ NOTES = [
     "`innodb_buffer_pool_size_max = 128M`).",
     "- **postgresql**: refused by `plan` (System V shared memory in the host's IPC namespace); "
     "restarted afresh by its `on_unsupported: restart`, with every committed row.",
-    "- **haproxy**: Debian's stats socket `/run/haproxy/admin.sock` is bound by the worker inside its "
-    "chroot (`/var/lib/haproxy`), where CRIU does not find the socket's path; it restores it as a "
-    "deleted socket, and that path answers no more after the upgrade. The master's CLI socket "
-    "(`-S /run/haproxy-master.sock`) is kept, and the check asks the worker through it.",
+    "- **haproxy**: its stats socket (`/run/haproxy/admin.sock`) and the master's CLI socket are bound "
+    "to a temporary name (`admin.sock.PID.tmp`) and renamed into place; CRIU looks a socket up by its "
+    "bound name and restored both as deleted sockets, unreachable (the first runs). The checkpoint now "
+    "finds the file by its inode, links the bound name to it for the dump, and the restore renames it "
+    "back: both answer after the upgrade.",
     "- **apache2**: `systemctl reload apache2` works after the upgrade because the checkpoint carries "
     "the daemons' PID files in /run (`apachectl graceful` signals the PID in "
     "`/run/apache2/apache2.pid`; the first run without that failed).",

@@ -22,8 +22,18 @@ from typing import Any
 
 from tests.vm import image as vmimage
 
-MEMMAP = "memmap=512M!1536M"
-MEMORY = "2560M"
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """The guest's RAM and the PMEM reservation carved out of it (memmap=SIZE!OFFSET)."""
+
+    memory: str = "2560M"
+    memmap: str = "memmap=512M!1536M"
+
+
+DEFAULT = Machine()
+# Eight Debian services at once need more room for their images.
+LARGE = Machine("3072M", "memmap=1G!1536M")
 # Generous: under TCG a kexec can take minutes to reach userspace (PLATFORM.md).
 QEMU_TIMEOUT = float(os.environ.get("SEAMLESS_QEMU_TIMEOUT", "900"))
 
@@ -75,10 +85,14 @@ def free_port() -> int:
 
 
 def qemu_argv(
-    img: vmimage.Image, console: Path, append: str = "", forwards: dict[int, int] | None = None
+    img: vmimage.Image,
+    console: Path,
+    append: str = "",
+    forwards: dict[int, int] | None = None,
+    machine: Machine = DEFAULT,
 ) -> list[str]:
     """FORWARDS: host port -> guest port, through QEMU's user-mode network (none: no network)."""
-    cmdline = f"root=/dev/vda rw console=ttyS0 {MEMMAP} panic=-1 {append}".strip()
+    cmdline = f"root=/dev/vda rw console=ttyS0 {machine.memmap} panic=-1 {append}".strip()
     fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in (forwards or {}).items())
     return [
         "qemu-system-x86_64",
@@ -89,7 +103,7 @@ def qemu_argv(
         "-smp",
         "2",
         "-m",
-        MEMORY,
+        machine.memory,
         "-display",
         "none",
         "-monitor",
@@ -196,11 +210,14 @@ def boot(
     events: list[Event],
     stop_on: set[str],
     clients: list[HostClient] | None = None,
+    machine: Machine = DEFAULT,
 ) -> None:
     """Run one QEMU process until it exits (or times out); collect events."""
     console.unlink(missing_ok=True)
     by_target = {c.target: c for c in clients or []}
-    argv = qemu_argv(img, console, forwards={c.port: c.guest_port for c in by_target.values()})
+    argv = qemu_argv(
+        img, console, forwards={c.port: c.guest_port for c in by_target.values()}, machine=machine
+    )
     print(f"[vm] booting kernel A, console: {console}", file=sys.stderr, flush=True)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + QEMU_TIMEOUT
@@ -241,7 +258,7 @@ def boot(
             print(f"[vm] qemu stderr: {err.strip()[-2000:]}", file=sys.stderr)
 
 
-def run_scenario(img: vmimage.Image, out: Path) -> Scenario:
+def run_scenario(img: vmimage.Image, out: Path, machine: Machine = DEFAULT) -> Scenario:
     """Boot 1 (upgrade) + boot 2 (after kexec) in one QEMU run, then boot 3 (after reboot)."""
     out.mkdir(parents=True, exist_ok=True)
     sc = Scenario([], [])
@@ -252,7 +269,7 @@ def run_scenario(img: vmimage.Image, out: Path) -> Scenario:
         sc.consoles.append(console)
         seen = len(sc.events)
         try:
-            boot(img, console, sc.events, set(), clients)
+            boot(img, console, sc.events, set(), clients, machine)
         except TimeoutError as e:
             sc.events.append(Event("timeout", {"error": str(e)}, time.time()))
             return sc
@@ -263,11 +280,11 @@ def run_scenario(img: vmimage.Image, out: Path) -> Scenario:
     return sc
 
 
-def demo(workdir: Path, workloads: list[Path] | None = None) -> int:
+def demo(workdir: Path, workloads: list[Path] | None = None, machine: Machine = DEFAULT) -> int:
     """make demo [WORKLOAD="DIR ..."]: build, boot, upgrade, show what happened, write the report."""
     img = vmimage.build_image("workload" if workloads else "demo", workloads or ())
     t0 = time.time()
-    sc = run_scenario(img, workdir)
+    sc = run_scenario(img, workdir, machine)
     before, after = sc.get("before"), sc.get("after")
     print()
     if before is None or after is None:

@@ -3,7 +3,8 @@
 
 check.py save    send a few requests, note the master and worker PIDs and the worker's
                  request counter ('show info' on Debian's admin socket)
-check.py verify  the same processes answer and the counter went on from where it was
+check.py verify  the same processes answer, the counter went on from where it was, and
+                 the stats and master CLI sockets are still reachable
 """
 
 import http.client
@@ -26,23 +27,25 @@ def get() -> str:
 
 
 def info() -> dict:
-    """The worker's 'show info', through the master's CLI socket (-S in Debian's unit).
-
-    Debian's stats socket (/run/haproxy/admin.sock) is bound by the worker
-    inside its chroot (/var/lib/haproxy), where CRIU does not find its path
-    and so restores it as a deleted socket: it answers no more after the
-    upgrade (docs/services.md).
-    """
+    """The worker's 'show info' on Debian's stats socket."""
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
-        s.connect("/run/haproxy-master.sock")
-        s.sendall(b"@1 show info\n")
+        s.connect("/run/haproxy/admin.sock")
+        s.sendall(b"show info\n")
         data = b""
-        # The master's CLI keeps the connection open; the answer ends with an empty line.
-        while not data.endswith(b"\n\n") and (chunk := s.recv(65536)):
+        while chunk := s.recv(65536):
             data += chunk
     pairs = (ln.split(":", 1) for ln in data.decode().splitlines() if ":" in ln)
     return {k.strip(): v.strip() for k, v in pairs}
+
+
+def master_answers() -> bool:
+    """The master's CLI socket (-S in Debian's unit) takes a connection."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect("/run/haproxy-master.sock")
+        s.sendall(b"show proc\n")
+        return b"master" in s.recv(65536)
 
 
 def state() -> dict:
@@ -77,4 +80,6 @@ else:
     assert page == "hello from haproxy\n", page
     assert (now["main"], now["all"], now["worker"]) == (saved["main"], saved["all"], saved["worker"])
     assert now["requests"] > saved["requests"], "the request counter starts again: a fresh haproxy"
+    # Both sockets are bound to a temporary name and renamed into place: still reachable.
+    assert now["master_cli"], "the master CLI socket does not answer"
     print("haproxy kept its master, its worker and its counters")
