@@ -151,37 +151,47 @@ def _socket_paths(
     """Listening unix sockets whose bound name no longer leads to them: (name, path now) pairs
     that can be carried across, and warnings for those that cannot.
 
-    CRIU looks a socket's bound name up from its process's root, and a name
-    that does not lead to the socket's file makes it dump the socket as
-    deleted: after the restore nothing can connect to it. A daemon that binds
-    to a temporary name and renames the file into place (haproxy's stats and
-    master sockets: /run/haproxy/admin.sock.PID.tmp -> admin.sock) is found by
-    the file's inode in the same directory; the checkpoint then links the old
-    name to the file for CRIU (criu.dump), and the restore renames it back
-    (restore-unit). One bound before a chroot is not found so, and is only
-    warned of.
+    CRIU looks a socket's bound name up from the root of its mount namespace
+    (criu/sk-unix.c, unix_resolve_name_old), and a name that does not lead to
+    the socket's file makes it dump the socket as deleted: after the restore
+    nothing can connect to it. A daemon that binds to a temporary name and
+    renames the file into place (haproxy's stats and master sockets:
+    /run/haproxy/admin.sock.PID.tmp -> admin.sock) is found by the file's
+    inode in the same directory; the checkpoint then links the old name to
+    the file for CRIU (criu.dump), and the restore renames it back
+    (restore-unit). A file removed, or moved elsewhere, is only warned of.
     """
     renamed, warnings = [], []
     for ino, pids in sorted(holders.items()):
         s = socks.get(ino)
         if s is None or ino in from_systemd or s.state != UNIX_LISTEN or not s.name.startswith("/"):
             continue
-        lost = [
-            p for p in pids if _socket_ino(procs.PROC / str(p) / "root" / s.name.lstrip("/")) != s.vfs_ino
-        ]
-        if not lost:
+        root = mntns_root(pids[0])
+        if _socket_ino(root / s.name.lstrip("/")) == s.vfs_ino:
             continue
-        root = procs.PROC / str(lost[0]) / "root"
         now = _find_socket_file(root / os.path.dirname(s.name).lstrip("/"), s.vfs_ino) if s.vfs_ino else None
-        if now is not None and all(os.readlink(procs.PROC / str(p) / "root") == "/" for p in lost):
+        if now is not None:
             renamed.append((s.name, os.path.join(os.path.dirname(s.name), now)))
             continue
         warnings.append(
-            f"listens on the unix socket {s.name}, whose name does not lead to it from process {lost[0]} "
-            f"({procs.comm(lost[0])}) (it runs in a chroot, or the file was moved away): CRIU restores "
-            "that socket without its path, so clients cannot connect to it after the upgrade"
+            f"listens on the unix socket {s.name}, whose file is gone or was moved out of its directory: "
+            "CRIU restores that socket without a path, so clients cannot connect to it after the upgrade"
         )
     return renamed, warnings
+
+
+def mntns_root(pid: int) -> Path:
+    """The root of PID's mount namespace as we can reach it (PID itself may be chrooted)."""
+    ns = procs.namespace(pid, "mnt")
+    if ns == procs.namespace("self", "mnt"):
+        return Path("/")
+    for q in [pid, *procs.all_pids()]:
+        try:
+            if procs.namespace(q, "mnt") == ns and os.readlink(procs.PROC / str(q) / "root") == "/":
+                return procs.PROC / str(q) / "root"
+        except OSError:
+            continue
+    return procs.PROC / str(pid) / "root"
 
 
 def _socket_ino(path: Path) -> int:
@@ -416,7 +426,7 @@ def renamed_socket_records(facts: TreeFacts) -> list[dict[str, Any]]:
     """What the restore needs of each renamed socket: both names and its directory's owner and mode."""
     out = []
     for bound, now in facts.renamed_sockets:
-        st = os.stat(procs.PROC / str(facts.main_pid) / "root" / os.path.dirname(bound).lstrip("/"))
+        st = os.stat(mntns_root(facts.main_pid) / os.path.dirname(bound).lstrip("/"))
         out.append(
             {
                 "bound": bound,
@@ -443,7 +453,7 @@ def prepare_renamed_sockets(records: list[dict[str, Any]]) -> None:
 def rename_restored_sockets(main_pid: int, records: list[dict[str, Any]]) -> list[str]:
     """After the restore: each renamed socket's file moved to where it was (its name now); the paths."""
     done = []
-    root = procs.PROC / str(main_pid) / "root"
+    root = mntns_root(main_pid)
     for r in records:
         with contextlib.suppress(OSError):
             os.rename(root / r["bound"].lstrip("/"), root / r["path"].lstrip("/"))
@@ -461,7 +471,7 @@ def _bound_names_linked(pid: int, renamed: tuple[tuple[str, str], ...]) -> Itera
     made: list[tuple[int, str]] = []
     try:
         for bound, now in renamed:
-            d = os.open(procs.PROC / str(pid) / "root" / os.path.dirname(bound).lstrip("/"), os.O_PATH)
+            d = os.open(mntns_root(pid) / os.path.dirname(bound).lstrip("/"), os.O_PATH)
             try:
                 os.link(os.path.basename(now), os.path.basename(bound), src_dir_fd=d, dst_dir_fd=d)
             except FileExistsError:

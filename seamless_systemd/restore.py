@@ -193,6 +193,7 @@ def restore_unit(unit: str) -> int:
             root = sandbox.restore_root(sandbox.root_writable(dump.get("mounts", [])))
             sandbox.recreate_private_tmp(dump.get("private_tmp", []), gen.private_tmp(unit))
             outside = sandbox.open_outside_files(dump.get("outside_files", []))
+        cgroup_options = sandbox.cgroup2_options()
         try:
             with _keep_socket_files([str(path) for _, path in listen]):
                 criu.restore(
@@ -209,6 +210,7 @@ def restore_unit(unit: str) -> int:
         finally:
             for fd, _ in outside:
                 os.close(fd)
+            sandbox.keep_cgroup2_options(cgroup_options)
         main_pid = int(pidfile.read_text().strip())
         record["renamed_sockets"] = criu.rename_restored_sockets(main_pid, dump.get("renamed_sockets", []))
         for sock in inet_sockets:

@@ -36,6 +36,7 @@ from typing import Any
 
 from seamless_systemd import procs, systemd
 from seamless_systemd.errors import CommandError
+from seamless_systemd.log import log
 from seamless_systemd.run import run
 
 DUMP_OPTIONS = ["--ext-mount-map", "auto", "--enable-external-masters", "--enable-external-sharing"]
@@ -293,6 +294,44 @@ def _device_path(path: str, rdev: tuple[int, ...]) -> str:
                 if stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == rdev:
                     return entry
     return f"/dev/char/{rdev[0]}:{rdev[1]}"
+
+
+CGROUP2 = "/sys/fs/cgroup"
+
+
+def cgroup2_options(point: str = CGROUP2) -> str:
+    """The super options of the host's cgroup2 mount ('rw,nsdelegate,memory_recursiveprot')."""
+    for line in (procs.PROC / "self" / "mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        r = right.split()
+        if left.split()[4] == point and r[:1] == ["cgroup2"] and len(r) > 2:
+            return r[2]
+    return ""
+
+
+def keep_cgroup2_options(before: str) -> None:
+    """Give the host's cgroup2 its options again if a restore changed them.
+
+    cgroup2 has one superblock, and mounting it anew sets its flags for the
+    whole machine. CRIU mounts one for a sandbox's /sys/fs/cgroup without
+    'nsdelegate' and 'memory_recursiveprot', and so clears them for every
+    cgroup of the host (systemd mounts it with both; the hardening workload's
+    check found them gone). A remount puts them back.
+    """
+    now = cgroup2_options()
+    if not before or now == before:
+        return
+    wanted = ",".join(o for o in before.split(",") if o not in ("rw", "ro"))
+    try:
+        run(["mount", "-o", f"remount,{wanted}", CGROUP2])
+    except CommandError as e:
+        log.warning(
+            "The restore changed the options of %s (%s -> %s) and they could not be put back: %s",
+            CGROUP2,
+            before,
+            now,
+            e,
+        )
 
 
 def kill_tree(pid: int) -> None:

@@ -150,18 +150,28 @@ def test_criu_version_read(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
-def test_listening_socket_in_a_chroot_is_warned_of(spawn: Spawn, tmp_path: Path) -> None:
+def test_listening_socket_bound_before_a_chroot_is_fine(spawn: Spawn, tmp_path: Path) -> None:
+    """CRIU looks the name up from the mount namespace's root, not the process's chroot."""
     path = tmp_path / "admin.sock"
     jail = tmp_path / "jail"
     jail.mkdir()
-    # haproxy's way: bind in /run, then chroot where that path does not exist.
     pid = spawn(
         f"import os, socket\ns = socket.socket(socket.AF_UNIX)\ns.bind({str(path)!r})\ns.listen()\n"
         f"os.chroot({str(jail)!r})\n"
     )
     facts = criu.inspect(unit_for(pid, "lb.service"))
+    assert facts.warnings == () and facts.renamed_sockets == ()
+
+
+def test_listening_socket_whose_file_is_gone_is_warned_of(spawn: Spawn, tmp_path: Path) -> None:
+    path = tmp_path / "gone.sock"
+    pid = spawn(
+        f"import os, socket\ns = socket.socket(socket.AF_UNIX)\ns.bind({str(path)!r})\ns.listen()\n"
+        f"os.unlink({str(path)!r})\n"
+    )
+    facts = criu.inspect(unit_for(pid, "lb.service"))
     (warning,) = facts.warnings
-    assert warning.startswith(f"lb.service listens on the unix socket {path}, whose name does not lead to it")
+    assert warning.startswith(f"lb.service listens on the unix socket {path}, whose file is gone")
     assert "clients cannot connect to it after the upgrade" in warning
     assert facts.unsupported == ()  # the state is kept: a warning, not a refusal
 

@@ -39,8 +39,20 @@ STATUS = [
     "Umask",
     "Cpus_allowed_list",
 ]
-# Mounts the host made after the unit started, which the restore leaves out (docs/design.md).
-RUNTIME = ("/run/seamless", "/run/user/", "/run/netns", "/sys/kernel/tracing", "/run/credentials/")
+# Mounts the host made after the unit started, which the restore leaves out (docs/design.md),
+# and the host's binfmt_misc automount point, which shows the autofs or the mount behind it
+# depending on whether anything touched it in this boot.
+RUNTIME = (
+    "/run/seamless",
+    "/run/user/",
+    "/run/netns",
+    "/sys/kernel/tracing",
+    "/run/credentials/",
+    "/proc/sys/fs/binfmt_misc",
+)
+# CRIU restores every tree into a time namespace of its own, whose offsets keep the tree's
+# CLOCK_MONOTONIC and CLOCK_BOOTTIME going on from where they were (criu/timens.c).
+CRIU_TIME_NS = {"time", "time_for_children"}
 
 
 def ask(port: int, cmd: str) -> dict:
@@ -65,8 +77,9 @@ def mounts(pid: int) -> list[str]:
         if point.startswith(RUNTIME):
             continue
         fstype, superopts = r[0], r[2] if len(r) > 2 else ""
-        # Options that name this boot's objects (sizes in pages stay; inode numbers go).
-        superopts = ",".join(o for o in superopts.split(",") if not o.startswith(("inode64", "nr_inodes")))
+        # Options of this boot, not of the unit: devtmpfs is sized from the RAM the kernel sees.
+        if fstype == "devtmpfs":
+            superopts = ",".join(o for o in superopts.split(",") if not o.startswith(("size=", "nr_inodes=")))
         out.add(f"{point} {f[5]} {fstype} {superopts}")
     return sorted(out)
 
@@ -83,7 +96,7 @@ def fingerprint(unit: str) -> dict:
     own_ns = sorted(
         ns.name
         for ns in Path(f"/proc/{pid}/ns").iterdir()
-        if ns.readlink() != Path(f"/proc/1/ns/{ns.name}").readlink()
+        if ns.readlink() != Path(f"/proc/1/ns/{ns.name}").readlink() and ns.name not in CRIU_TIME_NS
     )
     limits = {
         f: Path(f"/sys/fs/cgroup{cgroup}/{f}").read_text().strip()
@@ -103,11 +116,22 @@ def fingerprint(unit: str) -> dict:
     }
 
 
+def host_cgroup2() -> str:
+    """The host's cgroup2 mount: one superblock for the whole machine, whoever mounts it."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        if left.split()[4] == "/sys/fs/cgroup":
+            return right
+    return ""
+
+
 def state() -> dict:
-    return {
+    out: dict = {
         u: {**fingerprint(u), "probe": ask(port, "PROBE"), "token": ask(port, "GET")["token"]}
         for u, port in UNITS.items()
     }
+    out["host cgroup2"] = host_cgroup2()
+    return out
 
 
 def diff(a: object, b: object, where: str = "") -> list[str]:
@@ -124,6 +148,8 @@ if sys.argv[1] == "save":
     st = state()
     SAVED.write_text(json.dumps(st))
     for u, s in st.items():
+        if u not in UNITS:
+            continue
         print(
             f"{u}: PID {s['pid']}, {len(s['mounts'])} mounts, namespaces {s['own_namespaces']}, "
             f"seccomp {s['status'].get('Seccomp_filters')}, probe {s['probe']}"
@@ -137,6 +163,6 @@ else:
     assert not problems, f"{len(problems)} difference(s) in the sandboxes"
     print(
         f"the {len(UNITS)} hardened services kept their process, token and sandbox: "
-        f"{sum(len(s['mounts']) for s in now.values())} mounts, capabilities, seccomp, limits and "
+        f"{sum(len(now[u]['mounts']) for u in UNITS)} mounts, capabilities, seccomp, limits and "
         "cgroup limits as they were"
     )
