@@ -20,8 +20,19 @@ from tests.vm import vm
 
 WORKLOADS = vmimage.REPO / "tests/workloads"
 # Debian packages with their units as shipped (each directory says what it changed and why),
-# and the hardening directives of systemd 252 on a service of our own.
-NAMES = ["redis", "memcached", "apache2", "php-fpm", "haproxy", "mariadb", "postgresql", "hardening"]
+# a Node.js service of our own, and the hardening directives of systemd 252 on one.
+NAMES = [
+    "redis",
+    "memcached",
+    "apache2",
+    "php-fpm",
+    "haproxy",
+    "mariadb",
+    "postgresql",
+    "prometheus",
+    "nodejs",
+    "hardening",
+]
 OUT = vmimage.BUILD / "demo-services"
 TABLE = vmimage.REPO / "docs/services.md"
 

@@ -27,6 +27,8 @@ KEPT = [
     ("php-fpm", "php8.2-fpm.service"),
     ("haproxy", "haproxy.service"),
     ("mariadb", "mariadb.service"),
+    ("prometheus", "prometheus.service"),
+    ("nodejs", "seamless-node.service"),
     ("hardening", "seamless-harden-strict.service"),
     ("hardening", "seamless-harden-full.service"),
     ("hardening", "seamless-harden-yes.service"),

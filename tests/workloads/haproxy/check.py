@@ -45,7 +45,10 @@ def master_answers() -> bool:
         s.settimeout(10)
         s.connect("/run/haproxy-master.sock")
         s.sendall(b"show proc\n")
-        return b"master" in s.recv(65536)
+        data = b""
+        while b"master" not in data and (chunk := s.recv(65536)):
+            data += chunk
+        return b"master" in data
 
 
 def state() -> dict:
@@ -62,6 +65,7 @@ def state() -> dict:
         "all": sorted(map(int, pids)),
         "worker": int(i["Pid"]),
         "requests": int(i["CumReq"]),
+        "master_cli": master_answers(),
     }
 
 
