@@ -103,6 +103,7 @@ NOTES = [
     "namespace (docs/design.md says exactly why), and `plan` refuses it with that reason. The workload "
     "adds one drop-in, `PrivateUsers=no`; everything else in the unit (ProtectSystem=strict, "
     "ProtectHome, NoExecPaths=/, seccomp, an empty capability bounding set, …) is kept.",
+    "- **prometheus**: Debian's unit has `PrivateUsers=true` too, and gets the same drop-in.",
     "- **mariadb**: with its defaults, `plan` refuses it twice over: InnoDB's io_uring, and an 8 TiB "
     "address-space reservation for the buffer pool whose page map CRIU cannot read in one buffer. The "
     "workload sets the two settings `plan` names (`innodb_use_native_aio = 0`, "
