@@ -79,14 +79,27 @@ def inspect(info: UnitInfo) -> TreeFacts:
     inodes: set[int] = set()
     holders: dict[int, list[int]] = {}
     devices: set[str] = set()
+    masters: set[int] = set()
+    slaves: dict[int, str] = {}
     for pid in pids:
         for fd, target in procs.fds(pid).items():
             ino = procs.socket_inode(target)
+            dev = None if ino is not None else procs.device_number(pid, fd)
             if ino is not None:
                 inodes.add(ino)
                 holders.setdefault(ino, []).append(pid)
-            elif target.startswith("/") and procs.device_number(pid, fd) not in (None, *ALLOWED_DEVICES):
+            elif dev == PTMX:
+                masters.add(_pty_index(pid, fd))
+            elif dev is not None and dev[0] in PTS_MAJORS:
+                slaves[(dev[0] - PTS_MAJORS[0]) * 256 + dev[1]] = target
+            elif target.startswith("/") and not _device_kept(dev):
                 devices.add(target)
+    outside_ttys = sorted(t for n, t in slaves.items() if n not in masters)
+    if outside_ttys:
+        unsupported.append(
+            f"uses the terminal {', '.join(outside_ttys)}, whose other end is outside the unit (CRIU "
+            "restores a pseudo-terminal only with both ends)"
+        )
     if devices:
         unsupported.append(f"has devices open that CRIU cannot keep: {', '.join(sorted(devices))}")
     socks = sockets.unix_sockets()
@@ -229,6 +242,28 @@ ALLOWED_DEVICES = frozenset(
         (10, 200),  # /dev/net/tun
     ]
 )
+
+
+# Pseudo-terminals: the /dev/ptmx master and the /dev/pts/N slaves (majors 136-143).
+# CRIU restores a pair whose both ends are in the tree (an SSH session's shell).
+PTMX = (5, 2)
+PTS_MAJORS = range(136, 144)
+
+
+def _device_kept(dev: tuple[int, int] | None) -> bool:
+    return dev is None or dev in ALLOWED_DEVICES
+
+
+def _pty_index(pid: int, fd: int) -> int:
+    """The pts number of the /dev/ptmx master PID holds as FD (-1 if not told)."""
+    try:
+        for line in (procs.PROC / str(pid) / "fdinfo" / str(fd)).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "tty-index":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return -1
 
 
 def _inet_problems(

@@ -215,3 +215,20 @@ def test_restored_socket_goes_back_to_its_name(tmp_path: Path) -> None:
         s.bind(rec["bound"])  # as CRIU binds it
         assert criu.rename_restored_sockets(os.getpid(), [rec]) == [rec["path"]]
         assert (run / "admin.sock").is_socket() and not Path(rec["bound"]).exists()
+
+
+def test_pseudo_terminal_with_both_ends_in_the_tree_is_kept(spawn: Spawn) -> None:
+    pid = spawn("import os\nmaster, slave = os.openpty()\n")
+    assert not any("terminal" in u or "devices" in u for u in criu.inspect(unit_for(pid)).unsupported)
+
+
+def test_pseudo_terminal_whose_master_is_outside_is_reported(spawn: Spawn) -> None:
+    master, slave = os.openpty()
+    try:
+        name = os.ttyname(slave)
+        pid = spawn(f"import os\nfd = os.open({name!r}, os.O_RDWR | os.O_NOCTTY)\n")
+        (why,) = [u for u in criu.inspect(unit_for(pid)).unsupported if "terminal" in u]
+        assert f"uses the terminal {name}, whose other end is outside the unit" in why
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -13,6 +13,7 @@ command -v mkfs.ext4 >/dev/null || need="$need e2fsprogs"
 command -v shellcheck >/dev/null || need="$need shellcheck"
 command -v systemd-analyze >/dev/null || need="$need systemd"
 command -v rpmbuild >/dev/null || need="$need rpm"
+command -v ssh >/dev/null || need="$need openssh-client"
 if [ -n "$need" ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "missing host packages:$need (run as root, or: sudo apt-get install$need)" >&2

@@ -31,6 +31,7 @@ NAMES = [
     "postgresql",
     "prometheus",
     "nodejs",
+    "openssh",
     "hardening",
 ]
 OUT = vmimage.BUILD / "demo-services"
@@ -103,6 +104,10 @@ NOTES = [
     "namespace (docs/design.md says exactly why), and `plan` refuses it with that reason. The workload "
     "adds one drop-in, `PrivateUsers=no`; everything else in the unit (ProtectSystem=strict, "
     "ProtectHome, NoExecPaths=/, seccomp, an empty capability bounding set, …) is kept.",
+    "- **openssh**: the session is an interactive `ssh -tt` from the host, through QEMU's network; "
+    "its shell keeps a variable across the upgrade. The test image has no `libpam-systemd`; with it, "
+    "logind moves each session's processes into a `session-N.scope` of their own, outside "
+    "`ssh.service`, and a scope is not kept (only services are).",
     "- **prometheus**: Debian's unit has `PrivateUsers=true` too, and gets the same drop-in.",
     "- **mariadb**: with its defaults, `plan` refuses it twice over: InnoDB's io_uring, and an 8 TiB "
     "address-space reservation for the buffer pool whose page map CRIU cannot read in one buffer. The "

@@ -29,6 +29,7 @@ KEPT = [
     ("mariadb", "mariadb.service"),
     ("prometheus", "prometheus.service"),
     ("nodejs", "seamless-node.service"),
+    ("openssh", "ssh.service"),
     ("hardening", "seamless-harden-strict.service"),
     ("hardening", "seamless-harden-full.service"),
     ("hardening", "seamless-harden-yes.service"),

@@ -166,6 +166,51 @@ class HostClient:
         return Event("tcp-host", out, time.time())
 
 
+class SshClient:
+    """An interactive SSH session from the host into the guest, kept open across the upgrade.
+
+    The guest asks with 'ssh-client' events (target "ssh"): {"action":
+    "connect", "send": LINE} logs in as root with the key the openssh
+    workload made at image build and types LINE into the remote shell;
+    {"action": "talk", "send": LINE} types LINE into the same shell, on the
+    same connection. The guest checks what the shell did; this side reports
+    whether its ssh is still connected.
+    """
+
+    KEY = "usr/local/lib/seamless-workloads/openssh/client_key"
+
+    def __init__(self, guest_port: int = 22, target: str = "ssh") -> None:
+        self.port = free_port()
+        self.guest_port = guest_port
+        self.target = target
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def handle(self, data: dict[str, Any]) -> Event:
+        out: dict[str, Any] = {"action": data.get("action"), "target": self.target}
+        try:
+            if data.get("action") == "connect":
+                key = vmimage.BUILD / "vm" / "ssh-client-key"
+                key.write_bytes((vmimage.BUILD / "vm" / "rootfs" / self.KEY).read_bytes())
+                key.chmod(0o600)
+                self.proc = subprocess.Popen(
+                    [
+                        *("ssh", "-tt", "-i", str(key), "-p", str(self.port)),
+                        *("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"),
+                        *("-o", "BatchMode=yes", "-o", "ServerAliveInterval=0", "root@127.0.0.1"),
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            assert self.proc is not None and self.proc.stdin is not None, "no session"
+            self.proc.stdin.write(str(data.get("send", "")).encode() + b"\n")
+            self.proc.stdin.flush()
+            out["connected"] = self.proc.poll() is None
+        except (OSError, AssertionError) as e:
+            out["error"] = repr(e)
+        return Event("ssh-host", out, time.time())
+
+
 MARK = "SEAMLESS-TEST "
 # A kernel message on the serial console: "[   32.150763] powernow_k8: …".
 KERNEL_MESSAGE = re.compile(r"\[\s*\d+\.\d+\] ")
@@ -209,7 +254,7 @@ def boot(
     console: Path,
     events: list[Event],
     stop_on: set[str],
-    clients: list[HostClient] | None = None,
+    clients: list[HostClient | SshClient] | None = None,
     machine: Machine = DEFAULT,
 ) -> None:
     """Run one QEMU process until it exits (or times out); collect events."""
@@ -240,10 +285,12 @@ def boot(
                     name, data = got
                     events.append(Event(name, data, time.time()))
                     print(f"[vm] {name}: {json.dumps(data)[:300]}", file=sys.stderr, flush=True)
-                    client = by_target.get(str(data.get("target", "chat"))) if name == "tcp-client" else None
+                    client = (
+                        by_target.get(str(data.get("target", "chat"))) if name.endswith("-client") else None
+                    )
                     if client is not None:
                         events.append(client.handle(data))
-                        print(f"[vm] tcp-host: {events[-1].data}", file=sys.stderr, flush=True)
+                        print(f"[vm] {events[-1].name}: {events[-1].data}", file=sys.stderr, flush=True)
             if proc.poll() is not None:
                 return
             if time.monotonic() > deadline:
@@ -263,7 +310,11 @@ def run_scenario(img: vmimage.Image, out: Path, machine: Machine = DEFAULT) -> S
     out.mkdir(parents=True, exist_ok=True)
     sc = Scenario([], [])
     # The container's client only reads: the counter stays what the driver made it.
-    clients = [HostClient(CHAT_GUEST_PORT, "chat"), HostClient(CONTAINER_GUEST_PORT, "container", b"GET")]
+    clients: list[HostClient | SshClient] = [
+        HostClient(CHAT_GUEST_PORT, "chat"),
+        HostClient(CONTAINER_GUEST_PORT, "container", b"GET"),
+        SshClient(),
+    ]
     for n in (1, 2, 3):
         console = out / f"console-{n}.log"
         sc.consoles.append(console)
@@ -277,6 +328,10 @@ def run_scenario(img: vmimage.Image, out: Path, machine: Machine = DEFAULT) -> S
         # Done, failed, or no progress in this QEMU run: stop.
         if names & {"error", "rebooted", "done", "idle"} or len(sc.events) == seen:
             break
+    for c in clients:
+        if isinstance(c, SshClient) and c.proc is not None:
+            c.proc.kill()
+            c.proc.wait()
     return sc
 
 
