@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
 import os
 import re
 import shutil
-import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +53,7 @@ class TreeFacts:
     socket_unit_inet: tuple[tuple[str, str, int], ...] = ()
     # What will not be quite the same after the restore, though the state is kept.
     warnings: tuple[str, ...] = ()
-    # Listening unix sockets renamed after bind(): (bound name, path now). See _socket_paths.
+    # Listening unix sockets renamed after bind(): (bound name, path now). See sockets.renamed_after_bind.
     renamed_sockets: tuple[tuple[str, str], ...] = ()
 
 
@@ -84,7 +81,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
     for pid in pids:
         for fd, target in procs.fds(pid).items():
             ino = procs.socket_inode(target)
-            dev = None if ino is not None else procs.device_number(pid, fd)
+            dev = procs.device_number(pid, fd) if ino is None and target.startswith("/") else None
             if ino is not None:
                 inodes.add(ino)
                 holders.setdefault(ino, []).append(pid)
@@ -116,7 +113,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
         where = peer.name if peer and peer.name else f"socket {s.peer}"
         unsupported.append(f"is connected to a unix socket outside the unit ({where}); CRIU cannot dump that")
         break
-    renamed, warnings = _socket_paths(holders, socks, from_systemd)
+    renamed, warnings = sockets.renamed_after_bind(holders, socks, from_systemd)
     problems, conns, socket_unit_inet = _inet_problems(inodes, pid1)
     unsupported += problems
     unsupported += _sandbox_problems(info.main_pid)
@@ -153,81 +150,6 @@ def inspect(info: UnitInfo) -> TreeFacts:
         tuple(f"{info.name} {w}" for w in warnings),
         tuple(renamed),
     )
-
-
-UNIX_LISTEN = 10
-
-
-def _socket_paths(
-    holders: dict[int, list[int]], socks: dict[int, sockets.UnixSocket], from_systemd: set[int]
-) -> tuple[list[tuple[str, str]], list[str]]:
-    """Listening unix sockets whose bound name no longer leads to them: (name, path now) pairs
-    that can be carried across, and warnings for those that cannot.
-
-    CRIU looks a socket's bound name up from the root of its mount namespace
-    (criu/sk-unix.c, unix_resolve_name_old), and a name that does not lead to
-    the socket's file makes it dump the socket as deleted: after the restore
-    nothing can connect to it. A daemon that binds to a temporary name and
-    renames the file into place (haproxy's stats and master sockets:
-    /run/haproxy/admin.sock.PID.tmp -> admin.sock) is found by the file's
-    inode in the same directory; the checkpoint then links the old name to
-    the file for CRIU (criu.dump), and the restore renames it back
-    (restore-unit). A file removed, or moved elsewhere, is only warned of.
-    """
-    renamed, warnings = [], []
-    for ino, pids in sorted(holders.items()):
-        s = socks.get(ino)
-        if s is None or ino in from_systemd or s.state != UNIX_LISTEN or not s.name.startswith("/"):
-            continue
-        root = mntns_root(pids[0])
-        if _socket_ino(root / s.name.lstrip("/")) == s.vfs_ino:
-            continue
-        now = _find_socket_file(root / os.path.dirname(s.name).lstrip("/"), s.vfs_ino) if s.vfs_ino else None
-        if now is not None:
-            renamed.append((s.name, os.path.join(os.path.dirname(s.name), now)))
-            continue
-        warnings.append(
-            f"listens on the unix socket {s.name}, whose file is gone or was moved out of its directory: "
-            "CRIU restores that socket without a path, so clients cannot connect to it after the upgrade"
-        )
-    return renamed, warnings
-
-
-def mntns_root(pid: int) -> Path:
-    """The root of PID's mount namespace as we can reach it (PID itself may be chrooted)."""
-    ns = procs.namespace(pid, "mnt")
-    if ns == procs.namespace("self", "mnt"):
-        return Path("/")
-    for q in [pid, *procs.all_pids()]:
-        try:
-            if procs.namespace(q, "mnt") == ns and os.readlink(procs.PROC / str(q) / "root") == "/":
-                return procs.PROC / str(q) / "root"
-        except OSError:
-            continue
-    return procs.PROC / str(pid) / "root"
-
-
-def _socket_ino(path: Path) -> int:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return 0
-    return st.st_ino if stat.S_ISSOCK(st.st_mode) else 0
-
-
-def _find_socket_file(directory: Path, vfs_ino: int) -> str | None:
-    """The name of the socket file with inode VFS_INO in DIRECTORY."""
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return None
-    for e in entries:
-        try:
-            if e.inode() == vfs_ino and stat.S_ISSOCK(e.stat(follow_symlinks=False).st_mode):
-                return e.name
-        except OSError:
-            continue
-    return None
 
 
 # Character devices CRIU restores by reopening them (by device number: a file
@@ -447,7 +369,7 @@ def dump(
     argv += ["--ghost-limit", str(GHOST_LIMIT)]
     if leave_running:
         argv.append("--leave-running")
-    with _bound_names_linked(facts.main_pid, facts.renamed_sockets):
+    with sockets.bound_names_linked(facts.main_pid, facts.renamed_sockets):
         try:
             run(argv, timeout=timeout, env=env)
         except CommandError as e:
@@ -455,70 +377,6 @@ def dump(
 
 
 GHOST_LIMIT = 256 << 20
-
-
-def renamed_socket_records(facts: TreeFacts) -> list[dict[str, Any]]:
-    """What the restore needs of each renamed socket: both names and its directory's owner and mode."""
-    out = []
-    for bound, now in facts.renamed_sockets:
-        st = os.stat(mntns_root(facts.main_pid) / os.path.dirname(bound).lstrip("/"))
-        out.append(
-            {
-                "bound": bound,
-                "path": now,
-                "dir_mode": st.st_mode & 0o7777,
-                "dir_uid": st.st_uid,
-                "dir_gid": st.st_gid,
-            }
-        )
-    return out
-
-
-def prepare_renamed_sockets(records: list[dict[str, Any]]) -> None:
-    """Before the restore: the directory each renamed socket is bound in (CRIU binds its old name there)."""
-    for r in records:
-        d = Path(os.path.dirname(r["bound"]))
-        if not d.is_absolute() or ".." in d.parts or d.exists():
-            continue
-        d.mkdir(parents=True)
-        os.chown(d, r["dir_uid"], r["dir_gid"])
-        os.chmod(d, r["dir_mode"])
-
-
-def rename_restored_sockets(main_pid: int, records: list[dict[str, Any]]) -> list[str]:
-    """After the restore: each renamed socket's file moved to where it was (its name now); the paths."""
-    done = []
-    root = mntns_root(main_pid)
-    for r in records:
-        with contextlib.suppress(OSError):
-            os.rename(root / r["bound"].lstrip("/"), root / r["path"].lstrip("/"))
-            done.append(r["path"])
-    return done
-
-
-@contextlib.contextmanager
-def _bound_names_linked(pid: int, renamed: tuple[tuple[str, str], ...]) -> Iterator[None]:
-    """For the dump, the bound name of each renamed socket linked to its file again (see _socket_paths).
-
-    Made through a descriptor of the directory as the tree sees it, so that the
-    link goes again after CRIU has killed the tree.
-    """
-    made: list[tuple[int, str]] = []
-    try:
-        for bound, now in renamed:
-            d = os.open(mntns_root(pid) / os.path.dirname(bound).lstrip("/"), os.O_PATH)
-            try:
-                os.link(os.path.basename(now), os.path.basename(bound), src_dir_fd=d, dst_dir_fd=d)
-            except FileExistsError:
-                os.close(d)
-                continue
-            made.append((d, os.path.basename(bound)))
-        yield
-    finally:
-        for d, name in made:
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=d)
-            os.close(d)
 
 
 def restore(

@@ -208,3 +208,17 @@ def meminfo(key: str) -> int:
         if name == key:
             return int(rest.split()[0]) * 1024
     return 0
+
+
+def mntns_root(pid: int) -> Path:
+    """The root of PID's mount namespace as we can reach it (PID itself may be chrooted)."""
+    ns = namespace(pid, "mnt")
+    if ns == namespace("self", "mnt"):
+        return Path("/")
+    for q in [pid, *all_pids()]:
+        try:
+            if namespace(q, "mnt") == ns and os.readlink(PROC / str(q) / "root") == "/":
+                return PROC / str(q) / "root"
+        except OSError:
+            continue
+    return PROC / str(pid) / "root"

@@ -188,7 +188,7 @@ def restore_unit(unit: str) -> int:
         inet_sockets = _socket_unit_inet(dump.get("socket_unit_inet", []))
         root = None
         outside: list[tuple[int, str]] = []
-        criu.prepare_renamed_sockets(dump.get("renamed_sockets", []))
+        sockets.prepare_renamed(dump.get("renamed_sockets", []))
         if dump.get("mount_ns"):
             root = sandbox.restore_root(sandbox.root_writable(dump.get("mounts", [])))
             sandbox.recreate_private_tmp(dump.get("private_tmp", []), gen.private_tmp(unit))
@@ -212,7 +212,7 @@ def restore_unit(unit: str) -> int:
                 os.close(fd)
             sandbox.keep_cgroup2_options(cgroup_options)
         main_pid = int(pidfile.read_text().strip())
-        record["renamed_sockets"] = criu.rename_restored_sockets(main_pid, dump.get("renamed_sockets", []))
+        record["renamed_sockets"] = sockets.rename_restored(main_pid, dump.get("renamed_sockets", []))
         for sock in inet_sockets:
             # The .socket unit's socket joined the port first, CRIU's copy second.
             sockets.steer_port_group(sock, 1)

@@ -8,14 +8,19 @@ as external and give the restored process a fresh stream from its unit.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import ipaddress
 import os
 import socket
+import stat
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from seamless_systemd import procs
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -202,3 +207,129 @@ def same_address(name: Any, address: str, port: int) -> bool:
         return bool(ipaddress.ip_address(name[0]) == ipaddress.ip_address(address))
     except ValueError:
         return False
+
+
+# Unix sockets renamed after bind() (see docs/design.md).
+UNIX_LISTEN = 10
+
+
+def renamed_after_bind(
+    holders: dict[int, list[int]], socks: dict[int, UnixSocket], from_systemd: set[int]
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Listening unix sockets whose bound name no longer leads to them: (name, path now) pairs
+    that can be carried across, and warnings for those that cannot.
+
+    CRIU looks a socket's bound name up from the root of its mount namespace
+    (criu/sk-unix.c, unix_resolve_name_old), and a name that does not lead to
+    the socket's file makes it dump the socket as deleted: after the restore
+    nothing can connect to it. A daemon that binds to a temporary name and
+    renames the file into place (haproxy's stats and master sockets:
+    /run/haproxy/admin.sock.PID.tmp -> admin.sock) is found by the file's
+    inode in the same directory; the checkpoint then links the old name to
+    the file for CRIU (bound_names_linked, around the dump), and the
+    restore renames it back (rename_restored). A file removed, or moved elsewhere, is only warned of.
+    """
+    renamed, warnings = [], []
+    for ino, pids in sorted(holders.items()):
+        s = socks.get(ino)
+        if s is None or ino in from_systemd or s.state != UNIX_LISTEN or not s.name.startswith("/"):
+            continue
+        root = procs.mntns_root(pids[0])
+        if _socket_ino(root / s.name.lstrip("/")) == s.vfs_ino:
+            continue
+        now = _find_socket_file(root / os.path.dirname(s.name).lstrip("/"), s.vfs_ino) if s.vfs_ino else None
+        if now is not None:
+            renamed.append((s.name, os.path.join(os.path.dirname(s.name), now)))
+            continue
+        warnings.append(
+            f"listens on the unix socket {s.name}, whose file is gone or was moved out of its directory: "
+            "CRIU restores that socket without a path, so clients cannot connect to it after the upgrade"
+        )
+    return renamed, warnings
+
+
+def _socket_ino(path: Path) -> int:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0
+    return st.st_ino if stat.S_ISSOCK(st.st_mode) else 0
+
+
+def _find_socket_file(directory: Path, vfs_ino: int) -> str | None:
+    """The name of the socket file with inode VFS_INO in DIRECTORY."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return None
+    for e in entries:
+        try:
+            if e.inode() == vfs_ino and stat.S_ISSOCK(e.stat(follow_symlinks=False).st_mode):
+                return e.name
+        except OSError:
+            continue
+    return None
+
+
+def renamed_records(main_pid: int, renamed: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
+    """What the restore needs of each renamed socket: both names and its directory's owner and mode."""
+    out = []
+    for bound, now in renamed:
+        st = os.stat(procs.mntns_root(main_pid) / os.path.dirname(bound).lstrip("/"))
+        out.append(
+            {
+                "bound": bound,
+                "path": now,
+                "dir_mode": st.st_mode & 0o7777,
+                "dir_uid": st.st_uid,
+                "dir_gid": st.st_gid,
+            }
+        )
+    return out
+
+
+def prepare_renamed(records: list[dict[str, Any]]) -> None:
+    """Before the restore: the directory each renamed socket is bound in (CRIU binds its old name there)."""
+    for r in records:
+        d = Path(os.path.dirname(r["bound"]))
+        if not d.is_absolute() or ".." in d.parts or d.exists():
+            continue
+        d.mkdir(parents=True)
+        os.chown(d, r["dir_uid"], r["dir_gid"])
+        os.chmod(d, r["dir_mode"])
+
+
+def rename_restored(main_pid: int, records: list[dict[str, Any]]) -> list[str]:
+    """After the restore: each renamed socket's file moved to where it was (its name now); the paths."""
+    done = []
+    root = procs.mntns_root(main_pid)
+    for r in records:
+        with contextlib.suppress(OSError):
+            os.rename(root / r["bound"].lstrip("/"), root / r["path"].lstrip("/"))
+            done.append(r["path"])
+    return done
+
+
+@contextlib.contextmanager
+def bound_names_linked(pid: int, renamed: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """For the dump, the bound name of each renamed socket linked to its file again (see renamed_after_bind).
+
+    Made through a descriptor of the directory as the tree sees it, so that the
+    link goes again after CRIU has killed the tree.
+    """
+    made: list[tuple[int, str]] = []
+    try:
+        for bound, now in renamed:
+            d = os.open(procs.mntns_root(pid) / os.path.dirname(bound).lstrip("/"), os.O_PATH)
+            try:
+                os.link(os.path.basename(now), os.path.basename(bound), src_dir_fd=d, dst_dir_fd=d)
+            except FileExistsError:
+                os.close(d)
+                continue
+            made.append((d, os.path.basename(bound)))
+        yield
+    finally:
+        for d, name in made:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=d)
+            os.close(d)

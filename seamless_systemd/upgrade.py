@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import criu, kernels, pmem, podman, procs, sandbox, state, systemd, volatile
+from seamless_systemd import criu, kernels, pmem, podman, procs, sandbox, sockets, state, systemd, volatile
 from seamless_systemd.config import Config, OnUnsupported
 from seamless_systemd.errors import CheckpointError, CommandError, LockedError, PreflightError, SeamlessError
 from seamless_systemd.log import log
@@ -574,7 +574,7 @@ def checkpoint(unit: str) -> int:
             shell_job=facts.shell_job,
             dynamic_uid=info.dynamic_uid,
             socket_unit_inet=[list(x) for x in facts.socket_unit_inet],
-            renamed_sockets=criu.renamed_socket_records(facts),
+            renamed_sockets=sockets.renamed_records(facts.main_pid, facts.renamed_sockets),
             # The new boot's generator lets these share their port with the restored copy.
             reuse_port_sockets=list(info.socket_units) if facts.socket_unit_inet else [],
         )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from seamless_systemd import criu
+from seamless_systemd import criu, sockets
 from seamless_systemd.errors import CheckpointError
 from seamless_systemd.systemd import UnitInfo
 
@@ -193,10 +193,10 @@ def test_socket_renamed_after_bind_is_carried(spawn: Spawn, tmp_path: Path) -> N
     assert facts.warnings == ()
     assert facts.renamed_sockets == ((f"{final}.1.tmp", str(final)),)
     # For the dump the old name leads to the socket again, and only for the dump.
-    with criu._bound_names_linked(pid, facts.renamed_sockets):
+    with sockets.bound_names_linked(pid, facts.renamed_sockets):
         assert os.stat(f"{final}.1.tmp").st_ino == os.stat(final).st_ino
     assert not os.path.exists(f"{final}.1.tmp") and final.exists()
-    (rec,) = criu.renamed_socket_records(facts)
+    (rec,) = sockets.renamed_records(facts.main_pid, facts.renamed_sockets)
     assert rec["bound"] == f"{final}.1.tmp" and rec["path"] == str(final)
 
 
@@ -209,11 +209,11 @@ def test_restored_socket_goes_back_to_its_name(tmp_path: Path) -> None:
         "dir_uid": os.getuid(),
         "dir_gid": os.getgid(),
     }
-    criu.prepare_renamed_sockets([rec])  # the new boot has no such directory yet
+    sockets.prepare_renamed([rec])  # the new boot has no such directory yet
     assert run.is_dir() and (run.stat().st_mode & 0o777) == 0o750
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(rec["bound"])  # as CRIU binds it
-        assert criu.rename_restored_sockets(os.getpid(), [rec]) == [rec["path"]]
+        assert sockets.rename_restored(os.getpid(), [rec]) == [rec["path"]]
         assert (run / "admin.sock").is_socket() and not Path(rec["bound"]).exists()
 
 
