@@ -40,7 +40,6 @@ journal.addHandler(logging.NullHandler())
 
 def setup_journal(socket_path: str = "/dev/log") -> None:
     if not os.path.exists(socket_path):
-        journal.addHandler(logging.NullHandler())
         return
     try:
         handler: logging.Handler = logging.handlers.SysLogHandler(address=socket_path)

@@ -39,7 +39,7 @@ class UnitPlan:
     # checkpointed and restored through podman; PIDS is empty, the container's
     # processes get new host PIDs anyway.
     container: str = ""
-    # Kept, but not quite the same afterwards (e.g. a socket path in a chroot).
+    # Kept, but not quite the same afterwards (e.g. a listening socket whose file is gone).
     warnings: tuple[str, ...] = ()
 
     @property
