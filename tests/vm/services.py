@@ -20,7 +20,7 @@ from tests.vm import vm
 
 WORKLOADS = vmimage.REPO / "tests/workloads"
 # Debian packages with their units as shipped (each directory says what it changed and why),
-# a Node.js service of our own, and the hardening directives of systemd 252 on one.
+# a Node.js service of our own, and the hardening directives of systemd 252 on three.
 NAMES = [
     "redis",
     "memcached",
@@ -31,6 +31,8 @@ NAMES = [
     "postgresql",
     "prometheus",
     "nodejs",
+    "tomcat10",
+    "unbound",
     "openssh",
     "hardening",
 ]

@@ -29,6 +29,8 @@ KEPT = [
     ("mariadb", "mariadb.service"),
     ("prometheus", "prometheus.service"),
     ("nodejs", "seamless-node.service"),
+    ("tomcat10", "tomcat10.service"),
+    ("unbound", "unbound.service"),
     ("openssh", "ssh.service"),
     ("hardening", "seamless-harden-strict.service"),
     ("hardening", "seamless-harden-full.service"),

@@ -1,0 +1,16 @@
+#!/bin/sh
+# Runs inside the image at build time: Debian's unbound, its unit as shipped.
+# The one configuration added: a zone it forwards to a small upstream of the
+# test's own on 127.0.0.1:5353 (the guest has no other DNS server to ask).
+set -e
+apt-get install -y -q --no-install-recommends unbound
+cat > /etc/unbound/unbound.conf.d/seamless.conf <<'CONF'
+server:
+    interface: 127.0.0.1
+    do-not-query-localhost: no
+    domain-insecure: "seamless.test"
+forward-zone:
+    name: "seamless.test"
+    forward-addr: 127.0.0.1@5353
+CONF
+unbound-checkconf
