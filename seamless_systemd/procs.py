@@ -161,8 +161,17 @@ def socket_inode(target: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+# What CRIU writes of a process's memory: its anonymous pages (a private file
+# page it wrote to is one of them), those swapped out, and its share of the
+# shared memory it maps (CRIU writes a shared page once for the tree; the
+# proportional shares of the processes that map it add up to it).
+# Anonymous + Private_Dirty, as before, counted most pages twice: in the VM's
+# run of Debian's services the plan said 604 MiB and the images took 259 MiB.
+DUMPED_MEMORY = ("Anonymous", "Swap", "Pss_Shmem")
+
+
 def anon_bytes(pid: int) -> int:
-    """An upper estimate of the memory CRIU writes for PID: anonymous plus private dirty pages."""
+    """An estimate of the memory CRIU writes for PID (DUMPED_MEMORY of its smaps_rollup)."""
     try:
         text = (PROC / str(pid) / "smaps_rollup").read_text()
     except OSError:
@@ -170,7 +179,7 @@ def anon_bytes(pid: int) -> int:
     total = 0
     for line in text.splitlines():
         key, _, rest = line.partition(":")
-        if key in ("Anonymous", "Private_Dirty"):
+        if key in DUMPED_MEMORY:
             total += int(rest.split()[0]) * 1024
     return total
 
