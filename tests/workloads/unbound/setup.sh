@@ -3,7 +3,8 @@
 # The one configuration added: a zone it forwards to a small upstream of the
 # test's own on 127.0.0.1:5353 (the guest has no other DNS server to ask).
 set -e
-apt-get install -y -q --no-install-recommends unbound
+# dns-root-data (a Recommends): the root trust anchor unbound's start copies into place.
+apt-get install -y -q --no-install-recommends unbound dns-root-data
 cat > /etc/unbound/unbound.conf.d/seamless.conf <<'CONF'
 server:
     interface: 127.0.0.1
@@ -13,4 +14,3 @@ forward-zone:
     name: "seamless.test"
     forward-addr: 127.0.0.1@5353
 CONF
-unbound-checkconf
