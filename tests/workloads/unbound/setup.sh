@@ -10,6 +10,8 @@ server:
     interface: 127.0.0.1
     do-not-query-localhost: no
     domain-insecure: "seamless.test"
+    # unbound answers .test (RFC 6761) itself with NXDOMAIN unless told not to.
+    local-zone: "test." nodefault
 forward-zone:
     name: "seamless.test"
     forward-addr: 127.0.0.1@5353
