@@ -110,6 +110,12 @@ NOTES = [
     "its shell keeps a variable across the upgrade. The test image has no `libpam-systemd`; with it, "
     "logind moves each session's processes into a `session-N.scope` of their own, outside "
     "`ssh.service`, and a scope is not kept (only services are).",
+    "- **unbound**: its configuration gets a forward zone for `seamless.test` to a small upstream of "
+    'the test\'s own (a transient unit, gone after the upgrade), and `local-zone: "test." nodefault` '
+    "(unbound answers `.test` itself otherwise); `dns-root-data`, a Recommends, gives it its root "
+    "trust anchor.",
+    "- **tomcat10**: a JSP keeps a token and a counter in the application's memory; the JVM's heap "
+    "is set to 96 MiB with the serial collector for the test VM's memory.",
     "- **prometheus**: Debian's unit has `PrivateUsers=true` too, and gets the same drop-in.",
     "- **mariadb**: with its defaults, `plan` refuses it twice over: InnoDB's io_uring, and an 8 TiB "
     "address-space reservation for the buffer pool whose page map CRIU cannot read in one buffer. The "
