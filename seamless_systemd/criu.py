@@ -426,18 +426,18 @@ def restore(
 
 def failed(what: str, log: Path) -> str:
     """The reason for a failed criu WHAT, in words; CRIU's own last lines go to the journal."""
-    journal.error("criu %s failed, the end of its log %s:\n%s", what, log, log_tail(log, 20, "\n"))
+    journal.error("criu %s failed, the end of its log %s:\n%s", what, log, log_tail(log))
     return f"criu {what} failed: {kobjects.explain(log)}"
 
 
-def log_tail(log: Path, lines: int = 6, sep: str = " | ") -> str:
-    """The last error lines of a CRIU log, for messages."""
+def log_tail(log: Path, lines: int = 20) -> str:
+    """The last error lines of a CRIU log (the whole tail if it has none), for the journal."""
     try:
         text = log.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
     errors = [ln for ln in text if "Error" in ln or "error" in ln or "FAIL" in ln]
-    return sep.join((errors or text)[-lines:]).strip()
+    return "\n".join((errors or text)[-lines:]).strip()
 
 
 def checksum_tree(images: Path) -> dict[str, str]:

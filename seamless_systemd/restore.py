@@ -193,7 +193,8 @@ def restore_unit(unit: str) -> int:
             root = sandbox.restore_root(sandbox.root_writable(dump.get("mounts", [])))
             sandbox.recreate_private_tmp(dump.get("private_tmp", []), gen.private_tmp(unit))
             outside = sandbox.open_outside_files(dump.get("outside_files", []))
-        cgroup_options = sandbox.cgroup2_options()
+        # Only a sandbox's restore mounts a cgroup2 (see sandbox.keep_cgroup2_options).
+        cgroup_options = sandbox.cgroup2_options() if root is not None else ""
         try:
             with _keep_socket_files([str(path) for _, path in listen]):
                 criu.restore(

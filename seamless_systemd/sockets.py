@@ -230,11 +230,12 @@ def renamed_after_bind(
     restore renames it back (rename_restored). A file removed, or moved elsewhere, is only warned of.
     """
     renamed, warnings = [], []
+    roots: dict[int, Path] = {}
     for ino, pids in sorted(holders.items()):
         s = socks.get(ino)
         if s is None or ino in from_systemd or s.state != UNIX_LISTEN or not s.name.startswith("/"):
             continue
-        root = procs.mntns_root(pids[0])
+        root = roots.setdefault(pids[0], procs.mntns_root(pids[0]))
         if _socket_ino(root / s.name.lstrip("/")) == s.vfs_ino:
             continue
         now = _find_socket_file(root / os.path.dirname(s.name).lstrip("/"), s.vfs_ino) if s.vfs_ino else None
@@ -274,8 +275,9 @@ def _find_socket_file(directory: Path, vfs_ino: int) -> str | None:
 def renamed_records(main_pid: int, renamed: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
     """What the restore needs of each renamed socket: both names and its directory's owner and mode."""
     out = []
+    root = procs.mntns_root(main_pid) if renamed else Path("/")
     for bound, now in renamed:
-        st = os.stat(procs.mntns_root(main_pid) / os.path.dirname(bound).lstrip("/"))
+        st = os.stat(root / os.path.dirname(bound).lstrip("/"))
         out.append(
             {
                 "bound": bound,
@@ -301,7 +303,9 @@ def prepare_renamed(records: list[dict[str, Any]]) -> None:
 
 def rename_restored(main_pid: int, records: list[dict[str, Any]]) -> list[str]:
     """After the restore: each renamed socket's file moved to where it was (its name now); the paths."""
-    done = []
+    done: list[str] = []
+    if not records:
+        return done
     root = procs.mntns_root(main_pid)
     for r in records:
         with contextlib.suppress(OSError):
@@ -318,9 +322,10 @@ def bound_names_linked(pid: int, renamed: tuple[tuple[str, str], ...]) -> Iterat
     link goes again after CRIU has killed the tree.
     """
     made: list[tuple[int, str]] = []
+    root = procs.mntns_root(pid) if renamed else Path("/")
     try:
         for bound, now in renamed:
-            d = os.open(procs.mntns_root(pid) / os.path.dirname(bound).lstrip("/"), os.O_PATH)
+            d = os.open(root / os.path.dirname(bound).lstrip("/"), os.O_PATH)
             try:
                 os.link(os.path.basename(now), os.path.basename(bound), src_dir_fd=d, dst_dir_fd=d)
             except FileExistsError:
