@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import kobjects, netlock, procs, sandbox, sockets, volatile
+from seamless_systemd import kobjects, netlock, procs, sandbox, sockets, sysv, volatile
 from seamless_systemd.errors import CheckpointError, CommandError, RestoreError
 from seamless_systemd.log import journal
 from seamless_systemd.run import run
@@ -55,6 +55,8 @@ class TreeFacts:
     warnings: tuple[str, ...] = ()
     # Listening unix sockets renamed after bind(): (bound name, path now). See sockets.renamed_after_bind.
     renamed_sockets: tuple[tuple[str, str], ...] = ()
+    # System V segments of the host's IPC namespace the tree maps (see sysv): dumped with --ext-sysv-shm.
+    sysv_segments: tuple[dict[str, Any], ...] = ()
 
 
 def inspect(info: UnitInfo) -> TreeFacts:
@@ -119,7 +121,8 @@ def inspect(info: UnitInfo) -> TreeFacts:
     unsupported += _sandbox_problems(info.main_pid)
     mount_ns = sandbox.own_mount_namespace(info.main_pid)
     unsupported += _container_problems(info.main_pid, pids)
-    unsupported += _sysv_problems(pids)
+    segments, problems = _sysv(pids)
+    unsupported += problems
     unsupported += kobjects.problems(pids, version())
     unsupported += _mapping_problems(pids)
     for pid in pids:
@@ -149,6 +152,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
         tuple(socket_unit_inet),
         tuple(f"{info.name} {w}" for w in warnings),
         tuple(renamed),
+        tuple(segments),
     )
 
 
@@ -223,22 +227,22 @@ def _inet_problems(
     return out, conns, sorted(found)
 
 
-def _sysv_problems(pids: list[int]) -> list[str]:
-    """System V shared memory lives in the IPC namespace; CRIU keeps it only with a private one."""
+def _sysv(pids: list[int]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The System V segments of the host's IPC namespace the tree maps, and what cannot be kept.
+
+    A tree with an IPC namespace of its own is CRIU's to dump whole.
+    """
     if not pids or procs.namespace(pids[0], "ipc") != procs.namespace("self", "ipc"):
-        return []
-    for pid in pids:
-        try:
-            maps = (procs.PROC / str(pid) / "maps").read_text()
-        except OSError:
-            continue
-        if "/SYSV" in maps:
-            return [
-                f"process {pid} uses System V shared memory in the host's IPC namespace, which CRIU "
-                "cannot keep: it dumps System V memory only with an IPC namespace of the tree's own "
-                "(criu/cr-dump.c, check_sysvipc_map_dump)"
-            ]
-    return []
+        return [], []
+    segments, problems = sysv.segments(pids)
+    if segments and EXT_SYSV_SHM not in help_text():
+        problems.append(
+            "uses System V shared memory in the host's IPC namespace, which this CRIU cannot keep: it "
+            "dumps System V memory only with an IPC namespace of the tree's own (criu/cr-dump.c, "
+            f"check_sysvipc_map_dump). A CRIU with {EXT_SYSV_SHM} keeps it: build it with "
+            "packaging/criu/0001-ext-sysv-shm.patch (docs/criu-patches.md)"
+        )
+    return segments, problems
 
 
 # CRIU reads the page map of a process's longest mapping into one buffer, 8
@@ -287,10 +291,13 @@ def _sandbox_problems(pid: int) -> list[str]:
     out = []
     if procs.namespace(pid, "user") != procs.namespace("self", "user"):
         out.append(
-            "runs in its own user namespace (PrivateUsers=): systemd makes it after the unit's mount "
-            "namespace, which therefore belongs to the host's user namespace, and CRIU dumps only "
-            "namespaces that belong to the process's own (criu/namespaces.c, check_user_ns); a drop-in "
-            "with 'PrivateUsers=no' lets it be preserved"
+            "runs in its own user namespace (PrivateUsers=), which cannot be restored with the same "
+            "PIDs: systemd makes it after the unit's mount namespace, so each process would have to be "
+            "made in the host's user namespace and enter its own afterwards, but the kernel lets only "
+            "a single-threaded process enter a user namespace, and gives a chosen PID only to a task "
+            "with CAP_CHECKPOINT_RESTORE in the host's user namespace (see docs/design.md, "
+            "PrivateUsers=; CRIU refuses it in criu/namespaces.c, check_user_ns). A drop-in with "
+            "'PrivateUsers=no' lets it be preserved"
         )
     if procs.namespace(pid, "net") != procs.namespace("self", "net"):
         out.append("runs in its own network namespace (PrivateNetwork=): not supported yet")
@@ -311,6 +318,19 @@ def _sandbox_problems(pid: int) -> list[str]:
 NO_NEW_PRIVS_KEPT = (3, 19)
 
 
+# The option of the CRIU patch in packaging/criu/ (see sysv).
+EXT_SYSV_SHM = "--ext-sysv-shm"
+
+
+@functools.cache
+def help_text() -> str:
+    """criu --help: which options this CRIU has ('' if it cannot be run)."""
+    try:
+        return run([CRIU, "--help"], timeout=30).stdout
+    except CommandError:
+        return ""
+
+
 @functools.cache
 def version() -> tuple[int, ...] | None:
     """CRIU's version, e.g. (3, 17, 1); None if it cannot be run."""
@@ -322,13 +342,15 @@ def version() -> tuple[int, ...] | None:
     return tuple(int(x) for x in m.group(1).split(".")) if m else None
 
 
-def _common_options(images: Path, log: Path, shell_job: bool, tcp: bool) -> list[str]:
+def _common_options(images: Path, log: Path, shell_job: bool, tcp: bool, sysv_shm: bool) -> list[str]:
     """Options dump and restore must agree on."""
     argv = ["--images-dir", str(images), "--log-file", str(log), "-v4", "--file-locks", "--ext-unix-sk"]
     if shell_job:
         argv.append("--shell-job")
     if tcp:
         argv.append("--tcp-established")
+    if sysv_shm:
+        argv.append(EXT_SYSV_SHM)
     return argv
 
 
@@ -354,7 +376,13 @@ def dump(
         shutil.rmtree(images)
     images.mkdir(parents=True)
     tcp = uses_tcp_established(facts)
-    argv = [CRIU, "dump", "--tree", str(facts.main_pid), *_common_options(images, log, facts.shell_job, tcp)]
+    argv = [
+        CRIU,
+        "dump",
+        "--tree",
+        str(facts.main_pid),
+        *_common_options(images, log, facts.shell_job, tcp, bool(facts.sysv_segments)),
+    ]
     for ino in facts.journal_inodes:
         argv += ["--external", f"unix[{ino}]"]
     if facts.mount_ns:
@@ -389,6 +417,7 @@ def restore(
     tcp: bool = False,
     root: Path | None = None,
     remount: list[list[Any]] | None = None,
+    sysv_shm: bool = False,
 ) -> None:
     """Restore the tree from IMAGES, detached; its root's PID goes to PIDFILE.
 
@@ -402,7 +431,7 @@ def restore(
         "--restore-detached",
         "--pidfile",
         str(pidfile),
-        *_common_options(images, log, shell_job, tcp),
+        *_common_options(images, log, shell_job, tcp, sysv_shm),
     ]
     env = None
     if root is not None:  # its own mount namespace, rebuilt from ROOT (see sandbox)

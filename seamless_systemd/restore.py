@@ -30,6 +30,7 @@ from seamless_systemd import (
     sockets,
     state,
     systemd,
+    sysv,
     volatile,
 )
 from seamless_systemd.config import DEFAULT_MOUNTPOINT
@@ -152,6 +153,7 @@ def restore_unit(unit: str) -> int:
         why = verify_unit(gen, unit)
         verdict = "ok" if why is None else f"bad: {why}"
     record: dict[str, Any] = {"started_at": started}
+    made: list[int] = []  # System V segments made for the restore (see sysv)
     if _done_path(unit).exists():
         # A second start in this boot (e.g. after a crash) must not bring back
         # the old images: state written since would be lost.
@@ -195,6 +197,8 @@ def restore_unit(unit: str) -> int:
             outside = sandbox.open_outside_files(dump.get("outside_files", []))
         # Only a sandbox's restore mounts a cgroup2 (see sandbox.keep_cgroup2_options).
         cgroup_options = sandbox.cgroup2_options() if root is not None else ""
+        segments = dump.get("sysv_shm", [])
+        made += sysv.recreate(segments)
         try:
             with _keep_socket_files([str(path) for _, path in listen]):
                 criu.restore(
@@ -207,12 +211,14 @@ def restore_unit(unit: str) -> int:
                     tcp=bool(dump.get("tcp_established")),
                     root=root,
                     remount=dump.get("mounts", []),
+                    sysv_shm=bool(segments),
                 )
         finally:
             for fd, _ in outside:
                 os.close(fd)
             sandbox.keep_cgroup2_options(cgroup_options)
         main_pid = int(pidfile.read_text().strip())
+        sysv.finish(segments)
         record["renamed_sockets"] = sockets.rename_restored(main_pid, dump.get("renamed_sockets", []))
         for sock in inet_sockets:
             # The .socket unit's socket joined the port first, CRIU's copy second.
@@ -231,6 +237,7 @@ def restore_unit(unit: str) -> int:
         log.info("Restored %s, main PID %d", unit, main_pid)
         return 0
     except (SeamlessError, OSError, ValueError) as e:
+        sysv.remove(made)
         record.update(outcome="restore-failed", finished_at=time.time(), reason=str(e))
         raise RestoreError(f"{unit}: restore failed, it will be started afresh: {e}") from e
     finally:

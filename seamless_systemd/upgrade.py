@@ -575,6 +575,8 @@ def checkpoint(unit: str) -> int:
             dynamic_uid=info.dynamic_uid,
             socket_unit_inet=[list(x) for x in facts.socket_unit_inet],
             renamed_sockets=sockets.renamed_records(facts.main_pid, facts.renamed_sockets),
+            # Made again before the restore, with their ids (see sysv).
+            sysv_shm=list(facts.sysv_segments),
             # The new boot's generator lets these share their port with the restored copy.
             reuse_port_sockets=list(info.socket_units) if facts.socket_unit_inet else [],
         )

@@ -81,11 +81,14 @@ GUEST_PACKAGES = [
 # 3.19 on). The guest gets Debian 13's CRIU instead, built here on bookworm from
 # the same release tarball (the one trixie's source package names, checked by
 # its SHA-256) and installed as /usr/local/sbin/criu, ahead of /usr/sbin in
-# every PATH: what a sysadmin on Debian 12 would do.
+# every PATH: what a sysadmin on Debian 12 would do. The patches of
+# packaging/criu/ are applied to it first (docs/criu-patches.md).
 CRIU_VERSION = "4.1.1"
+CRIU_PATCHES = REPO / "packaging/criu"
 CRIU_TARBALL = f"{MIRROR}/pool/main/c/criu/criu_{CRIU_VERSION}.orig.tar.xz"
 CRIU_SHA256 = "f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe"
 CRIU_BUILD_DEPS = [
+    "patch",
     "gcc",
     "make",
     "pkgconf",
@@ -273,7 +276,9 @@ def fetch(url: str, sha256: str) -> Path:
 
 def build_criu(base: Path) -> Path:
     """The CRIU binary for the guest, built in a throw-away copy of the base tree; cached."""
-    key = hashlib.sha256(json.dumps([base.parent.name, CRIU_SHA256, CRIU_BUILD_DEPS]).encode()).hexdigest()
+    patches = sorted(CRIU_PATCHES.glob("*.patch"))
+    ident = [base.parent.name, CRIU_SHA256, CRIU_BUILD_DEPS, [(p.name, p.read_text()) for p in patches]]
+    key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()
     dest = CACHE / f"criu-{CRIU_VERSION}-{key[:16]}"
     if (dest / "criu").exists():
         log(f"CRIU {CRIU_VERSION} cached: {dest}")
@@ -289,6 +294,9 @@ def build_criu(base: Path) -> Path:
             in_chroot(work, "apt-get", "update", "-q")
             in_chroot(work, "apt-get", "install", "-y", "-q", "--no-install-recommends", *CRIU_BUILD_DEPS)
             in_chroot(work, "tar", "-C", "/tmp", "-xJf", "/tmp/criu.tar.xz")
+            for patch in patches:
+                shutil.copy2(patch, work / "tmp" / patch.name)
+                in_chroot(work, "patch", "-d", f"/tmp/criu-{CRIU_VERSION}", "-p1", "-i", f"/tmp/{patch.name}")
             in_chroot(work, "make", "-C", f"/tmp/criu-{CRIU_VERSION}", f"-j{os.cpu_count() or 1}", "criu")
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy2(work / f"tmp/criu-{CRIU_VERSION}/criu/criu", dest / "criu.tmp")

@@ -102,8 +102,11 @@ def table(rep: dict[str, Any]) -> str:
 NOTES = [
     "What the run also showed (each found by this run or the ones before it, in the VM):",
     "",
-    "- **redis**: Debian's unit has `PrivateUsers=true`; CRIU cannot dump a process in its own user "
-    "namespace (docs/design.md says exactly why), and `plan` refuses it with that reason. The workload "
+    "- **redis**: Debian's unit has `PrivateUsers=true`. A multi-threaded process in a user namespace "
+    "systemd made after its mount namespace cannot be restored with its PIDs, by CRIU or anything "
+    "else: the kernel gives chosen PIDs only to tasks privileged in the host's user namespace, and "
+    "lets only single-threaded processes enter one (docs/design.md). `plan` refuses it with that "
+    "reason. The workload "
     "adds one drop-in, `PrivateUsers=no`; everything else in the unit (ProtectSystem=strict, "
     "ProtectHome, NoExecPaths=/, seccomp, an empty capability bounding set, …) is kept.",
     "- **openssh**: the session is an interactive `ssh -tt` from the host, through QEMU's network; "
@@ -121,8 +124,10 @@ NOTES = [
     "address-space reservation for the buffer pool whose page map CRIU cannot read in one buffer. The "
     "workload sets the two settings `plan` names (`innodb_use_native_aio = 0`, "
     "`innodb_buffer_pool_size_max = 128M`).",
-    "- **postgresql**: refused by `plan` (System V shared memory in the host's IPC namespace); "
-    "restarted afresh by its `on_unsupported: restart`, with every committed row.",
+    "- **postgresql**: its System V segment (in the host's IPC namespace) is made again in the new "
+    "boot with its id, key, owner and mode, and CRIU (with `--ext-sysv-shm`, packaging/criu/) fills "
+    "it; stock CRIU refuses such a tree. `after.sh` reads `pg_buffercache` before anything touches "
+    "the table again: its pages are still in shared_buffers.",
     "- **haproxy**: its stats socket (`/run/haproxy/admin.sock`) and the master's CLI socket are bound "
     "to a temporary name (`admin.sock.PID.tmp`) and renamed into place; CRIU looks a socket up by its "
     "bound name and restored both as deleted sockets, unreachable (the first runs). The checkpoint now "

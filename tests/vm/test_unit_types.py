@@ -31,6 +31,7 @@ PROCESS_UNITS = [
     "seamless-sandboxed-rw.service",
     "seamless-sandboxed.service",
     "seamless-dynamic.service",
+    "seamless-sysv.service",
 ]
 
 
@@ -223,15 +224,17 @@ def test_inet_socket_unit_starts_the_service_again(scenario: vm.Scenario, kind: 
     assert again["reply"]["counter"] == 0 and again["reply"]["main_pid"] != int(before["MainPID"])
 
 
-def test_sysv_shm_in_host_ipc_namespace_restarted_by_policy(scenario: vm.Scenario) -> None:
-    plan = need(scenario, "plan")["out"]
-    assert "uses System V shared memory in the host's IPC namespace" in plan, plan
+def test_sysv_shm_in_host_ipc_namespace_kept(scenario: vm.Scenario) -> None:
+    """Its System V segments come back in the new boot: ids, keys, modes, owners and contents."""
     before = need(scenario, "types-before")["seamless-sysv.service"]
     after = need(scenario, "types-after")["seamless-sysv.service"]
-    assert before["reply"]["counter"] == 2 and before["reply"]["shm_sysv"]
-    assert after["ActiveState"] == "active" and after["reply"]["counter"] == 0
-    rep = report_of(scenario, "seamless-sysv.service")
-    assert rep["outcome"] == "restarted" and "host's IPC namespace" in rep["reason"]
+    b, a = before["reply"], after["reply"]
+    assert b["counter"] == 2 and len(b["shm_sysv"]) == 2
+    assert a["counter"] == 2 and a["main_pid"] == b["main_pid"] and a["kernel"] != b["kernel"]
+    assert a["shm_sysv"] == b["shm_sysv"]  # the same bytes
+    assert a["shm_sysv_table"] == b["shm_sysv_table"], (b["shm_sysv_table"], a["shm_sysv_table"])
+    assert a["ipc_ns"] == "ipc:[4026531839]"  # the host's (the initial IPC namespace)
+    assert report_of(scenario, "seamless-sysv.service")["outcome"] == "restored"
 
 
 def host_client_replies(sc: vm.Scenario, target: str) -> tuple[dict[str, Any], ...]:
@@ -244,6 +247,13 @@ def host_client_replies(sc: vm.Scenario, target: str) -> tuple[dict[str, Any], .
     assert [a1["lines"], a2["lines"], b1["lines"]] == [1, 2, 3]  # on the same connection
     assert a2["kernel"] != b1["kernel"] and b1["pid"] == a2["pid"]
     return a1, a2, b1
+
+
+def test_kernel_rules_behind_the_private_users_refusal(scenario: vm.Scenario) -> None:
+    """On the new kernel too: no chosen PID from a user namespace, no entering one with threads."""
+    rules = need(scenario, "userns-rules")
+    assert rules["kernel"].startswith("6.1.0-53"), rules
+    assert rules["threaded_unshare"] == "EINVAL" and rules["ns_last_pid"] == "EPERM", rules
 
 
 def test_private_ipc_namespace_restarted_by_policy(scenario: vm.Scenario) -> None:

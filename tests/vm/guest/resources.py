@@ -12,7 +12,9 @@ is read through a signalfd. The objects:
   memfd      a memfd with data
   shm_posix  a POSIX shared memory segment (/dev/shm), mapped, fd closed
   run_file   a file in its RuntimeDirectory (tmpfs), open
-  shm_sysv   with --sysv: a System V shared memory segment
+  shm_sysv   with --sysv: System V shared memory segments: one with a key
+             (0600), one IPC_PRIVATE (0640) marked for removal while
+             attached, as /proc/sysvipc/shm lists them
   locks      flock() on DIR/flock.lock, a POSIX lock on DIR/posix.lock
   udp        a bound UDP socket
   eventfd, timerfd (1 s period), itimer (ITIMER_REAL, 0.5 s), signalfd, inotify
@@ -85,14 +87,31 @@ run_dir = os.environ.get("RUNTIME_DIRECTORY", "/run/seamless-test-resources")
 run_file = os.open(f"{run_dir}/open.txt", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
 os.write(run_file, b"written in the first boot\n")
 
-# System V shared memory (IPC_PRIVATE, IPC_CREAT | 0600).
-shm_addr = None
+# System V shared memory: a keyed segment (IPC_CREAT | 0600), and a private
+# one (0640) removed at once (IPC_RMID), which lives as long as it is attached.
+SYSV_KEY = 0x5EA3_0000 + port
+SYSV_SIZES = (64 * KIB, 20 * KIB + 100)
+shm_segments = []  # (id, address, size)
 if with_sysv:
-    shm_id = ok(libc.shmget(0, ctypes.c_size_t(64 * KIB), 0o1000 | 0o600))
-    shm_addr = libc.shmat(shm_id, None, 0)
-    if shm_addr in (None, ctypes.c_void_p(-1).value):
-        raise OSError(ctypes.get_errno(), "shmat")
-    ctypes.memmove(shm_addr, os.urandom(64 * KIB), 64 * KIB)
+    for key, size, mode in ((SYSV_KEY, SYSV_SIZES[0], 0o600), (0, SYSV_SIZES[1], 0o640)):
+        shm_id = ok(libc.shmget(key, ctypes.c_size_t(size), 0o1000 | mode))
+        addr = libc.shmat(shm_id, None, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "shmat")
+        ctypes.memmove(addr, os.urandom(size), size)
+        shm_segments.append((shm_id, addr, size))
+    ok(libc.shmctl(shm_segments[1][0], 0, None))  # IPC_RMID
+
+
+def sysv_table():
+    """Our segments as /proc/sysvipc/shm lists them (key, perms, size, owners)."""
+    ours = {str(i) for i, _, _ in shm_segments}
+    with open("/proc/sysvipc/shm") as f:
+        names = f.readline().split()
+        rows = [dict(zip(names, line.split(), strict=True)) for line in f]
+    keep = ("key", "shmid", "perms", "size", "uid", "gid", "cuid", "cgid")
+    return [{k: r[k] for k in keep} for r in rows if r["shmid"] in ours]
+
 
 lock1 = os.open(f"{base}/flock.lock", os.O_RDWR | os.O_CREAT, 0o600)
 fcntl.flock(lock1, fcntl.LOCK_EX)
@@ -175,7 +194,8 @@ def look():
         "memfd": sha(os.pread(memfd, 1 << 20, 0)),
         "shm_posix": sha(shm_posix[:]),
         "run_file": os.pread(run_file, 4096, 0).decode(),
-        "shm_sysv": sha(ctypes.string_at(shm_addr, 64 * KIB)) if shm_addr else None,
+        "shm_sysv": [sha(ctypes.string_at(addr, size)) for _, addr, size in shm_segments],
+        "shm_sysv_table": sysv_table() if shm_segments else [],
         "eventfd": count,
         "udp": list(udp.getsockname()),
         "timerfd_interval": list(interval),
