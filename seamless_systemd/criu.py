@@ -130,7 +130,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
         if tracer not in ("", "0"):
             unsupported.append(f"process {pid} is traced (ptrace) by PID {tracer}")
     files, deleted_bytes = volatile.find(pids)
-    files = sorted({*files, *volatile.pid_files(pids)})
+    files = sorted({*files, *volatile.pid_files(pids), *volatile.workdir_pid_files(pids)})
     private_tmp = sandbox.private_tmp_dirs(info.main_pid) if mount_ns else []
     mem = sum(procs.anon_bytes(p) for p in pids) + volatile.size(files) + deleted_bytes
     mem += sum(volatile.tree_bytes(d) for d in private_tmp)  # copied into the images too

@@ -112,6 +112,45 @@ def pid_files(pids: Iterable[int], run: Path = RUN) -> list[str]:
     return sorted(out)
 
 
+def workdir_pid_files(pids: Iterable[int], proc: Path = Path("/proc")) -> list[str]:
+    """The lock files (NAME.pid, first line one of PIDS) in the tree's working directories.
+
+    A server may keep its lock file in its data directory, on disk: PostgreSQL's
+    postmaster.pid (PID, data directory, port, shared memory key). It is not
+    open either. When the checkpoint has killed the tree, the unit's own stop
+    command finds a dead PID in it and removes it as stale (pg_ctlcluster does),
+    and the restored server then shuts itself down, its lock file gone. So
+    these are carried too, and put back if missing. The file must be the same
+    one seen through /proc/PID/cwd and by its path (a sandbox's own mounts
+    aside).
+    """
+    wanted = {str(p) for p in pids}
+    out = set()
+    for pid in wanted:
+        cwd = proc / pid / "cwd"
+        try:
+            where = os.readlink(cwd)
+            names = [n for n in os.listdir(cwd) if n.endswith(".pid")]
+        except OSError:
+            continue
+        if where == "/" or not where.startswith("/"):
+            continue
+        for name in names:
+            try:
+                st = os.stat(cwd / name, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
+                    continue
+                seen = os.stat(os.path.join(where, name), follow_symlinks=False)
+                if (seen.st_dev, seen.st_ino) != (st.st_dev, st.st_ino):
+                    continue
+                with open(cwd / name) as f:
+                    if f.readline().strip() in wanted:
+                        out.add(os.path.join(where, name))
+            except (OSError, UnicodeDecodeError):
+                continue
+    return sorted(out)
+
+
 def size(paths: Iterable[str]) -> int:
     total = 0
     for p in paths:

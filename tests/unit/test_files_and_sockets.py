@@ -335,3 +335,17 @@ def test_pid_files_the_tree_wrote_are_found(tmp_path: Path) -> None:
     (deep / "deep.pid").write_text(f"{me}\n")  # too deep
     found = volatile.pid_files([me], tmp_path)
     assert found == [str(tmp_path / "apache2/apache2.pid"), str(tmp_path / "haproxy.pid")]
+
+
+def test_lock_files_in_the_working_directory_are_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's postmaster.pid: the PID on its first line, more lines after, in the data directory."""
+    me = os.getpid()
+    (tmp_path / "postmaster.pid").write_text(f"{me}\n/var/lib/postgresql/15/main\n1764633600\n5432\n")
+    (tmp_path / "other.pid").write_text("1\n")  # another process's
+    (tmp_path / "notes.txt").write_text(f"{me}\n")  # not a PID file
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/deeper.pid").write_text(f"{me}\n")  # only the directory itself is looked at
+    monkeypatch.chdir(tmp_path)
+    assert volatile.workdir_pid_files([me]) == [str(tmp_path / "postmaster.pid")]

@@ -60,7 +60,10 @@ def test_not_running_is_an_error() -> None:
         criu.inspect(info)
 
 
-def test_sysv_shm_in_host_ipc_namespace_reported(spawn: Spawn) -> None:
+@pytest.mark.parametrize("patched", [False, True])
+def test_sysv_shm_in_host_ipc_namespace(spawn: Spawn, monkeypatch: pytest.MonkeyPatch, patched: bool) -> None:
+    """Refused by a stock CRIU (naming the patch); recorded, to be made again, with --ext-sysv-shm."""
+    monkeypatch.setattr(criu, "help_text", lambda: "  --ext-sysv-shm\tallow ..." if patched else "")
     pid = spawn(
         """
         import ctypes
@@ -73,7 +76,13 @@ def test_sysv_shm_in_host_ipc_namespace_reported(spawn: Spawn) -> None:
         """
     )
     facts = criu.inspect(unit_for(pid))
-    assert any("System V shared memory" in u for u in facts.unsupported)
+    refused = [u for u in facts.unsupported if "System V shared memory" in u]
+    if patched:
+        assert not refused, facts.unsupported
+        (seg,) = facts.sysv_segments
+        assert seg["size"] == 65536 and seg["removed"] and seg["mode"] == 0o600
+    else:
+        assert refused and "packaging/criu/0001-ext-sysv-shm.patch" in refused[0]
 
 
 def test_tcp_connection_recorded(spawn: Spawn) -> None:

@@ -124,10 +124,14 @@ NOTES = [
     "address-space reservation for the buffer pool whose page map CRIU cannot read in one buffer. The "
     "workload sets the two settings `plan` names (`innodb_use_native_aio = 0`, "
     "`innodb_buffer_pool_size_max = 128M`).",
-    "- **postgresql**: its System V segment (in the host's IPC namespace) is made again in the new "
-    "boot with its id, key, owner and mode, and CRIU (with `--ext-sysv-shm`, packaging/criu/) fills "
-    "it; stock CRIU refuses such a tree. `after.sh` reads `pg_buffercache` before anything touches "
-    "the table again: its pages are still in shared_buffers.",
+    "- **postgresql**: it maps three System V segments in the host's IPC namespace (56 bytes, 26 KiB, "
+    "1 MiB), which stock CRIU refuses to dump. They are made again in the new boot with their ids, "
+    "keys, owners and modes, and CRIU (with `--ext-sysv-shm`, packaging/criu/) fills them. `after.sh` reads "
+    "`pg_buffercache` before anything touches the table again: its pages are still in "
+    "shared_buffers. The first runs lost the postmaster a minute after the restore: the unit's "
+    "`ExecStop=` (`pg_ctlcluster stop`), run after the checkpoint killed the tree, removed "
+    "`postmaster.pid` as stale, and PostgreSQL shuts down when its lock file is gone. Lock files in "
+    "a process's working directory are carried now; `after.sh` lets that minute go by.",
     "- **haproxy**: its stats socket (`/run/haproxy/admin.sock`) and the master's CLI socket are bound "
     "to a temporary name (`admin.sock.PID.tmp`) and renamed into place; CRIU looks a socket up by its "
     "bound name and restored both as deleted sockets, unreachable (the first runs). The checkpoint now "
