@@ -1,0 +1,214 @@
+"""RAM taken at upgrade time: hugetlb pages, their physical ranges, memmap= for the new kernel.
+
+The first part of RAM on demand (docs/ram-on-demand.md): take the RAM the
+images need as hugetlb pages of a file on a private hugetlbfs mount, find
+where the pages are in physical memory (/proc/self/pagemap, root only),
+merge them into ranges, and name those ranges with ``memmap=LEN!ADDR`` on the
+new kernel's command line only. Giving them back is removing the file and
+lowering ``nr_hugepages`` again.
+
+The file's pages are in no particular physical order; the logical device the
+images go on lays them out in ascending physical order (``Taken.layout``), the
+order in which the new kernel's /dev/pmemN devices sort by base address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import mmap
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from seamless_systemd.errors import SeamlessError
+
+HUGEPAGES = Path("/sys/kernel/mm/hugepages")
+PAGEMAP_PFN = (1 << 55) - 1  # bits 0-54 of a /proc/PID/pagemap entry
+PAGEMAP_PRESENT = 1 << 63
+COMMAND_LINE_MAX = 2048  # x86's COMMAND_LINE_SIZE
+
+
+class RamError(SeamlessError):
+    """The RAM for the images cannot be taken now (what is wrong and what to do)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Physical memory: START and LENGTH in bytes."""
+
+    start: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    def memmap(self) -> str:
+        return f"{_size(self.length)}!{self.start:#x}"
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
+def page_sizes() -> list[int]:
+    """The hugetlb page sizes this kernel and CPU offer, in bytes, largest first."""
+    try:
+        names = [p.name for p in HUGEPAGES.iterdir()]
+    except OSError:
+        return []
+    return sorted((int(n.removeprefix("hugepages-").removesuffix("kB")) << 10 for n in names), reverse=True)
+
+
+def _nr_path(page: int) -> Path:
+    return HUGEPAGES / f"hugepages-{page >> 10}kB" / "nr_hugepages"
+
+
+def free_blocks(page: int, buddyinfo: Path = Path("/proc/buddyinfo")) -> int:
+    """Free blocks of PAGE bytes or more, counted in PAGE units, from the buddy allocator's lists.
+
+    What the kernel can hand out as hugepages at once without compaction.
+    """
+    order = (page // os.sysconf("SC_PAGE_SIZE")).bit_length() - 1
+    blocks = 0
+    for line in buddyinfo.read_text().splitlines():
+        counts = [int(x) for x in line.split()[4:]]
+        for o, n in enumerate(counts):
+            if o >= order:
+                blocks += n << (o - order)
+    return blocks
+
+
+def merge(pairs: list[tuple[int, int]]) -> list[Range]:
+    """(physical address, length) of pages -> ranges, contiguous pages merged, lowest first."""
+    out: list[Range] = []
+    for start, length in sorted(pairs):
+        if out and out[-1].end == start:
+            out[-1] = Range(out[-1].start, out[-1].length + length)
+        else:
+            out.append(Range(start, length))
+    return out
+
+
+def memmap_arg(ranges: list[Range]) -> str:
+    """One memmap= parameter naming every range (the comma-list form)."""
+    return "memmap=" + ",".join(r.memmap() for r in ranges)
+
+
+def fits(cmdline: str, ranges: list[Range]) -> bool:
+    """Whether CMDLINE plus the memmap= of RANGES fits the kernel's command line."""
+    return len(f"{cmdline} {memmap_arg(ranges)}".strip()) < COMMAND_LINE_MAX
+
+
+@dataclasses.dataclass
+class Taken:
+    """Hugetlb pages held in a file: its path, page size, and where each page is in RAM."""
+
+    path: Path
+    page: int
+    addresses: list[int]  # physical address of the file's page i
+
+    @property
+    def size(self) -> int:
+        return self.page * len(self.addresses)
+
+    @property
+    def ranges(self) -> list[Range]:
+        return merge([(a, self.page) for a in self.addresses])
+
+    def layout(self) -> list[int]:
+        """File page index of each logical page: the pages in ascending physical order."""
+        return sorted(range(len(self.addresses)), key=lambda i: self.addresses[i])
+
+
+def _physical(addr: int, length: int, page: int) -> list[int]:
+    """Physical addresses of the pages of PAGE bytes mapped at ADDR (faulted in)."""
+    small = os.sysconf("SC_PAGE_SIZE")
+    out = []
+    with open("/proc/self/pagemap", "rb") as f:
+        for off in range(0, length, page):
+            f.seek((addr + off) // small * 8)
+            (entry,) = struct.unpack("<Q", f.read(8))
+            pfn = entry & PAGEMAP_PFN
+            if not entry & PAGEMAP_PRESENT or pfn == 0:
+                raise RamError(
+                    "cannot read the physical address of a hugepage (/proc/self/pagemap needs root)"
+                )
+            out.append(pfn * small)
+    return out
+
+
+def take(directory: Path, size: int, page: int) -> Taken:
+    """Take SIZE bytes (rounded up to PAGE) as hugetlb pages of a file in DIRECTORY (a hugetlbfs mount).
+
+    nr_hugepages is raised by what is needed; on failure everything is given
+    back and RamError says how much could be had.
+    """
+    count = -(-size // page)
+    nr = _nr_path(page)
+    before = int(nr.read_text())
+    nr.write_text(f"{before + count}\n")
+    got = int(nr.read_text()) - before
+    path = directory / "images"
+    try:
+        if got < count:
+            raise RamError(
+                f"only {got} of {count} hugepages of {page >> 20} MiB could be taken now "
+                f"({got * page >> 20} of {count * page >> 20} MiB): free memory or compact it "
+                "(echo 1 > /proc/sys/vm/compact_memory), or boot with hugetlb_cma= for a guarantee"
+            )
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, count * page)
+            with mmap.mmap(fd, count * page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as m:
+                for off in range(0, count * page, page):
+                    m[off] = 0  # fault each page in: the file now owns it
+                addr = _address(m)
+                addresses = _physical(addr, count * page, page)
+        finally:
+            os.close(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        nr.write_text(f"{before}\n")
+        raise
+    return Taken(path, page, addresses)
+
+
+def _address(m: mmap.mmap) -> int:
+    import ctypes
+
+    buf = (ctypes.c_char * 1).from_buffer(m)
+    try:
+        return ctypes.addressof(buf)
+    finally:
+        del buf
+
+
+def give_back(taken: Taken) -> None:
+    """Remove the file and lower nr_hugepages by its pages again."""
+    taken.path.unlink(missing_ok=True)
+    nr = _nr_path(taken.page)
+    now = int(nr.read_text())
+    nr.write_text(f"{max(0, now - len(taken.addresses))}\n")
+
+
+@contextlib.contextmanager
+def hugetlbfs(directory: Path, page: int) -> Iterator[Path]:
+    """A private hugetlbfs mount of PAGE-sized pages at DIRECTORY, for the time of the block."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    opts = f"pagesize={page >> 10}K,mode=0700".encode()
+    if libc.mount(b"none", str(directory).encode(), b"hugetlbfs", 0, opts) != 0:
+        err = ctypes.get_errno()
+        raise RamError(f"cannot mount hugetlbfs at {directory}: {os.strerror(err)}")
+    try:
+        yield directory
+    finally:
+        libc.umount2(str(directory).encode(), 0)

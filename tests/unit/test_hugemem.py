@@ -1,0 +1,92 @@
+"""RAM on demand, first part: hugetlb pages taken, their physical ranges, memmap= for the new kernel."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from seamless_systemd import hugemem
+from seamless_systemd.hugemem import Range
+
+MIB = 1 << 20
+
+
+def test_pages_merge_into_ranges_in_physical_order() -> None:
+    # As the kernel hands them out: descending, with a gap.
+    pairs = [(0x7C00000, 2 * MIB), (0x7A00000, 2 * MIB), (0x7800000, 2 * MIB), (0x4000000, 2 * MIB)]
+    assert hugemem.merge(pairs) == [Range(0x4000000, 2 * MIB), Range(0x7800000, 6 * MIB)]
+
+
+def test_memmap_names_each_range_and_the_command_line_limit_holds() -> None:
+    ranges = [Range(0x4000000, 2 * MIB), Range(0x40000000, 1 << 30), Range(0x7800000, 6 * MIB)]
+    assert hugemem.memmap_arg(ranges) == "memmap=2M!0x4000000,1G!0x40000000,6M!0x7800000"
+    cmdline = "root=/dev/vda rw console=ttyS0 panic=-1"
+    assert hugemem.fits(cmdline, ranges)
+    many = [Range(0x100000000 + i * 4 * MIB, 2 * MIB) for i in range(200)]
+    assert not hugemem.fits(cmdline, many)  # about 14 bytes a range: 200 do not fit in 2048
+
+
+def test_free_blocks_counts_what_the_buddy_lists_hold(tmp_path: Path) -> None:
+    info = tmp_path / "buddyinfo"
+    # orders 0..10 of 4 KiB pages; 2 MiB is order 9
+    info.write_text(
+        "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3\n"
+        "Node 0, zone   Normal   5139   5539   3170   2004   1834   1281    916    547    474      2    581\n"
+    )
+    assert hugemem.free_blocks(2 * MIB, info) == (1 + 3 * 2) + (2 + 581 * 2)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or 2 * MIB not in hugemem.page_sizes(), reason="needs root and 2 MiB pages"
+)
+def test_take_and_give_back_real_hugepages(tmp_path: Path) -> None:
+    nr = hugemem._nr_path(2 * MIB)
+    before = int(nr.read_text())
+    with hugemem.hugetlbfs(tmp_path / "huge", 2 * MIB) as d:
+        taken = hugemem.take(d, 7 * MIB, 2 * MIB)  # rounded up to 4 pages
+        try:
+            assert taken.size == 8 * MIB and len(set(taken.addresses)) == 4
+            assert all(a % (2 * MIB) == 0 and a > 0 for a in taken.addresses)
+            assert sum(r.length for r in taken.ranges) == 8 * MIB
+            order = taken.layout()
+            assert [taken.addresses[i] for i in order] == sorted(taken.addresses)
+            assert int(nr.read_text()) == before + 4
+            ram = _system_ram()
+            assert all(any(s <= r.start and r.end - 1 <= e for s, e in ram) for r in taken.ranges)
+        finally:
+            hugemem.give_back(taken)
+        assert not taken.path.exists()
+    assert int(nr.read_text()) == before
+
+
+def _system_ram() -> list[tuple[int, int]]:
+    out = []
+    for line in Path("/proc/iomem").read_text().splitlines():
+        if line.strip().endswith(": System RAM") and not line.startswith(" "):
+            lo, hi = line.split(":")[0].strip().split("-")
+            out.append((int(lo, 16), int(hi, 16)))
+    return out
+
+
+def test_taking_more_than_there_is_gives_everything_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel grants fewer pages than asked: the error says how much, nr_hugepages is as before."""
+    sysfs = tmp_path / "hugepages/hugepages-2048kB"
+    sysfs.mkdir(parents=True)
+    nr = sysfs / "nr_hugepages"
+    nr.write_text("0\n")
+    monkeypatch.setattr(hugemem, "HUGEPAGES", tmp_path / "hugepages")
+    real_write = Path.write_text
+
+    def capped(self: Path, data: str, *a: object, **k: object) -> int:
+        if self == nr:
+            data = f"{min(int(data), 3)}\n"  # only 3 pages to be had
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_text", capped)
+    with pytest.raises(hugemem.RamError, match="only 3 of 10 hugepages of 2 MiB"):
+        hugemem.take(tmp_path, 20 * MIB, 2 * MIB)
+    assert nr.read_text() == "0\n"
