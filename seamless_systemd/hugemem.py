@@ -105,6 +105,57 @@ def fits(cmdline: str, ranges: list[Range]) -> bool:
     return len(f"{cmdline} {memmap_arg(ranges)}".strip()) < COMMAND_LINE_MAX
 
 
+def system_ram(iomem: str) -> list[Range]:
+    """The top-level "System RAM" ranges of /proc/iomem (read as root: others see zeros)."""
+    out = []
+    for line in iomem.splitlines():
+        if line.startswith(" ") or not line.strip().endswith(": System RAM"):
+            continue
+        lo, hi = (int(x, 16) for x in line.split(":")[0].strip().split("-"))
+        out.append(Range(lo, hi + 1 - lo))
+    return out
+
+
+def kexec_window(ranges: list[Range], ram: list[Range]) -> Range:
+    """The largest stretch of RAM that touches none of RANGES: where kexec -l may put its segments.
+
+    kexec copies the new kernel, its initrd and purgatory to their places at
+    `kexec -e`; `--mem-min`/`--mem-max` keep them in this window, off the pages
+    that hold the images.
+    """
+    holes = []
+    for area in ram:
+        cut = area.start
+        for r in sorted(ranges, key=lambda r: r.start):
+            if r.end <= area.start or r.start >= area.end:
+                continue
+            if r.start > cut:
+                holes.append(Range(cut, r.start - cut))
+            cut = max(cut, r.end)
+        if area.end > cut:
+            holes.append(Range(cut, area.end - cut))
+    if not holes:
+        raise RamError("no RAM is left outside the images' ranges for kexec to load the new kernel into")
+    return max(holes, key=lambda h: h.length)
+
+
+def dm_table(ranges: list[Range], devices: dict[int, str]) -> str:
+    """The device-mapper linear table that lays RANGES end to end, from the pmem devices at their bases.
+
+    DEVICES: base address -> block device (the new kernel's /dev/pmemN, from
+    /sys/block/pmemN/device/resource). The ranges go in ascending physical
+    order, as the old kernel's NBD device laid them out.
+    """
+    lines, sector = [], 0
+    for r in sorted(ranges, key=lambda r: r.start):
+        dev = devices.get(r.start)
+        if dev is None:
+            raise RamError(f"no pmem device at {r.start:#x}: the range did not come through the kexec")
+        lines.append(f"{sector} {r.length // 512} linear {dev} 0")
+        sector += r.length // 512
+    return "\n".join(lines) + "\n"
+
+
 @dataclasses.dataclass
 class Taken:
     """Hugetlb pages held in a file: its path, page size, and where each page is in RAM."""

@@ -90,3 +90,33 @@ def test_taking_more_than_there_is_gives_everything_back(
     with pytest.raises(hugemem.RamError, match="only 3 of 10 hugepages of 2 MiB"):
         hugemem.take(tmp_path, 20 * MIB, 2 * MIB)
     assert nr.read_text() == "0\n"
+
+
+IOMEM = """\
+00000000-00000fff : Reserved
+00001000-0009fbff : System RAM
+00100000-9ffdcfff : System RAM
+  01000000-01e00000 : Kernel code
+9ffdd000-9fffffff : Reserved
+"""
+
+
+def test_kexec_window_is_the_largest_stretch_of_ram_free_of_the_ranges() -> None:
+    ram = hugemem.system_ram(IOMEM)
+    assert ram == [Range(0x1000, 0x9EC00), Range(0x100000, 0x9FEDD000)]
+    ranges = [Range(0x8C00000, 2 * MIB), Range(0xFE00000, 88 * MIB), Range(0x16E00000, 8 * MIB)]
+    window = hugemem.kexec_window(ranges, ram)
+    assert window == Range(0x17600000, 0x9FFDD000 - 0x17600000)
+    assert all(r.end <= window.start or r.start >= window.end for r in ranges)
+    with pytest.raises(hugemem.RamError, match="no RAM is left"):
+        hugemem.kexec_window([Range(0, 0xA0000000)], ram)
+
+
+def test_dm_table_lays_the_pmem_devices_end_to_end_in_physical_order() -> None:
+    ranges = [Range(0xFE00000, 88 * MIB), Range(0x8C00000, 2 * MIB)]
+    devices = {0x8C00000: "/dev/pmem3", 0xFE00000: "/dev/pmem1", 0x60000000: "/dev/pmem0"}
+    assert hugemem.dm_table(ranges, devices) == (
+        "0 4096 linear /dev/pmem3 0\n4096 180224 linear /dev/pmem1 0\n"
+    )
+    with pytest.raises(hugemem.RamError, match="no pmem device at 0xb000000"):
+        hugemem.dm_table([Range(0xB000000, 2 * MIB)], devices)

@@ -36,23 +36,8 @@ dev.close()
 mem.close()
 os.close(fd)
 # kexec's own segments go into the largest stretch of System RAM free of the ranges.
-ram = []
-for line in Path("/proc/iomem").read_text().splitlines():
-    if not line.startswith(" ") and line.strip().endswith(": System RAM"):
-        lo, hi = (int(x, 16) for x in line.split(":")[0].strip().split("-"))
-        ram.append((lo, hi + 1))
-holes = []
-for lo, hi in ram:
-    cut = lo
-    for r in taken.ranges:
-        if r.end <= lo or r.start >= hi:
-            continue
-        if r.start > cut:
-            holes.append((cut, r.start))
-        cut = max(cut, r.end)
-    if hi > cut:
-        holes.append((cut, hi))
-lo, hi = max(holes, key=lambda h: h[1] - h[0])
+window = hugemem.kexec_window(taken.ranges, hugemem.system_ram(Path("/proc/iomem").read_text()))
+lo, hi = window.start, window.end
 cmdline = " ".join(w for w in Path("/proc/cmdline").read_text().split() if not w.startswith("BOOT_IMAGE="))
 cmdline += " " + hugemem.memmap_arg(taken.ranges)
 print(f"A: kexec window {lo:#x}-{hi:#x} ({(hi - lo) >> 20} MiB); command line {len(cmdline)} bytes")
@@ -80,6 +65,7 @@ udevadm settle
 exec python3 - <<'PY'
 import hashlib, json, subprocess, time
 from pathlib import Path
+from seamless_systemd import hugemem
 
 st = json.loads(Path("/var/lib/seamless-lab/state.json").read_text())
 print(f"B: kernel {Path('/proc/sys/kernel/osrelease').read_text().strip()}, "
@@ -87,18 +73,15 @@ print(f"B: kernel {Path('/proc/sys/kernel/osrelease').read_text().strip()}, "
 devs = {}
 for res in Path("/sys/block").glob("pmem*/device/resource"):
     devs[int(res.read_text(), 16)] = "/dev/" + res.parent.parent.name
-table, sector = [], 0
-for start, length in st["ranges"]:
-    dev = devs.get(start)
-    if dev is None:
-        raise SystemExit(f"B: no pmem device at {start:#x} (have {sorted(hex(a) for a in devs)})")
+ranges = [hugemem.Range(s, n) for s, n in st["ranges"]]
+table = hugemem.dm_table(ranges, devs)
+for r in ranges:
+    dev = devs[r.start]
     size = int(subprocess.run(["blockdev", "--getsize64", dev], capture_output=True, text=True).stdout)
-    if size != length:
-        raise SystemExit(f"B: {dev} is {size} bytes, the range was {length}")
-    table.append(f"{sector} {length // 512} linear {dev} 0")
-    sector += length // 512
-print(f"B: {len(table)} pmem devices found at the recorded addresses")
-subprocess.run(["dmsetup", "create", "seamless-lab"], input="\n".join(table) + "\n", text=True, check=True)
+    if size != r.length:
+        raise SystemExit(f"B: {dev} is {size} bytes, the range was {r.length}")
+print(f"B: {len(ranges)} pmem devices found at the recorded addresses")
+subprocess.run(["dmsetup", "create", "seamless-lab"], input=table, text=True, check=True)
 Path("/mnt/lab").mkdir(parents=True, exist_ok=True)
 subprocess.run(["mount", "-o", "ro", "/dev/mapper/seamless-lab", "/mnt/lab"], check=True)
 same = hashlib.sha256(Path("/mnt/lab/blob").read_bytes()).hexdigest() == st["sha256"]
