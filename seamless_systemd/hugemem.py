@@ -15,6 +15,7 @@ order in which the new kernel's /dev/pmemN devices sort by base address.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import mmap
 import os
@@ -231,8 +232,6 @@ def take(directory: Path, size: int, page: int) -> Taken:
 
 
 def _address(m: mmap.mmap) -> int:
-    import ctypes
-
     buf = (ctypes.c_char * 1).from_buffer(m)
     try:
         return ctypes.addressof(buf)
@@ -251,8 +250,6 @@ def give_back(taken: Taken) -> None:
 @contextlib.contextmanager
 def hugetlbfs(directory: Path, page: int) -> Iterator[Path]:
     """A private hugetlbfs mount of PAGE-sized pages at DIRECTORY, for the time of the block."""
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
     directory.mkdir(parents=True, exist_ok=True)
     opts = f"pagesize={page >> 10}K,mode=0700".encode()

@@ -77,6 +77,9 @@ def mapped(pids: Iterable[int]) -> dict[int, int]:
     out: dict[int, int] = {}
     for pid in pids:
         try:
+            # smaps (for the page size) costs far more than maps: only for a process that has one.
+            if "/SYSV" not in (PROC / str(pid) / "maps").read_text():
+                continue
             smaps = (PROC / str(pid) / "smaps").read_text()
         except OSError:
             continue
