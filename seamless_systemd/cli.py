@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import __version__, config, log, report, restore, state, upgrade
+from seamless_systemd import __version__, config, log, ram, report, restore, state, upgrade
 from seamless_systemd.errors import CommandError, PreflightError, SeamlessError
 
 
@@ -22,18 +22,25 @@ def _print_plan(plan: upgrade.Plan) -> None:
     print(
         f"         {plan.kernel_to.image}" + (f" + {plan.kernel_to.initrd}" if plan.kernel_to.initrd else "")
     )
-    print(
-        f"PMEM:    {plan.pmem_device}: size {_mib(plan.pmem_size)}, room for images "
-        f"{_mib(plan.pmem_capacity)}, images need about {_mib(plan.estimate_bytes)}"
-    )
-    print(
-        "         memmap= reservation "
-        + (
-            "kept on the new kernel's command line"
-            if plan.memmap_kept
-            else "NOT on the command line: the images would be lost"
+    if plan.mode == config.PmemMode.ON_DEMAND.value:
+        print(
+            f"Images:  RAM on demand: {_mib(plan.ram_bytes)} taken as hugepages at arm time "
+            f"({_mib(plan.ram_available)} available), images need about {_mib(plan.estimate_bytes)}"
         )
-    )
+        print("         named to the new kernel only (memmap=), given back to it after the restore")
+    else:
+        print(
+            f"PMEM:    {plan.pmem_device}: size {_mib(plan.pmem_size)}, room for images "
+            f"{_mib(plan.pmem_capacity)}, images need about {_mib(plan.estimate_bytes)}"
+        )
+        print(
+            "         memmap= reservation "
+            + (
+                "kept on the new kernel's command line"
+                if plan.memmap_kept
+                else "NOT on the command line: the images would be lost"
+            )
+        )
     print("Units:")
     for u in plan.units:
         state_ = f"PID {u.main_pid}, {len(u.pids)} process(es), memory {_mib(u.memory_bytes)}"
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=argparse.SUPPRESS).add_argument("unit")
     sub.add_parser("restore-prepare", help=argparse.SUPPRESS)
     sub.add_parser("restore-finish", help=argparse.SUPPRESS)
+    sub.add_parser("ram-serve", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     log.setup(args.debug)
     try:
@@ -172,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             return restore.prepare()
         if args.command == "restore-finish":
             return restore.finish()
+        if args.command == "ram-serve":
+            return ram.serve()
         if os.geteuid() != 0 and args.command in ("plan", "arm", "run", "disarm"):
             raise SeamlessError(
                 f"'seamless-upgrade {args.command}' must run as root: it inspects the services' "

@@ -31,8 +31,27 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "kernel": (str, type(None)),
     "checkpoint_timeout": int,
 }
-_PMEM: dict[str, type | tuple[type, ...]] = {"device": str}
+_PMEM: dict[str, type | tuple[type, ...]] = {"device": str, "mode": str, "size": (str, int)}
 _UNIT: dict[str, type | tuple[type, ...]] = {"name": str, "on_unsupported": str}
+
+
+class PmemMode(enum.StrEnum):
+    """Where the images live (docs/ram-on-demand.md)."""
+
+    AUTO = "auto"  # reserved when pmem.device is a memmap= reservation, else on-demand
+    RESERVED = "reserved"  # a memmap=SIZE!OFFSET range reserved at boot, for good
+    ON_DEMAND = "on-demand"  # RAM taken at arm time, named to the new kernel only, given back
+
+
+_SIZE_RE = re.compile(r"^([1-9][0-9]*)([MG])$")
+
+
+def parse_size(text: str | int) -> int | None:
+    """'512M' / '2G' -> bytes; None if TEXT is not such a size."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        return None
+    return int(m.group(1)) << (20 if m.group(2) == "M" else 30)
 
 
 class OnUnsupported(enum.StrEnum):
@@ -58,6 +77,10 @@ class Config:
     # Fixed: the initramfs mounts it there and the checkpoint hook orders itself
     # against that mount (RequiresMountsFor= in seamless-checkpoint@.service).
     pmem_mountpoint: Path = DEFAULT_MOUNTPOINT
+    pmem_mode: PmemMode = PmemMode.AUTO
+    # on-demand: take at least this much RAM (room for the services to grow
+    # between arm and the kexec); the plan's estimate otherwise.
+    pmem_size: int = 0
     kernel: str | None = None
     checkpoint_timeout: int = 120
     sources: tuple[Path, ...] = ()
@@ -139,6 +162,15 @@ def _read_fragment(path: Path) -> dict[str, Any]:
     _check_keys(data, _TOP, path, "")
     if "pmem" in data:
         _check_keys(data["pmem"], _PMEM, path, "pmem.")
+        mode = data["pmem"].get("mode")
+        if mode is not None and mode not in [m.value for m in PmemMode]:
+            allowed = ", ".join(m.value for m in PmemMode)
+            raise ConfigError(f"{path}: 'pmem.mode' must be one of {allowed}, not {mode!r}")
+        size = data["pmem"].get("size")
+        if size is not None and parse_size(size) is None:
+            raise ConfigError(
+                f"{path}: 'pmem.size' must be a size in MiB or GiB such as 512M or 2G, not {size!r}"
+            )
     if "on_unsupported" in data:
         _check_policy(data["on_unsupported"], path, "on_unsupported")
     for key, what, check in (
@@ -177,7 +209,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
     containers: list[str] = []
     policies: dict[str, OnUnsupported] = {}
     default_policy = OnUnsupported.REFUSE
-    pmem: dict[str, str] = {}
+    pmem: dict[str, Any] = {}
     kernel: str | None = None
     timeout = Config.checkpoint_timeout
     for path in paths:
@@ -206,6 +238,8 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         on_unsupported=default_policy,
         unit_on_unsupported=tuple(sorted(policies.items())),
         pmem_device=device,
+        pmem_mode=PmemMode(pmem.get("mode", PmemMode.AUTO.value)),
+        pmem_size=parse_size(pmem["size"]) or 0 if "size" in pmem else 0,
         kernel=kernel,
         checkpoint_timeout=timeout,
         sources=tuple(paths),

@@ -163,11 +163,23 @@ class Taken:
 
     path: Path
     page: int
-    addresses: list[int]  # physical address of the file's page i
+    addresses: list[int]  # physical address of each page held
+    # File page index of each page held (default 0, 1, ...): the pages not
+    # chosen from a larger take are holes in the file.
+    indices: list[int] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.indices:
+            self.indices = list(range(len(self.addresses)))
 
     @property
     def size(self) -> int:
         return self.page * len(self.addresses)
+
+    @property
+    def file_size(self) -> int:
+        """What a mapping of the whole file spans (holes included)."""
+        return self.page * (max(self.indices) + 1 if self.indices else 0)
 
     @property
     def ranges(self) -> list[Range]:
@@ -175,7 +187,43 @@ class Taken:
 
     def layout(self) -> list[int]:
         """File page index of each logical page: the pages in ascending physical order."""
-        return sorted(range(len(self.addresses)), key=lambda i: self.addresses[i])
+        return [i for _, i in sorted(zip(self.addresses, self.indices, strict=True))]
+
+
+MEMORY_BLOCK = 128 << 20  # x86's memory block: the unit the new kernel can get back
+
+
+def choose(addresses: list[int], count: int, block: int = MEMORY_BLOCK) -> list[int]:
+    """Which COUNT of the pages at ADDRESSES to keep (their indices, ascending).
+
+    Whole BLOCK-aligned blocks first (the new kernel can give back only whole
+    memory blocks, and they merge into few ranges), then the fullest blocks.
+    """
+    groups: dict[int, list[int]] = {}
+    for i, a in enumerate(addresses):
+        groups.setdefault(a // block, []).append(i)
+    kept: list[int] = []
+    for group in sorted(groups.values(), key=lambda g: (-len(g), addresses[g[0]])):
+        room = count - len(kept)
+        if room <= 0:
+            break
+        kept += sorted(group, key=lambda i: addresses[i])[:room]
+    return sorted(kept)
+
+
+# A mapping of a file with holes must not reserve pages for them (there are none left).
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _punch(fd: int, offset: int, length: int) -> None:
+    """Free the pages of the file in [OFFSET, OFFSET+LENGTH) (hugetlbfs supports hole punching)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise RamError(f"cannot free the hugepages not chosen: {os.strerror(err)}")
 
 
 def _physical(addr: int, length: int, page: int) -> list[int]:
@@ -195,16 +243,19 @@ def _physical(addr: int, length: int, page: int) -> list[int]:
     return out
 
 
-def take(directory: Path, size: int, page: int) -> Taken:
+def take(directory: Path, size: int, page: int, spare: int = 0, block: int = MEMORY_BLOCK) -> Taken:
     """Take SIZE bytes (rounded up to PAGE) as hugetlb pages of a file in DIRECTORY (a hugetlbfs mount).
 
-    nr_hugepages is raised by what is needed; on failure everything is given
+    With SPARE, up to that many bytes more are taken first, and the pages kept
+    are chosen (``choose``): whole memory blocks first, so fewer ranges and
+    more RAM the new kernel can get back; the others are freed again at once.
+    nr_hugepages ends raised by what is kept; on failure everything is given
     back and RamError says how much could be had.
     """
     count = -(-size // page)
     nr = _nr_path(page)
     before = int(nr.read_text())
-    nr.write_text(f"{before + count}\n")
+    nr.write_text(f"{before + count + spare // page}\n")
     got = int(nr.read_text()) - before
     path = directory / "images"
     try:
@@ -216,19 +267,24 @@ def take(directory: Path, size: int, page: int) -> Taken:
             )
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, count * page)
-            with mmap.mmap(fd, count * page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as m:
-                for off in range(0, count * page, page):
+            os.ftruncate(fd, got * page)
+            with mmap.mmap(fd, got * page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as m:
+                for off in range(0, got * page, page):
                     m[off] = 0  # fault each page in: the file now owns it
                 addr = _address(m)
-                addresses = _physical(addr, count * page, page)
+                addresses = _physical(addr, got * page, page)
+            kept = choose(addresses, count, block) if got > count else list(range(got))
+            for i in sorted(set(range(got)) - set(kept)):
+                _punch(fd, i * page, page)
         finally:
             os.close(fd)
+        # The pages punched out are free in the pool again: give them back to the kernel.
+        nr.write_text(f"{before + count}\n")
     except BaseException:
         path.unlink(missing_ok=True)
         nr.write_text(f"{before}\n")
         raise
-    return Taken(path, page, addresses)
+    return Taken(path, page, [addresses[i] for i in kept], kept)
 
 
 def _address(m: mmap.mmap) -> int:

@@ -13,7 +13,11 @@ RESTORE_PARAM = "seamless.restore"
 DEVICE_PARAM = "seamless.pmem"
 MOUNT_PARAM = "seamless.mount"
 PIDFLOOR_PARAM = "seamless.pidfloor"
-OWN_PARAMS = (RESTORE_PARAM, DEVICE_PARAM, MOUNT_PARAM, PIDFLOOR_PARAM)
+# RAM on demand: "seamless.ram=on-demand memmap=LEN!ADDR,..." ends the new
+# kernel's line; that memmap= word (right after this one) names the ranges
+# that hold the images, and is ours too (docs/ram-on-demand.md).
+RAM_PARAM = "seamless.ram"
+OWN_PARAMS = (RESTORE_PARAM, DEVICE_PARAM, MOUNT_PARAM, PIDFLOOR_PARAM, RAM_PARAM)
 # Set by the boot loader for the running kernel; meaningless for kexec.
 _DROP_PARAMS = ("BOOT_IMAGE", "initrd")
 
@@ -71,10 +75,35 @@ def param_values(words: list[str], name: str) -> list[str]:
     return [w.split("=", 1)[1] if "=" in w else "" for w in words if w.split("=", 1)[0] == name]
 
 
-def new_cmdline(current: str, extra: dict[str, str]) -> str:
-    """CURRENT without boot-loader and seamless parameters, plus EXTRA."""
-    words = [w for w in split_cmdline(current) if w.split("=", 1)[0] not in _DROP_PARAMS + OWN_PARAMS]
+def without_ours(words: list[str]) -> list[str]:
+    """WORDS without seamless parameters and the memmap= word that follows seamless.ram=."""
+    out: list[str] = []
+    after_ram = False
+    for w in words:
+        name = w.split("=", 1)[0]
+        if after_ram and name == "memmap":
+            after_ram = False
+            continue
+        after_ram = name == RAM_PARAM
+        if name not in OWN_PARAMS:
+            out.append(w)
+    return out
+
+
+def ram_ranges(words: list[str]) -> list[tuple[int, int]]:
+    """(start, end exclusive) of the ranges the seamless.ram= memmap= word names (empty if none)."""
+    for i, w in enumerate(words[:-1]):
+        if w.split("=", 1)[0] == RAM_PARAM and words[i + 1].startswith("memmap="):
+            return memmap_reservations(words[i + 1 : i + 2])
+    return []
+
+
+def new_cmdline(current: str, extra: dict[str, str], memmap: str = "") -> str:
+    """CURRENT without boot-loader and seamless parameters, plus EXTRA (then MEMMAP, the RAM's word)."""
+    words = [w for w in without_ours(split_cmdline(current)) if w.split("=", 1)[0] not in _DROP_PARAMS]
     words += [f"{k}={v}" for k, v in extra.items()]
+    if memmap:
+        words += [f"{RAM_PARAM}=on-demand", memmap]
     return " ".join(words)
 
 

@@ -28,6 +28,16 @@ def legacy_ranges(iomem: Path = Path("/proc/iomem")) -> list[tuple[int, int]]:
     return out
 
 
+def device_ranges(device: Path) -> tuple[tuple[int, int], ...]:
+    """(start, end exclusive) of the memory behind pmem DEVICE; every legacy range if not known."""
+    res = Path("/sys/class/block") / os.path.realpath(device).rsplit("/", 1)[-1] / "device/resource"
+    try:
+        start = int(res.read_text(), 16)
+        return ((start, start + device_size(device)),)
+    except (OSError, ValueError):
+        return tuple(legacy_ranges())
+
+
 def device_size(device: Path) -> int:
     size = Path("/sys/class/block") / device.name / "size"
     return int(size.read_text()) * 512

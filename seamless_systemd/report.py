@@ -55,8 +55,10 @@ def build(gen: state.Generation) -> dict[str, Any]:
         "kernel": {"from": manifest["kernel"]["from"], "to": boot.get("kernel", manifest["kernel"]["to"])},
         "units": units,
         "seconds": {
-            # Arming (preflight, trial checkpoints, kexec load) to the kexec request.
-            "arm": _span(manifest.get("armed_at"), manifest.get("kexec_requested_at")),
+            # Arming (plan, taking the RAM, trial checkpoints, kexec load) to the kexec request.
+            "arm": _span(
+                manifest.get("arm_started_at", manifest.get("armed_at")), manifest.get("kexec_requested_at")
+            ),
             # First dump start to last dump end (services stop one by one meanwhile).
             "checkpoint": _span(first_dump, last_dump),
             # Last dump end to the new kernel's start: rest of the shutdown, kexec.
@@ -79,4 +81,18 @@ def render(rep: dict[str, Any]) -> str:
         lines.append(f"  {u['unit']}{ctr}: {u['outcome']} {pids}{why}".rstrip())
     secs = ", ".join(f"{k} {v:.1f} s" for k, v in rep["seconds"].items() if v is not None)
     lines.append(f"  phases: {secs}")
+    ram = rep.get("ram")
+    if ram:
+        back = ram.get("given_back") or {}
+        took = (ram.get("seconds") or {}).get("take")
+        line = f"  RAM on demand: {ram.get('bytes', 0) >> 20} MiB in {len(ram.get('ranges', []))} range(s)"
+        line += f", taken in {took:.1f} s" if took is not None else ""
+        if back:
+            line += f"; {back.get('returned_bytes', 0) >> 20} MiB given back"
+            line += f" in {back['seconds']:.1f} s" if back.get("seconds") is not None else ""
+            if back.get("reason"):
+                line += f" ({back['reason']})"
+            elif back.get("kept"):
+                line += f", {len(back['kept'])} range(s) left as /dev/pmemN until the next boot"
+        lines.append(line)
     return "\n".join(lines)

@@ -6,13 +6,28 @@ import dataclasses
 import fcntl
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import criu, kernels, pmem, podman, procs, sandbox, sockets, state, systemd, volatile
-from seamless_systemd.config import Config, OnUnsupported
+from seamless_systemd import (
+    config,
+    criu,
+    hugemem,
+    kernels,
+    pmem,
+    podman,
+    procs,
+    ram,
+    sandbox,
+    sockets,
+    state,
+    systemd,
+    volatile,
+)
+from seamless_systemd.config import Config, OnUnsupported, PmemMode
 from seamless_systemd.errors import CheckpointError, CommandError, LockedError, PreflightError, SeamlessError
 from seamless_systemd.log import log
 from seamless_systemd.run import run
@@ -61,6 +76,10 @@ class Plan:
     pid_floor: int
     problems: tuple[str, ...]
     notes: tuple[str, ...]
+    # Where the images go: "reserved" (pmem_device) or "on-demand" (RAM_BYTES taken at arm time).
+    mode: str = PmemMode.RESERVED.value
+    ram_bytes: int | None = None
+    ram_available: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +97,9 @@ class Plan:
                 "capacity": self.pmem_capacity,
                 "estimate": self.estimate_bytes,
                 "memmap_kept": self.memmap_kept,
+                "mode": self.mode,
+                "ram_bytes": self.ram_bytes,
+                "ram_available": self.ram_available,
             },
             "pid_floor": self.pid_floor,
             "problems": list(self.problems),
@@ -124,6 +146,8 @@ class HostFacts:
     # our initramfs script did not run).
     pid_base: int | None
     units: tuple[UnitPlan, ...]
+    # RAM on demand: what decides whether the RAM can be taken (None: not looked at).
+    ram: ram.Facts | None = None
 
 
 def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) -> HostFacts:
@@ -145,10 +169,11 @@ def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) ->
         pmem_is_block_device=is_block,
         pmem_size=size,
         pmem_capacity=capacity,
-        pmem_legacy_ranges=tuple(pmem.legacy_ranges()) if is_block else (),
+        pmem_legacy_ranges=pmem.device_ranges(cfg.pmem_device) if is_block else (),
         last_pid=int(Path("/proc/sys/kernel/ns_last_pid").read_text()),
         pid_base=_pid_base(),
         units=_plan_all(cfg),
+        ram=ram.gather() if cfg.pmem_mode != PmemMode.RESERVED else None,
     )
 
 
@@ -185,29 +210,48 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
             "in /etc/seamless/config.yaml"
         )
 
-    # The PMEM device, and whether the new kernel keeps it reserved.
-    reserved = kernels.memmap_reservations(list(f.cmdline_words))
-    memmap_kept = False
-    if not f.pmem_is_block_device:
-        problems.append(f"{cfg.pmem_device} does not exist: {pmem.HOW_TO_RESERVE}")
-    else:
-        ranges = f.pmem_legacy_ranges
-        memmap_kept = bool(ranges) and all(any(s <= lo and hi <= e for s, e in reserved) for lo, hi in ranges)
-        if not memmap_kept:
+    # The PMEM device, and whether the new kernel keeps it reserved (our own
+    # RAM-on-demand ranges of the last upgrade do not count: see kernels.RAM_PARAM).
+    reserved = kernels.memmap_reservations(kernels.without_ours(list(f.cmdline_words)))
+    ranges = f.pmem_legacy_ranges
+    memmap_kept = (
+        f.pmem_is_block_device
+        and bool(ranges)
+        and all(any(s <= lo and hi <= e for s, e in reserved) for lo, hi in ranges)
+    )
+    mode = cfg.pmem_mode
+    if mode == PmemMode.AUTO:
+        mode = PmemMode.RESERVED if memmap_kept else PmemMode.ON_DEMAND
+    estimate = sum(u.estimate_bytes for u in f.units)
+    ram_bytes = ram_available = None
+    if mode == PmemMode.RESERVED:
+        if not f.pmem_is_block_device:
+            problems.append(f"{cfg.pmem_device} does not exist: {pmem.HOW_TO_RESERVE}")
+        elif not memmap_kept:
             problems.append(
                 f"{cfg.pmem_device} is not a memmap=SIZE!OFFSET reservation on the kernel command line, "
                 "so the new kernel would hand its contents to the memory allocator: " + pmem.HOW_TO_RESERVE
             )
+        if f.pmem_capacity is not None and estimate > f.pmem_capacity:
+            problems.append(
+                f"the images need about {estimate >> 20} MiB but {cfg.pmem_device} holds "
+                f"{f.pmem_capacity >> 20} MiB: reserve more memory with memmap="
+            )
+    else:
+        ram_bytes = ram.needed_bytes(estimate, cfg.pmem_size)
+        if f.ram is None:
+            problems.append("RAM on demand: the host's memory was not looked at")
+        else:
+            ram_available = f.ram.mem_available
+            words = " ".join(f.cmdline_words)
+            longest = kernels.new_cmdline(words, _restore_params(cfg, mode, "X" * 22, 10**9))
+            p, n = ram.judge(f.ram, ram_bytes, longest)
+            problems += p
+            notes += n
 
     problems += [u.problem for u in f.units if u.problem]
     notes += [f"{u.unit} will be restarted afresh, not preserved: {u.restart}" for u in f.units if u.restart]
     notes += [w for u in f.units if u.preserved and not u.problem for w in u.warnings]
-    estimate = sum(u.estimate_bytes for u in f.units)
-    if f.pmem_capacity is not None and estimate > f.pmem_capacity:
-        problems.append(
-            f"the images need about {estimate >> 20} MiB but {cfg.pmem_device} holds "
-            f"{f.pmem_capacity >> 20} MiB: reserve more memory with memmap="
-        )
     max_pid = max((p for u in f.units if u.preserved for p in u.pids), default=0)
     floor = max(max_pid, f.last_pid) + PID_MARGIN
     # The new boot's kernel and initramfs use PIDs below its base (at least
@@ -240,7 +284,21 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
         floor,
         tuple(problems),
         tuple(notes),
+        mode.value,
+        ram_bytes,
+        ram_available,
     )
+
+
+def _restore_params(cfg: Config, mode: PmemMode, generation: str, pid_floor: int) -> dict[str, str]:
+    """The seamless.* words of the new kernel's command line (the memmap= word comes after)."""
+    device = str(ram.DM_DEVICE) if mode == PmemMode.ON_DEMAND else str(cfg.pmem_device)
+    return {
+        kernels.RESTORE_PARAM: generation,
+        kernels.DEVICE_PARAM: device,
+        kernels.MOUNT_PARAM: str(cfg.pmem_mountpoint),
+        kernels.PIDFLOOR_PARAM: str(pid_floor),
+    }
 
 
 # Must match initrd/seamless-pid-base.
@@ -341,24 +399,26 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
     Nothing here stops a service. Any failure disarms again and leaves the
     machine as it was.
     """
+    started = criu.now()
     plan = make_plan(cfg, kernel)
     if plan.problems:
         raise PreflightError(list(plan.problems))
-    pmem.prepare(cfg.pmem_device, cfg.pmem_mountpoint)
+    mode = PmemMode(plan.mode)
     gen = state.Generation(cfg.pmem_mountpoint, state.new_generation())
+    params = _restore_params(cfg, mode, gen.id, plan.pid_floor)
+    ranges: list[hugemem.Range] = []
+    ram_record: dict[str, Any] | None = None
     try:
+        if mode == PmemMode.ON_DEMAND:
+            ranges, ram_record = _take_ram(cfg, plan, kernels.new_cmdline(plan.cmdline, params))
+        else:
+            pmem.prepare(cfg.pmem_device, cfg.pmem_mountpoint)
         _clean_old_generations(cfg.pmem_mountpoint)
         if trial:
             _trial_dumps(cfg, gen, plan)
-        cmdline = kernels.new_cmdline(
-            plan.cmdline,
-            {
-                kernels.RESTORE_PARAM: gen.id,
-                kernels.DEVICE_PARAM: str(cfg.pmem_device),
-                kernels.MOUNT_PARAM: str(cfg.pmem_mountpoint),
-                kernels.PIDFLOOR_PARAM: str(plan.pid_floor),
-            },
-        )
+        cmdline = kernels.new_cmdline(plan.cmdline, params, hugemem.memmap_arg(ranges) if ranges else "")
+        if ram_record is not None:
+            ram_record["cmdline_bytes"] = len(cmdline)
         state.write_json(
             gen.manifest,
             {
@@ -371,14 +431,23 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 "restart": {u.unit: u.restart for u in plan.units if u.restart},
                 "pid_floor": plan.pid_floor,
                 "main_pids": {u.unit: u.main_pid for u in plan.units},
+                "arm_started_at": started,
                 "armed_at": criu.now(),
                 "checkpoint_timeout": cfg.checkpoint_timeout,
+                "pmem_mode": mode.value,
+                "ram": ram_record,
             },
         )
-        _kexec_load(plan.kernel_to, cmdline)
+        _kexec_load(plan.kernel_to, cmdline, ram.kexec_window(ranges) if ranges else None)
         units = [u.unit for u in plan.units]
         state.write_json(
-            state.ARMED, {"generation": gen.id, "mount": str(cfg.pmem_mountpoint), "units": units}
+            state.ARMED,
+            {
+                "generation": gen.id,
+                "mount": str(cfg.pmem_mountpoint),
+                "units": units,
+                "pmem_mode": mode.value,
+            },
         )
         _order_hooks_after_containers(plan)
         for up in plan.units:
@@ -388,6 +457,13 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
         disarm(quiet=True)
         shutil.rmtree(gen.dir, ignore_errors=True)
         raise
+    if ram_record is not None:
+        log.info(
+            "The images' RAM: %d MiB in %d range(s), taken in %.1f s",
+            ram_record["bytes"] >> 20,
+            len(ranges),
+            ram_record["seconds"]["take"],
+        )
     log.info(
         "Armed generation %s: %s -> %s, %d unit(s)",
         gen.id,
@@ -396,6 +472,36 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
         len(plan.units),
     )
     return gen
+
+
+def _take_ram(cfg: Config, plan: Plan, cmdline: str) -> tuple[list[hugemem.Range], dict[str, Any]]:
+    """RAM on demand: take the pages, check the new command line can name them, mount the images there."""
+    assert plan.ram_bytes is not None
+    t0 = time.monotonic()
+    taken = ram.take(plan.ram_bytes)
+    t1 = time.monotonic()
+    ranges = [hugemem.Range(s, n) for s, n in taken["ranges"]]
+    room = ram.max_ranges(cmdline)
+    if len(ranges) > room:
+        raise PreflightError(
+            [
+                f"the {taken['bytes'] >> 20} MiB of RAM for the images came in {len(ranges)} ranges, "
+                f"and the new kernel's command line has room to name {room}: memory is too fragmented now. "
+                "Try again later or after 'echo 1 > /proc/sys/vm/compact_memory'; for a guarantee, boot "
+                "with hugetlb_cma=SIZE (a contiguous area kept for hugepages) or reserve the RAM for good "
+                "(pmem.mode: reserved)"
+            ]
+        )
+    ram.mount(taken["device"], cfg.pmem_mountpoint)
+    record = {
+        "mode": PmemMode.ON_DEMAND.value,
+        "bytes": taken["bytes"],
+        "page": taken["page"],
+        "ranges": taken["ranges"],
+        "device": taken["device"],
+        "seconds": {"take": round(t1 - t0, 3), "mkfs_mount": round(time.monotonic() - t1, 3)},
+    }
+    return ranges, record
 
 
 HOOK_DROPIN_DIR = Path("/run/systemd/system")
@@ -467,10 +573,22 @@ def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan) -> None:
             shutil.rmtree(trial, ignore_errors=True)
 
 
-def _kexec_load(kernel: kernels.Kernel, cmdline: str) -> None:
+def _kexec_load(kernel: kernels.Kernel, cmdline: str, window: hugemem.Range | None = None) -> None:
     argv = ["kexec", "--load", str(kernel.image), f"--command-line={cmdline}"]
     if kernel.initrd:
         argv.insert(3, f"--initrd={kernel.initrd}")
+    if window is not None:
+        # The new kernel, its initrd and purgatory are copied into place at
+        # kexec -e: keep them off the images' RAM. kexec_file_load cannot.
+        argv[3:3] = [f"--mem-min={window.start:#x}", f"--mem-max={window.end - 1:#x}"]
+        try:
+            run(argv)
+        except CommandError as e:
+            raise SeamlessError(
+                f"kexec could not load {kernel.version} outside the images' RAM "
+                f"({window.start:#x}-{window.end - 1:#x}): {e}"
+            ) from e
+        return
     try:
         run(argv)
     except CommandError:
@@ -504,6 +622,10 @@ def disarm(quiet: bool = False) -> None:
                 log.debug("Could not stop seamless-checkpoint@%s: %s", unit, e)
             # The ordering it adds is harmless until the next daemon-reload.
             _hook_container_dropin(unit).unlink(missing_ok=True)
+    # RAM on demand: the images' file system goes, the RAM is given back.
+    mount = Path(armed["mount"]) if armed else config.DEFAULT_MOUNTPOINT
+    if ram.REQUEST.exists() or ram.mount_unit_path(mount).exists():
+        ram.release(mount)
     if not quiet:
         log.info("Disarmed: the next shutdown is an ordinary one")
 

@@ -15,11 +15,11 @@ depends() {
 }
 
 installkernel() {
-    hostonly='' instmods libnvdimm nd_e820 nd_pmem ext4
+    hostonly='' instmods libnvdimm nd_e820 nd_pmem ext4 dm_mod
 }
 
 install() {
-    inst_multiple cat grep mkdir chmod mount modprobe sleep
+    inst_multiple cat grep mkdir chmod mount modprobe sleep dmsetup
     inst_simple /usr/lib/seamless-systemd/initrd/seamless-pid-base
     inst_simple /usr/lib/seamless-systemd/initrd/seamless-mount-images
     # shellcheck disable=SC2154 # moddir is set by dracut

@@ -47,7 +47,10 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
         ("units: [{on_unsupported: restart}]\n", "units[0] needs a 'name'"),
         ("units: [{name: a.service, on_unsupported: ignore}]\n", "must be one of refuse, restart"),
         ("on_unsupported: skip\n", "'on_unsupported' must be one of refuse, restart, not 'skip'"),
-        ("pmem: {dev: /dev/pmem0}\n", "unknown key 'pmem.dev' (allowed: pmem.device)"),
+        ("pmem: {dev: /dev/pmem0}\n", "unknown key 'pmem.dev' (allowed: pmem.device, pmem.mode, pmem.size)"),
+        ("pmem: {mode: ondemand}\n", "'pmem.mode' must be one of auto, reserved, on-demand, not 'ondemand'"),
+        ("pmem: {size: 512}\n", "'pmem.size' must be a size in MiB or GiB such as 512M or 2G, not 512"),
+        ("pmem: {size: 1.5G}\n", "'pmem.size' must be"),
         ("units: a.service\n", "'units' must be a list"),
         ("units: [nginx]\n", "did you mean 'nginx.service'"),
         ("units: [foo.socket]\n", "only .service units can be preserved"),
@@ -102,3 +105,12 @@ def test_unsupported_policy_per_unit(tmp_path: Path) -> None:
     assert cfg.policy("a.service") == config.OnUnsupported.RESTART
     assert cfg.policy("b.service") == config.OnUnsupported.REFUSE
     assert config.load(tmp_path / "nothing").policy("a.service") == config.OnUnsupported.REFUSE
+
+
+def test_pmem_mode_and_size(tmp_path: Path) -> None:
+    assert config.load(tmp_path).pmem_mode == config.PmemMode.AUTO
+    write(tmp_path, "config.yaml", "units: [a.service]\npmem: {mode: on-demand, size: 1G}\n")
+    write(tmp_path, "conf.d/50-x.yaml", "pmem: {size: 384M}\n")
+    cfg = config.load(tmp_path)
+    assert cfg.pmem_mode == config.PmemMode.ON_DEMAND
+    assert cfg.pmem_size == 384 << 20

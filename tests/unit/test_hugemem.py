@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -58,6 +59,50 @@ def test_take_and_give_back_real_hugepages(tmp_path: Path) -> None:
         finally:
             hugemem.give_back(taken)
         assert not taken.path.exists()
+    assert int(nr.read_text()) == before
+
+
+def test_choose_keeps_whole_blocks_first() -> None:
+    block = 8 * MIB  # four 2 MiB pages per block, to keep the example small
+    addresses = [
+        0x0200000,  # block 0: one page
+        0x0800000,  # block 1: all four pages, out of order
+        0x0E00000,
+        0x0A00000,
+        0x0C00000,
+        0x1000000,  # block 2: two pages
+        0x1200000,
+    ]
+    assert hugemem.choose(addresses, 4, block) == [1, 2, 3, 4]
+    # Then the fullest block, lowest pages first.
+    assert hugemem.choose(addresses, 5, block) == [1, 2, 3, 4, 5]
+    assert hugemem.choose(addresses, 7, block) == list(range(7))
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or 2 * MIB not in hugemem.page_sizes(), reason="needs root and 2 MiB pages"
+)
+def test_take_with_spare_keeps_only_what_was_asked(tmp_path: Path) -> None:
+    nr = hugemem._nr_path(2 * MIB)
+    before = int(nr.read_text())
+    with hugemem.hugetlbfs(tmp_path / "huge", 2 * MIB) as d:
+        taken = hugemem.take(d, 8 * MIB, 2 * MIB, spare=8 * MIB, block=8 * MIB)
+        try:
+            assert taken.size == 8 * MIB and len(taken.indices) == 4
+            # The pages not chosen were freed: the pool grew by what is kept only.
+            assert int(nr.read_text()) == before + 4
+            fd = os.open(taken.path, os.O_RDWR)
+            try:
+                flags = mmap.MAP_SHARED | hugemem.MAP_NORESERVE
+                with mmap.mmap(fd, taken.file_size, flags) as m:
+                    for n, i in enumerate(taken.layout()):
+                        m[i * 2 * MIB] = n + 1
+                    got = [m[i * 2 * MIB] for i in taken.layout()]
+            finally:
+                os.close(fd)
+            assert got == [1, 2, 3, 4]
+        finally:
+            hugemem.give_back(taken)
     assert int(nr.read_text()) == before
 
 

@@ -47,3 +47,19 @@ def test_memmap_reservations() -> None:
         (1536 << 20, 2048 << 20),
         (1 << 32, (1 << 32) + (4 << 30)),
     ]
+
+
+def test_the_ram_memmap_word_is_ours_and_goes_last() -> None:
+    cur = "root=/dev/vda memmap=64M$0x1000000 quiet"
+    memmap = "memmap=6M!0x7a000000,128M!0x80000000"
+    new = kernels.new_cmdline(cur, {"seamless.restore": "G1"}, memmap)
+    assert (
+        new == f"root=/dev/vda memmap=64M$0x1000000 quiet seamless.restore=G1 seamless.ram=on-demand {memmap}"
+    )
+    words = kernels.split_cmdline(new)
+    assert kernels.ram_ranges(words) == [(0x7A000000, 0x7A600000), (0x80000000, 0x88000000)]
+    # The next upgrade from that boot names neither our ranges nor our words again.
+    assert kernels.new_cmdline(new, {}) == cur
+    assert kernels.without_ours(words) == ["root=/dev/vda", "memmap=64M$0x1000000", "quiet"]
+    # A memmap= the admin wrote elsewhere on the line stays theirs.
+    assert kernels.ram_ranges(kernels.split_cmdline("memmap=4G!4G seamless.restore=G")) == []

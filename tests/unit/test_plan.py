@@ -3,14 +3,18 @@
 import dataclasses
 from pathlib import Path
 
-from seamless_systemd import kernels
-from seamless_systemd.config import Config
+from seamless_systemd import kernels, ram
+from seamless_systemd.config import Config, PmemMode
 from seamless_systemd.upgrade import PID_MARGIN, HostFacts, UnitPlan, decide
 
 A = "6.1.0-47-cloud-amd64"
 B = "6.1.0-53-cloud-amd64"
 MiB = 1 << 20
 CFG = Config(units=("app.service",))
+RESERVED = Config(units=("app.service",), pmem_mode=PmemMode.RESERVED)
+GOOD_RAM = ram.Facts(
+    page_sizes=(1 << 30, 2 * MiB), mem_available=2000 * MiB, free_blocks=800, lockdown="none", nbd_module=True
+)
 
 
 def facts(**changes: object) -> HostFacts:
@@ -47,20 +51,93 @@ def test_pid_floor_is_above_every_preserved_pid() -> None:
     assert decide(CFG, facts(units=units, last_pid=400)).pid_floor == 30001 + PID_MARGIN
 
 
-def only_problem(**changes: object) -> str:
-    plan = decide(CFG, facts(**changes))
+def only_problem(cfg: Config = CFG, **changes: object) -> str:
+    plan = decide(cfg, facts(**changes))
     assert len(plan.problems) == 1, plan.problems
     return plan.problems[0]
 
 
 def test_missing_pmem_says_how_to_reserve() -> None:
-    p = only_problem(pmem_is_block_device=False, pmem_size=None, pmem_capacity=None, pmem_legacy_ranges=())
+    no_pmem = {
+        "pmem_is_block_device": False,
+        "pmem_size": None,
+        "pmem_capacity": None,
+        "pmem_legacy_ranges": (),
+    }
+    p = only_problem(RESERVED, **no_pmem)
     assert "/dev/pmem0 does not exist" in p and "memmap=512M!1536M" in p and "update-grub" in p
 
 
 def test_pmem_not_from_memmap_would_lose_images() -> None:
-    p = only_problem(cmdline_words=("root=/dev/vda", "memmap=256M!1536M"))
+    p = only_problem(RESERVED, cmdline_words=("root=/dev/vda", "memmap=256M!1536M"))
     assert "not a memmap=SIZE!OFFSET reservation" in p
+
+
+NO_PMEM = {
+    "pmem_is_block_device": False,
+    "pmem_size": None,
+    "pmem_capacity": None,
+    "pmem_legacy_ranges": (),
+    "cmdline_words": ("BOOT_IMAGE=/vmlinuz", "root=/dev/vda", "quiet"),
+}
+
+
+def test_without_a_reservation_the_ram_is_taken_on_demand() -> None:
+    plan = decide(CFG, facts(**NO_PMEM, ram=GOOD_RAM))
+    assert plan.problems == ()
+    assert plan.mode == "on-demand"
+    # The 52 MiB estimate, a quarter more, 32 MiB of room, whole 2 MiB pages.
+    assert plan.ram_bytes == 98 * MiB
+    assert any("98 MiB taken at arm time, in at most" in n for n in plan.notes)
+    # pmem.size is a floor for what is taken.
+    cfg = dataclasses.replace(CFG, pmem_size=512 * MiB)
+    assert decide(cfg, facts(**NO_PMEM, ram=GOOD_RAM)).ram_bytes == 512 * MiB
+
+
+def test_a_reservation_is_used_when_there_is_one() -> None:
+    plan = decide(CFG, facts(ram=GOOD_RAM))
+    assert plan.mode == "reserved" and plan.ram_bytes is None and plan.problems == ()
+
+
+def test_ranges_left_from_the_last_on_demand_upgrade_are_not_a_reservation() -> None:
+    # In the boot after an on-demand upgrade, a range not given back is still a /dev/pmemN.
+    words = ("root=/dev/vda", "seamless.restore=G", "seamless.ram=on-demand", "memmap=64M!0x60000000")
+    plan = decide(
+        CFG,
+        facts(
+            cmdline_words=words,
+            pmem_legacy_ranges=((0x60000000, 0x64000000),),
+            pmem_size=64 * MiB,
+            pmem_capacity=60 * MiB,
+            ram=GOOD_RAM,
+        ),
+    )
+    assert plan.mode == "on-demand" and plan.problems == ()
+    # ... and it does not go to the next kernel either.
+    assert "memmap" not in plan.cmdline and "seamless" not in plan.cmdline
+
+
+def test_on_demand_refusals() -> None:
+    locked = dataclasses.replace(GOOD_RAM, lockdown="integrity")
+    p = only_problem(**NO_PMEM, ram=locked)
+    assert "locked down (integrity)" in p and "kexec_file_load" in p and "pmem.mode: reserved" in p
+    short = dataclasses.replace(GOOD_RAM, mem_available=100 * MiB)
+    p = only_problem(**NO_PMEM, ram=short)
+    assert "need 98 MiB of RAM taken at arm time, but only 100 MiB is available" in p
+    assert "no 2 MiB hugetlb pages" in only_problem(
+        **NO_PMEM, ram=dataclasses.replace(GOOD_RAM, page_sizes=())
+    )
+    assert "no nbd module" in only_problem(**NO_PMEM, ram=dataclasses.replace(GOOD_RAM, nbd_module=False))
+    # A command line that leaves no room for the ranges.
+    long = (*NO_PMEM["cmdline_words"], "x" * 1900)  # type: ignore[misc]
+    p = only_problem(**{**NO_PMEM, "cmdline_words": long}, ram=GOOD_RAM)
+    assert "no room left for the memmap=" in p
+
+
+def test_fragmented_memory_is_a_note() -> None:
+    plan = decide(CFG, facts(**NO_PMEM, ram=dataclasses.replace(GOOD_RAM, free_blocks=10)))
+    assert plan.problems == ()
+    assert any("only 20 MiB of the 98 MiB is free in 2 MiB blocks" in n for n in plan.notes)
 
 
 def test_images_larger_than_pmem() -> None:

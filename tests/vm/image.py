@@ -64,6 +64,10 @@ GUEST_PACKAGES = [
     "python3-yaml",
     "python3-dbus-fast",
     "ndctl",
+    # RAM on demand: the new boot gives the images' memory back (devdax -> system-ram)
+    # and lays the pmem ranges end to end with device-mapper.
+    "daxctl",
+    "dmsetup",
     "util-linux",
     "netcat-openbsd",
     "iptables",

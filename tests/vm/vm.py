@@ -34,6 +34,8 @@ class Machine:
 DEFAULT = Machine()
 # Eight Debian services at once need more room for their images.
 LARGE = Machine("3072M", "memmap=1G!1536M")
+# RAM on demand: nothing reserved at boot (docs/ram-on-demand.md).
+NO_RESERVATION = Machine("2560M", "")
 # Generous: under TCG a kexec can take minutes to reach userspace (PLATFORM.md).
 QEMU_TIMEOUT = float(os.environ.get("SEAMLESS_QEMU_TIMEOUT", "900"))
 

@@ -1,0 +1,43 @@
+"""RAM on demand in the VM: a guest booted without memmap= upgrades, the RAM comes back.
+
+The workload tests/workloads/ram-on-demand holds 96 MiB of random bytes in a
+service. Its before.sh checks that the old kernel reserves nothing (no
+memmap=, no /dev/pmem*); its after.sh checks the same process has the same
+bytes, that the new kernel was told the ranges on its command line only, that
+the images' mount and table are gone and MemTotal is back (docs/ram-on-demand.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.vm import image as vmimage
+from tests.vm import vm
+
+pytestmark = pytest.mark.integration
+
+WORKLOAD = vmimage.REPO / "tests/workloads/ram-on-demand"
+
+
+def test_upgrade_with_ram_taken_at_arm_time() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
+    out = vmimage.BUILD / "demo-ram-on-demand"
+    shutil.rmtree(out, ignore_errors=True)
+    rc = vm.demo(out, [WORKLOAD], vm.NO_RESERVATION)
+    rep = json.loads((out / "report.json").read_text())
+    scripts = rep["workload"]["scripts"]
+    assert scripts["ram-on-demand/before.sh"]["rc"] == 0, scripts["ram-on-demand/before.sh"]
+    assert scripts["ram-on-demand/after.sh"]["rc"] == 0, scripts["ram-on-demand/after.sh"]
+    (keeper,) = rep["units"]
+    assert keeper["unit"] == "seamless-keeper.service" and keeper["outcome"] == "restored", keeper
+    assert keeper["main_pid_before"] == keeper["main_pid_after"]
+    assert rep["kernel"] == {"from": vmimage.KERNEL_A, "to": vmimage.KERNEL_B}
+    ram = rep["ram"]
+    assert ram["mode"] == "on-demand" and ram["bytes"] >= 384 << 20
+    assert ram["given_back"]["returned_bytes"] >= 128 << 20, ram
+    assert rc == 0

@@ -1,0 +1,80 @@
+#!/usr/bin/python3
+"""before/after checks of the RAM-on-demand workload (docs/ram-on-demand.md).
+
+check.py save    the boot has no memmap= and no /dev/pmem*; note the keeper's
+                 digest and PID and the RAM this kernel has
+check.py verify  the same keeper holds the same bytes; the images' RAM was
+                 named to this kernel only and has been given back to it
+"""
+
+import glob
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SAVED = Path("/var/lib/seamless-workload-ram-on-demand.json")
+MiB = 1 << 20
+
+
+def keeper() -> dict:
+    # 96 MiB from os.urandom take a while under emulation: wait for it to listen.
+    for _ in range(300):
+        try:
+            with socket.create_connection(("127.0.0.1", 7801), timeout=60) as s:
+                s.sendall(b"SUM\n")
+                return json.loads(s.makefile().readline())
+        except ConnectionRefusedError:
+            time.sleep(1)
+    raise SystemExit("the keeper never answered on 127.0.0.1:7801")
+
+
+def mem_total() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) << 10
+    raise SystemExit("no MemTotal in /proc/meminfo")
+
+
+def free() -> str:
+    return subprocess.run(["free", "-m"], capture_output=True, text=True).stdout
+
+
+cmdline = Path("/proc/cmdline").read_text()
+if sys.argv[1] == "save":
+    assert "memmap=" not in cmdline, f"this boot reserves memory: {cmdline}"
+    assert not glob.glob("/dev/pmem*"), glob.glob("/dev/pmem*")
+    state = {**keeper(), "mem_total": mem_total()}
+    SAVED.write_text(json.dumps(state))
+    print(f"keeper: PID {state['pid']}, {state['bytes'] >> 20} MiB, sha256 {state['sha256'][:16]}")
+    print(f"no memmap= on the command line, no /dev/pmem*; MemTotal {state['mem_total'] >> 20} MiB\n{free()}")
+else:
+    saved = json.loads(SAVED.read_text())
+    now = keeper()
+    assert now["pid"] == saved["pid"], f"a fresh keeper: PID {saved['pid']} -> {now['pid']}"
+    assert now["sha256"] == saved["sha256"], "the keeper's bytes changed"
+    print(f"keeper: the same PID {now['pid']} and the same {now['bytes'] >> 20} MiB")
+    words = cmdline.split()
+    assert "seamless.ram=on-demand" in words, cmdline
+    ours = words[words.index("seamless.ram=on-demand") + 1]
+    print(f"this kernel was told: {ours}")
+    rep = json.loads(Path("/var/lib/seamless/reports/last.json").read_text())
+    ram = rep["ram"]
+    back = ram["given_back"]
+    print(json.dumps(ram, indent=1))
+    assert ram["bytes"] >= 384 * MiB and back["taken_bytes"] == ram["bytes"], ram
+    assert back["returned_bytes"] >= 128 * MiB, back
+    # Not mounted any more, and no device-mapper table left.
+    assert "/run/seamless/pmem" not in Path("/proc/self/mounts").read_text()
+    assert not Path("/dev/mapper/seamless-images").exists()
+    total = mem_total()
+    kept = sum(k["bytes"] for k in back.get("kept", []))
+    print(
+        f"MemTotal: {saved['mem_total'] >> 20} MiB in the old kernel, {total >> 20} MiB now; "
+        f"{kept >> 20} MiB left as /dev/pmemN\n{free()}"
+    )
+    # What the old kernel had, less what could not come back (whole memory blocks only).
+    assert total >= saved["mem_total"] - (ram["bytes"] - back["returned_bytes"]) - 64 * MiB, total
+    print("the keeper kept its bytes; the images' RAM was taken at arm time and given back")

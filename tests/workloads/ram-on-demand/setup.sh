@@ -1,0 +1,3 @@
+#!/bin/sh
+# Nothing to install: keeper.py is plain Python.
+exit 0
