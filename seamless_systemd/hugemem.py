@@ -193,21 +193,39 @@ class Taken:
 MEMORY_BLOCK = 128 << 20  # x86's memory block: the unit the new kernel can get back
 
 
-def choose(addresses: list[int], count: int, block: int = MEMORY_BLOCK) -> list[int]:
+def choose(addresses: list[int], count: int, block: int = MEMORY_BLOCK, lead: int = 0) -> list[int]:
     """Which COUNT of the pages at ADDRESSES to keep (their indices, ascending).
 
     Whole BLOCK-aligned blocks first (the new kernel can give back only whole
     memory blocks, and they merge into few ranges), then the fullest blocks.
+    With LEAD (a page size), each range that starts on a block boundary also
+    gets the page just below it when there is one: the devdax info block
+    goes there in the new kernel, so the range's first block can come back
+    too. Those pages come on top of COUNT.
     """
     groups: dict[int, list[int]] = {}
     for i, a in enumerate(addresses):
         groups.setdefault(a // block, []).append(i)
+    where = set(addresses)
+
+    def led(b: int) -> bool:
+        """Whether the page just below block B is among the pages: then B can come back whole."""
+        return not lead or (b * block - lead) in where
+
     kept: list[int] = []
-    for group in sorted(groups.values(), key=lambda g: (-len(g), addresses[g[0]])):
+    order = sorted(groups, key=lambda b: (-len(groups[b]), not led(b), b))
+    for group in (groups[b] for b in order):
         room = count - len(kept)
         if room <= 0:
             break
         kept += sorted(group, key=lambda i: addresses[i])[:room]
+    if lead:
+        where = {a: i for i, a in enumerate(addresses)}
+        held = {addresses[i] for i in kept}
+        for r in merge([(a, lead) for a in held]):
+            below = where.get(r.start - lead)
+            if r.start % block == 0 and below is not None:
+                kept.append(below)
     return sorted(kept)
 
 
@@ -243,12 +261,15 @@ def _physical(addr: int, length: int, page: int) -> list[int]:
     return out
 
 
-def take(directory: Path, size: int, page: int, spare: int = 0, block: int = MEMORY_BLOCK) -> Taken:
+def take(
+    directory: Path, size: int, page: int, spare: int = 0, block: int = MEMORY_BLOCK, lead: bool = False
+) -> Taken:
     """Take SIZE bytes (rounded up to PAGE) as hugetlb pages of a file in DIRECTORY (a hugetlbfs mount).
 
     With SPARE, up to that many bytes more are taken first, and the pages kept
     are chosen (``choose``): whole memory blocks first, so fewer ranges and
     more RAM the new kernel can get back; the others are freed again at once.
+    LEAD: keep the page below each such range too (``choose``).
     nr_hugepages ends raised by what is kept; on failure everything is given
     back and RamError says how much could be had.
     """
@@ -273,13 +294,13 @@ def take(directory: Path, size: int, page: int, spare: int = 0, block: int = MEM
                     m[off] = 0  # fault each page in: the file now owns it
                 addr = _address(m)
                 addresses = _physical(addr, got * page, page)
-            kept = choose(addresses, count, block) if got > count else list(range(got))
+            kept = choose(addresses, count, block, page if lead else 0) if got > count else list(range(got))
             for i in sorted(set(range(got)) - set(kept)):
                 _punch(fd, i * page, page)
         finally:
             os.close(fd)
         # The pages punched out are free in the pool again: give them back to the kernel.
-        nr.write_text(f"{before + count}\n")
+        nr.write_text(f"{before + len(kept)}\n")
     except BaseException:
         path.unlink(missing_ok=True)
         nr.write_text(f"{before}\n")

@@ -43,8 +43,10 @@ LABEL = "seamless"
 ROOM = 32 << 20
 # About the length of one "LEN!0xADDR," on the command line (the lab: 13.7 on average).
 BYTES_PER_RANGE = 16
-# The devdax metadata at the start of a range (measured: 10-18 MiB).
-DEVDAX_HEAD = 18 << 20
+# The devdax info block at the start of a range, with its struct pages kept in
+# RAM (ndctl --map=mem): one 2 MiB alignment unit. hugemem.choose puts that
+# unit just below a memory block, so the block itself can come back.
+DEVDAX_HEAD = 2 << 20
 
 
 def needed_bytes(estimate: int, minimum: int = 0) -> int:
@@ -183,7 +185,7 @@ def serve() -> int:
     # than 80 % of what is available.
     spare = max(0, min(size, mem_available() * 8 // 10 - size)) // PAGE * PAGE
     with hugemem.hugetlbfs(HUGE_DIR, PAGE) as directory:
-        taken = hugemem.take(directory, size, PAGE, spare)
+        taken = hugemem.take(directory, size, PAGE, spare, lead=True)
         took = time.monotonic() - t0
         keep = False
         try:
@@ -329,7 +331,10 @@ def _give_one(dev: str, start: int, length: int, block: int) -> str | None:
         if length % int(align.read_text(), 0):
             align.write_text(f"{PAGE:#x}\n")
     try:
-        made = run(["ndctl", "create-namespace", "-f", "-e", namespace, "-m", "devdax"], timeout=120)
+        made = run(
+            ["ndctl", "create-namespace", "-f", "-e", namespace, "-m", "devdax", "-M", "mem", "-a", "2M"],
+            timeout=120,
+        )
         chardev = json.loads(made.stdout)["daxregion"]["devices"][0]["chardev"]
         run(["daxctl", "reconfigure-device", "--mode=system-ram", chardev], timeout=120)
     except (CommandError, ValueError, KeyError, IndexError, TypeError) as e:

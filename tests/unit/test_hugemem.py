@@ -77,6 +77,14 @@ def test_choose_keeps_whole_blocks_first() -> None:
     # Then the fullest block, lowest pages first.
     assert hugemem.choose(addresses, 5, block) == [1, 2, 3, 4, 5]
     assert hugemem.choose(addresses, 7, block) == list(range(7))
+    # With a lead page: the page just below a range that starts on a block
+    # boundary comes too (block 0's page at 0x600000 sits below block 1).
+    addresses.append(0x0600000)
+    assert hugemem.choose(addresses, 4, block, lead=2 * MIB) == [1, 2, 3, 4, 7]
+    # Of two full blocks, the one with a page just below it goes first.
+    two = [0x0800000, 0x0A00000, 0x0C00000, 0x0E00000, 0x1800000, 0x1A00000, 0x1C00000, 0x1E00000, 0x1600000]
+    assert hugemem.choose(two, 4, block) == [0, 1, 2, 3]
+    assert hugemem.choose(two, 4, block, lead=2 * MIB) == [4, 5, 6, 7, 8]
 
 
 @pytest.mark.skipif(

@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """before/after checks of the RAM-on-demand workload (docs/ram-on-demand.md).
 
-check.py save    the boot has no memmap= and no /dev/pmem*; note the keeper's
-                 digest and PID and the RAM this kernel has
+check.py save    the boot has no memmap= and no /dev/pmem*; asking for more RAM
+                 than there is is refused; arm takes the RAM and disarm gives
+                 it all back; note the keeper's digest and PID and the RAM
+                 this kernel has
 check.py verify  the same keeper holds the same bytes; the images' RAM was
                  named to this kernel only and has been given back to it
 """
@@ -38,6 +40,62 @@ def mem_total() -> int:
     raise SystemExit("no MemTotal in /proc/meminfo")
 
 
+def meminfo(key: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise SystemExit(f"no {key} in /proc/meminfo")
+
+
+def seamless(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["seamless-upgrade", *args], capture_output=True, text=True)
+
+
+def held() -> dict:
+    """What RAM on demand holds right now."""
+    mounts = Path("/proc/self/mounts").read_text()
+    return {
+        "hugepages": meminfo("HugePages_Total"),
+        "mounted": "/run/seamless/pmem" in mounts,
+        "nbd_attached": [p.parent.name for p in Path("/sys/block").glob("nbd*/pid")],
+        "ram_service": subprocess.run(
+            ["systemctl", "is-active", "seamless-ram.service"], capture_output=True, text=True
+        ).stdout.strip(),
+    }
+
+
+def arm_then_disarm() -> None:
+    """arm takes the RAM and mounts the images there; disarm gives every bit of it back."""
+    assert held() == {"hugepages": 0, "mounted": False, "nbd_attached": [], "ram_service": "inactive"}, held()
+    p = seamless("arm", "--no-trial")
+    assert p.returncode == 0, p.stdout + p.stderr
+    armed = held()
+    print(f"armed: {armed}")
+    assert armed["hugepages"] * 2 >= 384 and armed["mounted"] and armed["nbd_attached"], armed
+    assert armed["ram_service"] == "active", armed
+    p = seamless("disarm")
+    assert p.returncode == 0, p.stdout + p.stderr
+    after = held()
+    print(f"disarmed: {after}")
+    assert after == {"hugepages": 0, "mounted": False, "nbd_attached": [], "ram_service": "inactive"}, after
+
+
+def too_much_is_refused() -> None:
+    """More than the machine has: plan and arm refuse before anything is taken."""
+    big = Path("/etc/seamless/conf.d/99-too-much.yaml")
+    big.parent.mkdir(parents=True, exist_ok=True)
+    big.write_text("pmem: {size: 64G}\n")
+    try:
+        for cmd in ("plan", "arm"):
+            p = seamless(cmd)
+            out = p.stdout + p.stderr
+            assert p.returncode != 0 and "MiB is available (MemAvailable" in out, out
+        print(f"64G refused: {next(x for x in out.splitlines() if 'MemAvailable' in x).strip()}")
+        assert held()["hugepages"] == 0
+    finally:
+        big.unlink()
+
+
 def free() -> str:
     return subprocess.run(["free", "-m"], capture_output=True, text=True).stdout
 
@@ -46,6 +104,8 @@ cmdline = Path("/proc/cmdline").read_text()
 if sys.argv[1] == "save":
     assert "memmap=" not in cmdline, f"this boot reserves memory: {cmdline}"
     assert not glob.glob("/dev/pmem*"), glob.glob("/dev/pmem*")
+    too_much_is_refused()
+    arm_then_disarm()
     state = {**keeper(), "mem_total": mem_total()}
     SAVED.write_text(json.dumps(state))
     print(f"keeper: PID {state['pid']}, {state['bytes'] >> 20} MiB, sha256 {state['sha256'][:16]}")
