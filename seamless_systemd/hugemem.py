@@ -206,11 +206,11 @@ def choose(addresses: list[int], count: int, block: int = MEMORY_BLOCK, lead: in
     groups: dict[int, list[int]] = {}
     for i, a in enumerate(addresses):
         groups.setdefault(a // block, []).append(i)
-    where = set(addresses)
+    present = set(addresses)
 
     def led(b: int) -> bool:
         """Whether the page just below block B is among the pages: then B can come back whole."""
-        return not lead or (b * block - lead) in where
+        return not lead or (b * block - lead) in present
 
     kept: list[int] = []
     order = sorted(groups, key=lambda b: (-len(groups[b]), not led(b), b))
