@@ -80,6 +80,8 @@ class Plan:
     mode: str = PmemMode.RESERVED.value
     ram_bytes: int | None = None
     ram_available: int | None = None
+    # What the host offers now (on-demand): page sizes, free 2 MiB blocks, ranges the line can name.
+    ram_host: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +102,7 @@ class Plan:
                 "mode": self.mode,
                 "ram_bytes": self.ram_bytes,
                 "ram_available": self.ram_available,
+                "ram_host": self.ram_host,
             },
             "pid_floor": self.pid_floor,
             "problems": list(self.problems),
@@ -224,6 +227,7 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
         mode = PmemMode.RESERVED if memmap_kept else PmemMode.ON_DEMAND
     estimate = sum(u.estimate_bytes for u in f.units)
     ram_bytes = ram_available = None
+    ram_host = None
     if mode == PmemMode.RESERVED:
         if not f.pmem_is_block_device:
             problems.append(f"{cfg.pmem_device} does not exist: {pmem.HOW_TO_RESERVE}")
@@ -245,6 +249,12 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
             ram_available = f.ram.mem_available
             words = " ".join(f.cmdline_words)
             longest = kernels.new_cmdline(words, _restore_params(cfg, mode, "X" * 22, 10**9))
+            ram_host = {
+                "page_sizes": list(f.ram.page_sizes),
+                "free_2m_blocks": f.ram.free_blocks,
+                "max_ranges": ram.max_ranges(longest),
+                "lockdown": f.ram.lockdown,
+            }
             p, n = ram.judge(f.ram, ram_bytes, longest)
             problems += p
             notes += n
@@ -287,6 +297,7 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
         mode.value,
         ram_bytes,
         ram_available,
+        ram_host,
     )
 
 

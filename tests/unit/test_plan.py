@@ -89,6 +89,9 @@ def test_without_a_reservation_the_ram_is_taken_on_demand() -> None:
     # The 52 MiB estimate, a quarter more, 32 MiB of room, whole 2 MiB pages.
     assert plan.ram_bytes == 98 * MiB
     assert any("98 MiB taken at arm time, in at most" in n for n in plan.notes)
+    host = plan.as_dict()["pmem"]["ram_host"]
+    assert host["page_sizes"] == [1 << 30, 2 * MiB] and host["free_2m_blocks"] == 800
+    assert 100 < host["max_ranges"] < 128 and host["lockdown"] == "none"
     # pmem.size is a floor for what is taken.
     cfg = dataclasses.replace(CFG, pmem_size=512 * MiB)
     assert decide(cfg, facts(**NO_PMEM, ram=GOOD_RAM)).ram_bytes == 512 * MiB

@@ -8,8 +8,9 @@ check.py save    the boot has no memmap= and no /dev/pmem*; asking for more RAM
                  than there is is refused; arm takes the RAM and disarm gives
                  it all back; note the keeper's digest and PID and the RAM
                  this kernel has
-check.py verify  the same keeper holds the same bytes; the images' RAM was
-                 named to this kernel only and has been given back to it
+check.py verify  the same keeper holds the same bytes; keeper-b, whose images
+                 damage.py corrupted in this boot, started afresh; the images'
+                 RAM was named to this kernel only and has been given back
 """
 
 import glob
@@ -24,16 +25,16 @@ SAVED = Path("/var/lib/seamless-workload-ram-on-demand.json")
 MiB = 1 << 20
 
 
-def keeper() -> dict:
+def keeper(port: int = 7801) -> dict:
     # 96 MiB from os.urandom take a while under emulation: wait for it to listen.
     for _ in range(300):
         try:
-            with socket.create_connection(("127.0.0.1", 7801), timeout=60) as s:
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
                 s.sendall(b"SUM\n")
                 return json.loads(s.makefile().readline())
         except ConnectionRefusedError:
             time.sleep(1)
-    raise SystemExit("the keeper never answered on 127.0.0.1:7801")
+    raise SystemExit(f"the keeper never answered on 127.0.0.1:{port}")
 
 
 def mem_total() -> int:
@@ -109,13 +110,13 @@ cmdline = Path("/proc/cmdline").read_text()
 # keeper is checked.
 RESERVED = "memmap=" in cmdline and "seamless.ram=on-demand" not in cmdline
 if sys.argv[1] == "save" and RESERVED:
-    SAVED.write_text(json.dumps({**keeper(), "mem_total": mem_total()}))
+    SAVED.write_text(json.dumps({**keeper(), "b": keeper(7802), "mem_total": mem_total()}))
     print(f"reserved mode (memmap= on the command line): {cmdline.strip()}")
 elif sys.argv[1] == "save":
     assert not glob.glob("/dev/pmem*"), glob.glob("/dev/pmem*")
     too_much_is_refused()
     arm_then_disarm()
-    state = {**keeper(), "mem_total": mem_total()}
+    state = {**keeper(), "b": keeper(7802), "mem_total": mem_total()}
     SAVED.write_text(json.dumps(state))
     print(f"keeper: PID {state['pid']}, {state['bytes'] >> 20} MiB, sha256 {state['sha256'][:16]}")
     print(f"no memmap= on the command line, no /dev/pmem*; MemTotal {state['mem_total'] >> 20} MiB\n{free()}")
@@ -127,11 +128,17 @@ else:
     print(f"keeper: the same PID {now['pid']} and the same {now['bytes'] >> 20} MiB")
     if RESERVED:
         raise SystemExit(0)
+    # The damaged range: keeper-b's images failed their checksums, it started afresh.
+    rep = json.loads(Path("/var/lib/seamless/reports/last.json").read_text())
+    b = next(u for u in rep["units"] if u["unit"] == "seamless-keeper-b.service")
+    fresh = keeper(7802)
+    print(f"keeper-b: {b['outcome']} ({b['reason']}), PID {saved['b']['pid']} -> {fresh['pid']}")
+    assert b["outcome"] == "cold-started" and "checksum" in (b["reason"] or ""), b
+    assert fresh["pid"] != saved["b"]["pid"] and fresh["sha256"] != saved["b"]["sha256"], fresh
     words = cmdline.split()
     assert "seamless.ram=on-demand" in words, cmdline
     ours = words[words.index("seamless.ram=on-demand") + 1]
     print(f"this kernel was told: {ours}")
-    rep = json.loads(Path("/var/lib/seamless/reports/last.json").read_text())
     ram = rep["ram"]
     back = ram["given_back"]
     print(json.dumps(ram, indent=1))
