@@ -3,8 +3,11 @@
 import dataclasses
 from pathlib import Path
 
-from seamless_systemd import kernels, ram
+import pytest
+
+from seamless_systemd import kernels, ram, upgrade
 from seamless_systemd.config import Config, PmemMode
+from seamless_systemd.errors import PreflightError
 from seamless_systemd.upgrade import PID_MARGIN, HostFacts, UnitPlan, decide
 
 A = "6.1.0-47-cloud-amd64"
@@ -214,3 +217,20 @@ def test_a_kept_unit_with_a_warning_is_ready_and_says_it() -> None:
     plan = decide(CFG, facts(units=units))
     assert plan.problems == ()
     assert warn in plan.notes
+
+
+def test_arm_refuses_ram_in_more_ranges_than_the_command_line_can_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan = decide(CFG, facts(**NO_PMEM, ram=GOOD_RAM))
+    pieces = [[0x100000000 + i * 4 * MiB, 2 * MiB] for i in range(200)]
+    monkeypatch.setattr(
+        ram, "take", lambda size: {"bytes": size, "page": 2 * MiB, "ranges": pieces, "device": "/dev/nbd0"}
+    )
+    mounted: list[str] = []
+    monkeypatch.setattr(ram, "mount", lambda device, where: mounted.append(device))
+    with pytest.raises(PreflightError) as e:
+        upgrade._take_ram(CFG, plan, "root=/dev/vda quiet")
+    why = str(e.value)
+    assert "came in 200 ranges" in why and "hugetlb_cma=" in why and "pmem.mode: reserved" in why
+    assert mounted == []  # nothing made on RAM that cannot be handed over
