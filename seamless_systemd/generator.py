@@ -125,6 +125,12 @@ def generate(normal: Path, root: Path, cmdline: str) -> int:
                 root,
             )
             decision["skipped"] = "no manifest"
+            if p.get("seamless.ram") == "on-demand":
+                # Nothing to restore, but the RAM that was to carry the images
+                # goes back to the kernel all the same (restore-finish does it).
+                wants = normal / "multi-user.target.wants"
+                wants.mkdir(parents=True, exist_ok=True)
+                _link(wants / "seamless-restore-finish.service")
             return 0
         wired = []
         for unit in units:

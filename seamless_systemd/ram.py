@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import hugemem, kernels, nbd, state, systemd
+from seamless_systemd import hugemem, kernels, nbd, pmem, state, systemd
 from seamless_systemd.errors import CommandError, SeamlessError
 from seamless_systemd.log import log
 from seamless_systemd.run import run
@@ -348,11 +348,14 @@ def give_back(ranges: list[tuple[int, int]], mountpoint: Path) -> dict[str, Any]
     t0 = time.monotonic()
     before = mem_total()
     out: dict[str, Any] = {"taken_bytes": sum(e - s for s, e in ranges), "ranges": len(ranges)}
-    proc = run(["umount", str(mountpoint)], check=False)
-    if proc.returncode != 0:
-        out.update(returned_bytes=0, reason=f"cannot unmount {mountpoint}: {proc.stderr.strip()}")
-        return out
-    run(["dmsetup", "remove", DM_NAME], check=False)
+    if pmem.is_mounted(mountpoint):
+        proc = run(["umount", str(mountpoint)], check=False)
+        if proc.returncode != 0:
+            out.update(returned_bytes=0, reason=f"cannot unmount {mountpoint}: {proc.stderr.strip()}")
+            log.warning("The images' RAM stays taken: %s", out["reason"])
+            return out
+    if DM_DEVICE.exists():
+        run(["dmsetup", "remove", DM_NAME], check=False)
     try:
         block = int(Path("/sys/devices/system/memory/block_size_bytes").read_text(), 16)
     except (OSError, ValueError):

@@ -421,6 +421,10 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
     ram_record: dict[str, Any] | None = None
     try:
         if mode == PmemMode.ON_DEMAND:
+            if ram.REQUEST.exists() or ram.mount_unit_path(cfg.pmem_mountpoint).exists():
+                # Armed already: that upgrade's RAM and images make way for this one's.
+                log.info("Replacing the upgrade armed before")
+                disarm(quiet=True)
             ranges, ram_record = _take_ram(cfg, plan, kernels.new_cmdline(plan.cmdline, params))
         else:
             pmem.prepare(cfg.pmem_device, cfg.pmem_mountpoint)

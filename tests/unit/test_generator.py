@@ -93,6 +93,8 @@ CASES = {
     "switched-off": ({"seamless-demo.service": True}, "seamless=off", []),
     "disabled-file": ({"seamless-demo.service": True}, "", ["etc/seamless/disabled"]),
     "no-manifest": ({}, "", []),
+    # RAM on demand, and the images did not come up: finish still runs, to give the RAM back.
+    "no-manifest-on-demand": ({}, "seamless.ram=on-demand memmap=128M!0x18000000", []),
 }
 
 
@@ -116,7 +118,7 @@ def test_generator_golden(case: str, tmp_path: Path) -> None:
     check_golden(case, tmp_path / "out")
     if case == "restore":
         assert "broken.service: no complete images" in proc.stderr
-    if case in ("marker-malformed", "no-manifest", "switched-off", "disabled-file"):
+    if case in ("marker-malformed", "no-manifest", "no-manifest-on-demand", "switched-off", "disabled-file"):
         assert proc.stderr, "a skipped restore must say why"
 
 

@@ -69,7 +69,8 @@ def held() -> dict:
 
 
 def arm_then_disarm() -> None:
-    """arm takes the RAM and mounts the images there; disarm gives every bit of it back."""
+    """arm takes the RAM and mounts the images there (twice: the second replaces the first);
+    disarm gives every bit of it back."""
     assert held() == {"hugepages": 0, "mounted": False, "nbd_attached": [], "ram_service": "inactive"}, held()
     p = seamless("arm", "--no-trial")
     assert p.returncode == 0, p.stdout + p.stderr
@@ -77,6 +78,12 @@ def arm_then_disarm() -> None:
     print(f"armed: {armed}")
     assert armed["hugepages"] * 2 >= 384 and armed["mounted"] and armed["nbd_attached"], armed
     assert armed["ram_service"] == "active", armed
+    # Arming again replaces that upgrade: its RAM is given back first, not taken twice.
+    p = seamless("arm", "--no-trial")
+    assert p.returncode == 0, p.stdout + p.stderr
+    again = held()
+    print(f"armed again: {again}")
+    assert again["mounted"] and again["hugepages"] <= armed["hugepages"] + 1, again
     p = seamless("disarm")
     assert p.returncode == 0, p.stdout + p.stderr
     after = held()
