@@ -104,6 +104,15 @@ def _last_report() -> dict[str, Any] | None:
     return None
 
 
+def _ram_held() -> dict[str, Any] | None:
+    """What seamless-ram.service holds now (RAM on demand), without the page list."""
+    if not ram.TAKEN.exists():
+        return None
+    data: dict[str, Any] = state.read_json(ram.TAKEN)
+    data.pop("addresses", None)
+    return data
+
+
 def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
     armed = state.read_json(state.ARMED) if state.ARMED.exists() else None
     last = _last_report()
@@ -113,6 +122,7 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
         "units": list(cfg.units),
         "containers": list(cfg.containers),
         "last_report": last,
+        "ram": _ram_held(),
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -124,6 +134,12 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
         )
     else:
         print("Not armed: shutdowns are ordinary.")
+    if out["ram"]:
+        held = out["ram"]
+        print(
+            f"RAM for the images: {_mib(held['bytes'])} in {len(held['ranges'])} range(s), "
+            f"taken in {held['seconds']:.1f} s and served as {held['device']} by {ram.UNIT}"
+        )
     print(f"Configured units: {', '.join(cfg.units) or '(none)'}")
     if cfg.containers:
         print(f"Configured podman containers: {', '.join(cfg.containers)}")

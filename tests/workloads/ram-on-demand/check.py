@@ -78,6 +78,9 @@ def arm_then_disarm() -> None:
     print(f"armed: {armed}")
     assert armed["hugepages"] * 2 >= 384 and armed["mounted"] and armed["nbd_attached"], armed
     assert armed["ram_service"] == "active", armed
+    status = seamless("status").stdout
+    assert "RAM for the images:" in status and "/dev/nbd" in status, status
+    print(next(x for x in status.splitlines() if x.startswith("RAM for the images")))
     # Arming again replaces that upgrade: its RAM is given back first, not taken twice.
     p = seamless("arm", "--no-trial")
     assert p.returncode == 0, p.stdout + p.stderr
