@@ -192,6 +192,10 @@ def serve() -> int:
             fd = os.open(taken.path, os.O_RDWR)
             mem = mmap.mmap(fd, taken.file_size, mmap.MAP_SHARED | hugemem.MAP_NORESERVE)
             device = nbd.Device(_free_nbd(), nbd.Store(mem, taken.page, taken.layout()))
+            # The images hold the services' memory: the device is root's only,
+            # not the disk group's (set again once udev has seen the connect).
+            run(["udevadm", "settle", "--timeout=30"], check=False)
+            os.chmod(device.path, 0o600)
             state.write_json(
                 TAKEN,
                 {

@@ -78,6 +78,8 @@ def arm_then_disarm() -> None:
     print(f"armed: {armed}")
     assert armed["hugepages"] * 2 >= 384 and armed["mounted"] and armed["nbd_attached"], armed
     assert armed["ram_service"] == "active", armed
+    dev = Path("/dev") / armed["nbd_attached"][0]
+    assert dev.stat().st_mode & 0o077 == 0, f"{dev} is mode {dev.stat().st_mode & 0o777:o}"
     status = seamless("status").stdout
     assert "RAM for the images:" in status and "/dev/nbd" in status, status
     print(next(x for x in status.splitlines() if x.startswith("RAM for the images")))
