@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: all demo test unit lint deps clean rpm
+.PHONY: all demo test unit lint deps clean rpm bench
 
 all: unit
 
@@ -14,6 +14,14 @@ deps:
 # WORKLOAD=DIR: try your own services instead (see README).
 demo: deps
 	$(PYTHON) -m tests.vm.vm demo $(if $(WORKLOAD),--workload "$(WORKLOAD)")
+
+# The benchmark (docs/benchmarks.md): client-side downtime of the kernel switch,
+# the floor beside the seamless upgrade (images in a reservation, and in RAM
+# taken at arm time), interleaved repetitions; rewrites docs/benchmarks.*.
+BENCH_SIZES ?= 64,256,1024
+BENCH_REPS ?= 3
+bench: deps
+	$(PYTHON) -m tests.vm.bench --sizes $(BENCH_SIZES) --scenarios a,b,b-ram --reps $(BENCH_REPS)
 
 # Every test: unit tests, generator golden files, and the VM upgrade test.
 test: deps lint

@@ -348,7 +348,10 @@ def build_deb(out: Path) -> Path:
 
 
 def build_image(
-    scenario: str = "full", workloads: Sequence[Path] = (), lab_script: Path | None = None
+    scenario: str = "full",
+    workloads: Sequence[Path] = (),
+    lab_script: Path | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> Image:
     """The test image for SCENARIO (full, demo, dracut, workload); WORKLOADS: users' directories.
 
@@ -388,6 +391,10 @@ def build_image(
         sh("cp", "-a", f"{workload}/.", dest)
     (root / "etc/seamless-test").mkdir(exist_ok=True)
     (root / "etc/seamless-test/scenario").write_text(scenario + "\n")
+    # EXTRA_FILES: path in the image -> contents (e.g. the benchmark's plan).
+    for rel, text in (extra_files or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
     # The workloads' setup.sh install Debian packages: keep what they download.
     archives = CACHE / "apt-archives"
     archives.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -258,16 +259,25 @@ def boot(
     stop_on: set[str],
     clients: list[HostClient | SshClient] | None = None,
     machine: Machine = DEFAULT,
+    forwards: dict[int, int] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    timeout: float = QEMU_TIMEOUT,
 ) -> None:
-    """Run one QEMU process until it exits (or times out); collect events."""
+    """Run one QEMU process until it exits (or times out); collect events.
+
+    FORWARDS: more host port -> guest port forwards; ON_EVENT is called with each event as it comes.
+    """
     console.unlink(missing_ok=True)
     by_target = {c.target: c for c in clients or []}
     argv = qemu_argv(
-        img, console, forwards={c.port: c.guest_port for c in by_target.values()}, machine=machine
+        img,
+        console,
+        forwards={**{c.port: c.guest_port for c in by_target.values()}, **(forwards or {})},
+        machine=machine,
     )
     print(f"[vm] booting kernel A, console: {console}", file=sys.stderr, flush=True)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + QEMU_TIMEOUT
+    deadline = time.monotonic() + timeout
     pos = 0
     partial = ""
     reader = ConsoleEvents()
@@ -287,6 +297,8 @@ def boot(
                     name, data = got
                     events.append(Event(name, data, time.time()))
                     print(f"[vm] {name}: {json.dumps(data)[:300]}", file=sys.stderr, flush=True)
+                    if on_event is not None:
+                        on_event(events[-1])
                     client = (
                         by_target.get(str(data.get("target", "chat"))) if name.endswith("-client") else None
                     )
@@ -296,7 +308,7 @@ def boot(
             if proc.poll() is not None:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"QEMU did not finish within {QEMU_TIMEOUT:.0f} s")
+                raise TimeoutError(f"QEMU did not finish within {timeout:.0f} s")
             time.sleep(0.5)
     finally:
         if proc.poll() is None:

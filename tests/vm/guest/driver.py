@@ -17,6 +17,8 @@ full (the test):
   boot 4, kernel A   all started afresh; power off
 demo:
   boot 1 -> 'seamless-upgrade run' -> boot 2: report, power off
+bench:
+  the benchmark's runs, see bench.py
 """
 
 import json
@@ -393,6 +395,12 @@ def main():
             "pid_base": read_or_none("/run/seamless/pid-base"),
         },
     )
+    if scenario == "bench":
+        # The benchmark's runs (bench.py), one measured kernel switch each.
+        import bench
+
+        bench.main()
+        return
     if scenario == "lab":
         # A developer's experiment: run lab.sh once, show its output, power off.
         p = subprocess.run(["sh", "/usr/local/lib/seamless-test/lab.sh"], capture_output=True, text=True)

@@ -5,7 +5,9 @@ cd /usr/local/lib/seamless-test
 cp seamless-*.service seamless-*.socket /etc/systemd/system/
 SCENARIO=$(cat /etc/seamless-test/scenario)
 systemctl enable seamless-test.service seamless-spoiler.service
-if [ "$SCENARIO" != workload ]; then
+if [ "$SCENARIO" = bench ]; then
+	systemctl enable seamless-bench.service
+elif [ "$SCENARIO" != workload ]; then
 	systemctl enable seamless-demo@7777.service seamless-demo@7778.service seamless-demo@7779.service
 fi
 TYPES="seamless-exec seamless-notify seamless-forking seamless-forking-nopid seamless-oneshot seamless-prefork seamless-backend seamless-frontend seamless-sandboxed seamless-resources seamless-sysv seamless-chat seamless-sandboxed-rw seamless-dynamic seamless-sysv-private"
@@ -34,7 +36,9 @@ if [ "$SCENARIO" = full ] || [ "$SCENARIO" = lab ]; then
 	tar -C "$C" -cf ctr-rootfs.tar . && rm -rf "$C"
 fi
 mkdir -p /etc/seamless/conf.d /var/lib/seamless-test
-if [ "$SCENARIO" != workload ]; then
+if [ "$SCENARIO" = bench ]; then
+	printf 'units:\n  - seamless-bench.service\n' >/etc/seamless/conf.d/50-bench.yaml
+elif [ "$SCENARIO" != workload ]; then
 	cp config.yaml /etc/seamless/conf.d/50-demo.yaml
 fi
 if [ "$SCENARIO" = full ]; then

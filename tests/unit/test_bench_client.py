@@ -1,0 +1,44 @@
+"""The benchmark's client-side arithmetic (tests/vm/bench.py) on made-up probe logs."""
+
+from tests.vm import bench
+
+
+def probes(*spans: tuple[float, float, str | None]) -> list[tuple[float, str | None]]:
+    """Probes every 10 ms over each (start, end, token) span."""
+    out = []
+    for start, end, token in spans:
+        out += [(ms / 1000, token) for ms in range(round(start * 1000), round(end * 1000), 10)]
+    return out
+
+
+def test_downtime_is_the_outage_seen_by_the_client() -> None:
+    log = probes((0, 10, "old"), (10, 40, None), (40, 50, "old"))
+    d = bench.downtime(log, since=5, until=50, token="old")
+    assert d["seconds"] == 30.01 and d["last_before"] == 9.99 and d["first_after"] == 40
+    # A fresh instance is not the kept one: for a kept service it never came back...
+    fresh = probes((0, 10, "old"), (10, 40, None), (40, 50, "new"))
+    assert bench.downtime(fresh, since=5, until=50, token="old")["seconds"] is None
+    # ... but it is what the floor expects.
+    assert bench.downtime(fresh, since=5, until=50, token=None)["seconds"] == 30.01
+
+
+def test_a_short_hiccup_before_the_switch_is_not_the_outage() -> None:
+    log = probes((0, 8, "old"), (8, 8.2, None), (8.2, 10, "old"), (10, 30, None), (30, 35, "old"))
+    assert bench.downtime(log, since=5, until=35, token="old")["seconds"] == 20.01
+
+
+def test_block_bytes_are_the_services() -> None:
+    # The same derivation as tests/vm/guest/bench_state.py: a block is checkable from seed, index, version.
+    assert bench.block_bytes(7, 3, 1) == bench.block_bytes(7, 3, 1)
+    assert bench.block_bytes(7, 3, 1) != bench.block_bytes(7, 3, 2)
+    assert len(bench.block_bytes(1, 0, 0)) == bench.MIB
+
+
+def test_the_state_is_checked_only_once_the_service_is_back_from_the_outage() -> None:
+    hiccup = probes((0, 8, "old"), (8, 8.6, None), (8.6, 10, "old"))
+    assert not bench.back_after_outage(hiccup, since=5, token="old")
+    down = probes((0, 8, "old"), (8, 30, None))
+    assert not bench.back_after_outage(down, since=5, token="old")
+    back = probes((0, 8, "old"), (8, 30, None), (30, 31, "old"))
+    assert bench.back_after_outage(back, since=5, token="old")
+    assert not bench.back_after_outage(probes((0, 8, "old"), (8, 30, None), (30, 31, "new")), 5, "old")

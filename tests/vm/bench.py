@@ -1,0 +1,401 @@
+"""The benchmark: client-side downtime of a kernel switch, side by side, in one QEMU run.
+
+``python3 -m tests.vm.bench [--sizes 64,256] [--scenarios a,b,b-ram] [--reps 3]``
+(``make bench``) builds the "bench" image with the list of runs, boots it
+once, and follows the guest (tests/vm/guest/bench.py), which does one kernel
+switch A -> B per run and goes back to A unmeasured. Meanwhile, on the host,
+outside the guest, through QEMU's forwarded port:
+
+- the prober sends GET every 10 ms on a connection it re-opens whenever it
+  fails, and checks each answer (for a kept service: the same token as
+  before the switch). Downtime = last correct answer before the switch ->
+  first correct answer after it;
+- then it fetches every block of the state and checks each against what the
+  seed and version say it must be: the time to the full state;
+- one more connection stays open across the switch: a GET sent right after
+  the switch, and when its answer's first byte comes.
+
+Results: build/bench/results.json, and (unless --no-docs) docs/benchmarks.md
+and docs/benchmarks.svg, from the same run, with the command that made them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import itertools
+import json
+import random
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.vm import image as vmimage
+from tests.vm import vm
+
+GUEST_PORT = 7796
+MIB = 1 << 20
+OUT = vmimage.BUILD / "bench"
+DOCS = vmimage.REPO / "docs"
+# Guest RAM and reservation: room for the largest state twice (service + images).
+MACHINES = {
+    64: vm.Machine("2560M", "memmap=512M!1536M"),
+    256: vm.Machine("3072M", "memmap=1G!1536M"),
+    # Above 3 GiB QEMU puts the RAM past 4 GiB (the PCI hole below): the range goes there.
+    1024: vm.Machine("6144M", "memmap=2560M!4G"),
+}
+
+
+def block_bytes(seed: int, i: int, v: int) -> bytes:
+    """What block I at version V of a state with SEED holds (the same as bench_state.py)."""
+    return random.Random(seed * 2**40 + i * 2**20 + v).randbytes(MIB)
+
+
+def _request(sock: socket.socket, reader: Any, line: str) -> dict[str, Any]:
+    sock.sendall(line.encode() + b"\n")
+    answer = reader.readline()
+    if not answer:
+        raise ConnectionError("closed")
+    return dict(json.loads(answer))
+
+
+class Prober(threading.Thread):
+    """GET every 10 ms on a connection re-opened after any failure; each probe is (time, token or None)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.probes: list[tuple[float, str | None]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        sock: socket.socket | None = None
+        reader: Any = None
+        while not self.stop.is_set():
+            t = time.time()
+            token = None
+            try:
+                if sock is None:
+                    sock = socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
+                    reader = sock.makefile("r")
+                token = str(_request(sock, reader, "GET")["token"])
+            except Exception:  # any failure is a failed probe; the prober never stops
+                if sock is not None:
+                    sock.close()
+                sock = None
+            self.probes.append((t, token))
+            time.sleep(max(0.0, t + 0.01 - time.time()))
+
+
+def full_state(port: int, seed: int, size: int) -> dict[str, Any]:
+    """Fetch every block's digest and check it; how long it took and how many were wrong."""
+    t0 = time.time()
+    bad = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        reader = sock.makefile("r")
+        for i in range(size):
+            got = _request(sock, reader, f"BLOCK {i}")
+            if hashlib.sha256(block_bytes(seed, i, int(got["v"]))).hexdigest() != got["sha256"]:
+                bad += 1
+    return {"seconds": round(time.time() - t0, 3), "blocks": size, "bad": bad, "done_at": time.time()}
+
+
+class Established(threading.Thread):
+    """A connection kept open across the switch: one GET sent once the service is gone, and its answer.
+
+    start() it at the switch; it waits for the prober to see the outage begin.
+    """
+
+    def __init__(self, port: int, prober: Prober) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.reader = self.sock.makefile("r")
+        _request(self.sock, self.reader, "GET")
+        self.prober = prober
+        self.since = 0.0
+        self.result: dict[str, Any] = {}
+
+    def run(self) -> None:
+        while not outage_begun(self.prober.probes, self.since):
+            if time.time() - self.since > 900:
+                self.result = {"error": "no outage seen"}
+                return
+            time.sleep(0.05)
+        self.sock.settimeout(600)
+        sent = time.time()
+        try:
+            token = _request(self.sock, self.reader, "GET")["token"]
+            self.result = {"sent": sent, "answered": time.time(), "token": token}
+        except (OSError, ValueError, KeyError) as e:
+            self.result = {"sent": sent, "error": repr(e), "failed_at": time.time()}
+        finally:
+            self.sock.close()
+
+
+@dataclasses.dataclass
+class Run:
+    step: int
+    scenario: str
+    size: int
+    token: str = ""
+    seed: int = 0
+    switch_at: float = 0.0  # host time of the bench-switch event
+    after_at: float = 0.0  # ... and of bench-after (the guest is about to go back to A)
+    established: Established | None = None
+    state: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+
+def downtime(
+    probes: list[tuple[float, str | None]], since: float, until: float, token: str | None
+) -> dict[str, Any]:
+    """The client's outage in [SINCE, UNTIL]: the longest stretch between two correct answers.
+
+    Correct: any answer, or with TOKEN the answer of the same service instance.
+    None if the service never answered correctly again before UNTIL.
+    """
+    good = [t for t, tok in probes if tok is not None and (token is None or tok == token) and t <= until]
+    start = max((t for t in good if t < since), default=since)
+    after = [t for t in good if t >= start]
+    tail = [tok for t, tok in probes if since <= t <= until][-20:]
+    back = bool(tail) and all(tok is not None and (token is None or tok == token) for tok in tail[-5:])
+    if len(after) < 2 or not back:
+        return {"last_before": start, "first_after": None, "seconds": None}
+    last, first = max(itertools.pairwise(after), key=lambda g: g[1] - g[0])
+    return {"last_before": last, "first_after": first, "seconds": round(first - last, 3)}
+
+
+def _after_outage(
+    probes: list[tuple[float, str | None]], since: float, outage: float
+) -> list[tuple[float, str | None]] | None:
+    """The probes after the first OUTAGE seconds without an answer since SINCE; None if none yet."""
+    gone = None
+    for n, (t, tok) in enumerate(probes):
+        if t <= since:
+            continue
+        if tok is not None:
+            gone = None
+            continue
+        gone = t if gone is None else gone
+        if t - gone >= outage:
+            return probes[n + 1 :]
+    return None
+
+
+def outage_begun(probes: list[tuple[float, str | None]], since: float, outage: float = 2) -> bool:
+    """Whether, after SINCE, the prober has had no answer for OUTAGE seconds."""
+    return _after_outage(probes, since, outage) is not None
+
+
+def transitions(probes: list[tuple[float, str | None]], since: float, until: float) -> list[list[Any]]:
+    """The probes in [SINCE, UNTIL] as [time, token or None, how many in a row]: what the client saw."""
+    out: list[list[Any]] = []
+    for t, tok in probes:
+        if since <= t <= until:
+            if out and out[-1][1] == tok:
+                out[-1][2] += 1
+            else:
+                out.append([round(t, 3), tok, 1])
+    return out
+
+
+def back_after_outage(
+    probes: list[tuple[float, str | None]], since: float, token: str, outage: float = 3
+) -> bool:
+    """Whether, after SINCE, the service was gone for OUTAGE seconds or more and then answered as TOKEN.
+
+    It keeps answering during the arm, and a slow answer there is no outage.
+    """
+    rest = _after_outage(probes, since, outage)
+    return rest is not None and next((tok for _, tok in rest if tok is not None), None) == token
+
+
+class Bench:
+    def __init__(self, plan: list[dict[str, Any]]) -> None:
+        self.port = vm.free_port()
+        self.prober = Prober(self.port)
+        self.runs = [Run(i, r["scenario"], r["size"]) for i, r in enumerate(plan)]
+        self.checker: threading.Thread | None = None
+
+    def on_event(self, ev: vm.Event) -> None:
+        step = ev.data.get("step")
+        run = self.runs[step] if isinstance(step, int) and 0 <= step < len(self.runs) else None
+        if run is None:
+            return
+        if ev.name == "bench-ready":
+            run.token, run.seed = ev.data["token"], int(ev.data["seed"])
+            run.established = Established(self.port, self.prober)
+        elif ev.name == "bench-switch":
+            run.switch_at = ev.at
+            if run.established is not None:
+                run.established.since = ev.at
+                run.established.start()
+            if run.scenario != "a":
+                self.checker = threading.Thread(target=self._check_state, args=(run,), daemon=True)
+                self.checker.start()
+        elif ev.name == "bench-after":
+            run.after, run.after_at = ev.data, ev.at
+
+    def _check_state(self, run: Run) -> None:
+        """Once the kept service answers with its old token again, check its whole state."""
+        while True:
+            time.sleep(0.05)
+            if back_after_outage(self.prober.probes, run.switch_at, run.token):
+                break
+            if time.time() - run.switch_at > 900:
+                return
+        try:
+            run.state = full_state(self.port, run.seed, run.size)
+        except (OSError, ValueError, KeyError) as e:
+            run.state = {"error": repr(e)}
+
+    def result(self, run: Run) -> dict[str, Any]:
+        keep = run.scenario != "a"
+        down = downtime(
+            self.prober.probes, run.switch_at, run.after_at or time.time(), run.token if keep else None
+        )
+        out: dict[str, Any] = {
+            "step": run.step,
+            "scenario": run.scenario,
+            "size_mib": run.size,
+            "client": down,
+            "probes": transitions(self.prober.probes, run.switch_at - 2, run.after_at or time.time()),
+        }
+        est = run.established.result if run.established is not None else {}
+        if est.get("answered") and down["first_after"]:
+            est = {**est, "after_service_back": round(est["answered"] - down["first_after"], 3)}
+        out["established"] = est
+        if run.state is not None and down["first_after"] and "done_at" in run.state:
+            out["full_state"] = {
+                **run.state,
+                "after_last_answer": round(run.state["done_at"] - down["last_before"], 3),
+            }
+        else:
+            out["full_state"] = run.state
+        after = run.after or {}
+        out["kept"] = keep and after.get("token") == run.token
+        out["kernel_after"] = after.get("uname")
+        rep = after.get("report") or {}
+        out["guest"] = {
+            "seconds": rep.get("seconds"),
+            "units": [
+                {k: u.get(k) for k in ("unit", "outcome", "image_bytes", "seconds")}
+                for u in rep.get("units", [])
+            ],
+            "ram": {k: v for k, v in (rep.get("ram") or {}).items() if k not in ("ranges",)},
+        }
+        return out
+
+
+def run_bench(plan: list[dict[str, Any]], out: Path, machine: vm.Machine) -> dict[str, Any]:
+    img = vmimage.build_image("bench", extra_files={"etc/seamless-test/bench.json": json.dumps(plan)})
+    out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(plan)
+    bench.prober.start()
+    events: list[vm.Event] = []
+    t0 = time.time()
+    try:
+        vm.boot(
+            img,
+            out / "console.log",
+            events,
+            set(),
+            machine=machine,
+            forwards={bench.port: GUEST_PORT},
+            on_event=bench.on_event,
+            # Each run: a switch there and one back, and the state made and checked.
+            timeout=vm.QEMU_TIMEOUT + sum(400 + r["size"] for r in plan),
+        )
+    except TimeoutError as e:
+        events.append(vm.Event("error", {"error": str(e)}, time.time()))
+    finally:
+        bench.prober.stop.set()
+    results = {
+        "plan": plan,
+        "machine": dataclasses.asdict(machine),
+        "kernels": [vmimage.KERNEL_A, vmimage.KERNEL_B],
+        "host_seconds": round(time.time() - t0, 1),
+        "done": any(e.name == "bench-done" for e in events),
+        "errors": [e.data for e in events if e.name in ("error", "bench-error")],
+        "runs": [bench.result(r) for r in bench.runs],
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per scenario and size: median, min and max client downtime, and the ratio to (a)'s median."""
+    rows = []
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in results["runs"]:
+        groups.setdefault((r["scenario"], r["size_mib"]), []).append(r)
+    floor = {
+        size: statistics.median(d)
+        for (sc, size), rs in groups.items()
+        if sc == "a"
+        if (d := [r["client"]["seconds"] for r in rs if r["client"]["seconds"] is not None])
+    }
+    for (sc, size), rs in sorted(groups.items(), key=lambda x: (x[0][1], x[0][0])):
+        downs = [r["client"]["seconds"] for r in rs if r["client"]["seconds"] is not None]
+        full = [
+            r["full_state"]["after_last_answer"]
+            for r in rs
+            if (r.get("full_state") or {}).get("after_last_answer")
+        ]
+        est = [r["established"]["after_service_back"] for r in rs if "after_service_back" in r["established"]]
+        med = statistics.median(downs) if downs else None
+        rows.append(
+            {
+                "scenario": sc,
+                "size_mib": size,
+                "runs": len(rs),
+                "downtime_median": med,
+                "downtime_min": min(downs, default=None),
+                "downtime_max": max(downs, default=None),
+                "ratio_to_a": round(med / floor[size], 2) if med and floor.get(size) else None,
+                "full_state_median": statistics.median(full) if full else None,
+                "established_median": statistics.median(est) if est else None,
+                "kept": all(r["kept"] for r in rs) if sc != "a" else None,
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m tests.vm.bench")
+    ap.add_argument("--sizes", default="64", help="state sizes in MiB, comma separated")
+    ap.add_argument("--scenarios", default="a,b,b-ram")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--no-docs", action="store_true")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    scenarios = args.scenarios.split(",")
+    # Interleaved: rep 1 of every scenario, then rep 2, ... (drift hits all alike).
+    plan = [{"scenario": sc, "size": size} for size in sizes for _ in range(args.reps) for sc in scenarios]
+    machine = MACHINES[min((m for m in MACHINES if m >= max(sizes)), default=max(MACHINES))]
+    results = run_bench(plan, args.out, machine)
+    rows = summary(results)
+    results["summary"] = rows
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    for row in rows:
+        print(json.dumps(row))
+    if not args.no_docs:
+        command = "python3 -m tests.vm.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_docs(results, rows, command.strip())
+    return 0 if results["done"] and not results["errors"] else 1
+
+
+def write_docs(results: dict[str, Any], rows: list[dict[str, Any]], command: str) -> None:
+    from tests.vm import bench_docs
+
+    bench_docs.write(results, rows, command, DOCS / "benchmarks.md", DOCS / "benchmarks.svg")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+#!/usr/bin/python3
+"""The guest side of the benchmark (scenario "bench"): one measured kernel switch per run.
+
+/etc/seamless-test/bench.json lists the runs, e.g. [{"scenario": "a",
+"size": 64}, {"scenario": "b", "size": 64}]. Every run starts in kernel A:
+seamless-bench.service is started with SIZE MiB of state, the host's
+prober (tests/vm/bench.py) sees it answer ("bench-ready"), then the switch
+("bench-switch") to kernel B:
+
+  a      floor: a plain kexec, nothing preserved; in B the service starts
+         with no state and answers at once
+  b      seamless-upgrade run (images in the reservation, memmap= on this
+         guest's command line)
+  b-ram  seamless-upgrade run with pmem.mode: on-demand (RAM taken at arm time)
+
+In B: wait for the service (and for restore-finish), wait until the host
+has checked every block of the state, report ("bench-after"), then a plain
+kexec back to A (not measured) for the next run. "bench-done" when all ran.
+"""
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, "/usr/local/lib/seamless-test")
+from driver import emit, sh, wait_for_finish
+
+from seamless_systemd import kernels
+
+PLAN = Path("/etc/seamless-test/bench.json")
+STEP = Path("/var/lib/seamless-test/bench-state.json")
+UNIT = "seamless-bench.service"
+PORT = 7796
+DROPIN = Path(f"/etc/systemd/system/{UNIT}.d/50-size.conf")
+MODE = Path("/etc/seamless/conf.d/70-bench-mode.yaml")
+KERNEL_A = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: kernels.version_key(p.name))[0]
+KERNEL_B = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: kernels.version_key(p.name))[-1]
+
+
+def save(state):
+    STEP.write_text(json.dumps(state))
+    os.sync()
+
+
+def ask(cmd="GET", timeout=10):
+    with socket.create_connection(("127.0.0.1", PORT), timeout=timeout) as s:
+        s.sendall(cmd.encode() + b"\n")
+        return json.loads(s.makefile().readline())
+
+
+def wait_answer(limit):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            return ask()
+        except (OSError, ValueError):
+            time.sleep(0.2)
+    raise SystemExit(f"{UNIT} does not answer on {PORT}")
+
+
+def set_size(size):
+    DROPIN.parent.mkdir(parents=True, exist_ok=True)
+    DROPIN.write_text(f"[Service]\nEnvironment=BENCH_SIZE_MIB={size}\n")
+    sh("systemctl", "daemon-reload")
+
+
+def plain_kexec(kernel):
+    """kexec into KERNEL with nothing armed: the services stop and start as in a reboot."""
+    version = kernel.name.removeprefix("vmlinuz-")
+    cmdline = kernels.new_cmdline(Path("/proc/cmdline").read_text(), {})
+    rc, out = sh(
+        "kexec", "-l", str(kernel), f"--initrd=/boot/initrd.img-{version}", f"--command-line={cmdline}"
+    )
+    if rc != 0:
+        raise SystemExit(f"kexec -l {kernel} failed: {out}")
+    sh("systemctl", "kexec")
+
+
+def start_run(plan, state):
+    run = plan[state["step"]]
+    if run["scenario"] == "b-ram":
+        MODE.write_text("pmem: {mode: on-demand}\n")
+    else:
+        MODE.unlink(missing_ok=True)
+    set_size(run["size"])
+    sh("systemctl", "restart", UNIT)
+    before = wait_answer(600 + 2 * run["size"])
+    seed = ask("SEED")["seed"]
+    emit("bench-ready", {"step": state["step"], **run, "token": before["token"], "seed": seed})
+    time.sleep(5)  # the prober's answers before the switch
+    save({**state, "phase": "switched"})
+    emit("bench-switch", {"step": state["step"], "at": time.time()})
+    if run["scenario"] == "a":
+        set_size(0)  # what starts in B: the same service, with nothing to keep
+        plain_kexec(KERNEL_B)
+    else:
+        rc, out = sh("seamless-upgrade", "run", "--kernel", KERNEL_B.name.removeprefix("vmlinuz-"))
+        if rc != 0:
+            emit("bench-error", {"step": state["step"], "out": out})
+            save({**state, "phase": "failed"})
+            sh("systemctl", "poweroff")
+    time.sleep(600)
+
+
+def after_run(plan, state):
+    run = plan[state["step"]]
+    t0 = time.time()
+    now = wait_answer(300)
+    finish = wait_for_finish() if run["scenario"] != "a" else None
+    # The host checks every block of the state through the service: wait for it.
+    deadline = time.monotonic() + 120 + run["size"]
+    while run["scenario"] != "a" and ask()["checked"] < run["size"] and time.monotonic() < deadline:
+        time.sleep(1)
+    rc, rep = sh("seamless-upgrade", "report", "--json")
+    emit(
+        "bench-after",
+        {
+            "step": state["step"],
+            **run,
+            "uname": os.uname().release,
+            "token": now["token"],
+            "checked": ask()["checked"],
+            "finish": finish,
+            "answered_after_s": round(time.time() - t0, 3),
+            "report": json.loads(rep) if rc == 0 and run["scenario"] != "a" else None,
+        },
+    )
+    save({"step": state["step"] + 1, "phase": "returning"})
+    sh("systemctl", "stop", UNIT)
+    set_size(0)  # A starts it empty; the next run sets its size
+    plain_kexec(KERNEL_A)
+    time.sleep(600)
+
+
+def main():
+    plan = json.loads(PLAN.read_text())
+    state = json.loads(STEP.read_text()) if STEP.exists() else {"step": 0, "phase": "start"}
+    if state["phase"] == "switched":
+        after_run(plan, state)
+    elif state["phase"] == "failed":
+        emit("bench-done", {"failed": True})
+        sh("systemctl", "poweroff")
+    elif state["step"] >= len(plan):
+        emit("bench-done", {"runs": len(plan)})
+        sh("systemctl", "poweroff")
+    else:
+        start_run(plan, state)
+
+
+if __name__ == "__main__":
+    main()

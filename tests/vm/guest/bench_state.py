@@ -1,0 +1,101 @@
+#!/usr/bin/python3
+"""The benchmark's service: SIZE MiB of state in memory that a client can check.
+
+bench_state.py PORT SIZE_MIB
+
+The state is SIZE blocks of 1 MiB; block i at version v holds the bytes
+random.Random(seed * 2**40 + i * 2**20 + v).randbytes(1 MiB), so a client
+that knows seed, i and v can tell whether the block is right. A thread
+rewrites 1 % of the blocks every second (at least one), to a new version,
+so that an incremental dump has something to do. One request per line:
+
+  GET        {"token", "pid", "size_mib", "ready", "checked"}: token is
+             random per start (a fresh start has a new one); checked counts
+             the blocks BLOCK has hashed since the start
+  BLOCK i    {"i", "v", "sha256"} of block i as it is now
+  SEED       {"seed"}: what a client needs to check blocks
+"""
+
+import hashlib
+import json
+import os
+import random
+import secrets
+import socket
+import sys
+import threading
+import time
+
+MIB = 1 << 20
+
+
+def block_bytes(seed: int, i: int, v: int) -> bytes:
+    return random.Random(seed * 2**40 + i * 2**20 + v).randbytes(MIB)
+
+
+class State:
+    def __init__(self, size: int) -> None:
+        self.seed = secrets.randbits(32)
+        self.token = secrets.token_hex(8)
+        self.size = size
+        self.mem = bytearray(size * MIB)
+        self.versions = [0] * size
+        self.lock = threading.Lock()
+        self.checked = 0
+        self.ready = False
+        for i in range(size):
+            self.mem[i * MIB : (i + 1) * MIB] = block_bytes(self.seed, i, 0)
+        self.ready = True
+
+    def rewrite(self) -> None:
+        """1 % of the blocks a second, each to its next version."""
+        rng = random.Random()
+        while True:
+            time.sleep(1)
+            for _ in range(max(1, self.size // 100) if self.size else 0):
+                i = rng.randrange(self.size)
+                v = self.versions[i] + 1
+                data = block_bytes(self.seed, i, v)
+                with self.lock:
+                    self.mem[i * MIB : (i + 1) * MIB] = data
+                    self.versions[i] = v
+
+    def answer(self, line: str) -> dict:
+        words = line.split()
+        if words[:1] == ["BLOCK"] and len(words) == 2 and words[1].isdigit() and int(words[1]) < self.size:
+            i = int(words[1])
+            with self.lock:
+                digest = hashlib.sha256(self.mem[i * MIB : (i + 1) * MIB]).hexdigest()
+                v = self.versions[i]
+            self.checked += 1
+            return {"i": i, "v": v, "sha256": digest}
+        if words == ["SEED"]:
+            return {"seed": self.seed}
+        return {
+            "token": self.token,
+            "pid": os.getpid(),
+            "size_mib": self.size,
+            "ready": self.ready,
+            "checked": self.checked,
+        }
+
+
+def serve(state: State, conn: socket.socket) -> None:
+    with conn:
+        reader = conn.makefile("r")
+        for line in reader:
+            conn.sendall((json.dumps(state.answer(line)) + "\n").encode())
+
+
+def main() -> None:
+    port, size = int(sys.argv[1]), int(sys.argv[2])
+    state = State(size)
+    threading.Thread(target=state.rewrite, daemon=True).start()
+    srv = socket.create_server(("0.0.0.0", port), backlog=64)
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=serve, args=(state, conn), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()

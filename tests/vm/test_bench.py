@@ -1,0 +1,44 @@
+"""make test's quick benchmark: the smallest state, the floor (a) and the seamless upgrade (b), once.
+
+The full matrix is make bench (tests/vm/bench.py, docs/benchmarks.md); this
+keeps it from rotting and checks what the benchmark claims to measure: a
+client outside the guest saw the service go away and come back, the kept
+service came back as the same instance with every block of its state right,
+and the floor's service did not (nothing was kept).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.vm import bench
+from tests.vm import image as vmimage
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_benchmark() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
+    out = vmimage.BUILD / "bench-quick"
+    rc = bench.main(["--sizes", "64", "--scenarios", "a,b", "--reps", "1", "--out", str(out), "--no-docs"])
+    results = json.loads((out / "results.json").read_text())
+    assert results["done"] and not results["errors"], results["errors"]
+    floor, seamless = results["runs"]
+    for run in (floor, seamless):
+        assert run["kernel_after"] == vmimage.KERNEL_B, run
+        assert run["client"]["seconds"] and run["client"]["seconds"] > 0, run["client"]
+    assert seamless["kept"] is True
+    assert seamless["full_state"]["blocks"] == 64 and seamless["full_state"]["bad"] == 0, seamless[
+        "full_state"
+    ]
+    assert floor["kept"] is False
+    (row_a, row_b) = sorted(results["summary"], key=lambda r: r["scenario"])
+    print(
+        f"quick benchmark: (a) {row_a['downtime_median']} s, (b) {row_b['downtime_median']} s, "
+        f"ratio {row_b['ratio_to_a']}"
+    )
+    assert rc == 0
