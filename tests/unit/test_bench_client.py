@@ -42,3 +42,10 @@ def test_the_state_is_checked_only_once_the_service_is_back_from_the_outage() ->
     back = probes((0, 8, "old"), (8, 30, None), (30, 31, "old"))
     assert bench.back_after_outage(back, since=5, token="old")
     assert not bench.back_after_outage(probes((0, 8, "old"), (8, 30, None), (30, 31, "new")), 5, "old")
+
+
+def test_transitions_are_what_the_client_saw_in_a_row() -> None:
+    log = probes((0, 0.03, "old"), (0.03, 0.05, None), (0.05, 0.06, "old"))
+    assert bench.transitions(log, since=0, until=1) == [[0.0, "old", 3], [0.03, None, 2], [0.05, "old", 1]]
+    assert bench.outage_begun(probes((0, 1, "old"), (1, 4, None)), since=0.5)
+    assert not bench.outage_begun(probes((0, 1, "old"), (1, 2, None), (2, 3, "old")), since=0.5)

@@ -114,6 +114,9 @@ def after_run(plan, state):
     deadline = time.monotonic() + 120 + run["size"]
     while run["scenario"] != "a" and ask()["checked"] < run["size"] and time.monotonic() < deadline:
         time.sleep(1)
+    # The host's prober comes through the network, which may come up after the
+    # service: give it time to see the service back before this run ends.
+    time.sleep(10)
     rc, rep = sh("seamless-upgrade", "report", "--json")
     emit(
         "bench-after",
