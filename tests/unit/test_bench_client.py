@@ -49,3 +49,16 @@ def test_transitions_are_what_the_client_saw_in_a_row() -> None:
     assert bench.transitions(log, since=0, until=1) == [[0.0, "old", 3], [0.03, None, 2], [0.05, "old", 1]]
     assert bench.outage_begun(probes((0, 1, "old"), (1, 4, None)), since=0.5)
     assert not bench.outage_begun(probes((0, 1, "old"), (1, 2, None), (2, 3, "old")), since=0.5)
+
+
+def test_slow_answers_at_the_end_do_not_hide_the_outage() -> None:
+    # Under load the last probes time out now and then: the outage is still the long stretch.
+    log = probes((0, 10, "old"), (10, 40, None), (40, 45, "old"), (45, 45.5, None), (45.5, 45.52, "old"))
+    log += probes((45.52, 46, None))
+    assert bench.downtime(log, since=5, until=46, token="old")["seconds"] == 30.01
+
+
+def test_probes_again_from_the_recorded_transitions() -> None:
+    log = probes((0, 10, "old"), (10, 40, None), (40, 50, "old"))
+    again = bench.from_transitions(bench.transitions(log, since=0, until=50))
+    assert bench.downtime(again, since=5, until=50, token="old")["seconds"] == 30.01
