@@ -270,6 +270,10 @@ def mount(device: str, mountpoint: Path) -> None:
     (RequiresMountsFor=), then the unmount, then the server.
     """
     run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", LABEL, "-O", "^has_journal", device])
+    # udev watches block devices: closing mkfs's descriptor set the mode back to
+    # the disk group's. Root only again, once udev is done with that event.
+    run(["udevadm", "settle", "--timeout=30"], check=False)
+    os.chmod(device, 0o600)
     unit = mount_unit_path(mountpoint)
     unit.parent.mkdir(parents=True, exist_ok=True)
     unit.write_text(
