@@ -128,9 +128,7 @@ def generate(normal: Path, root: Path, cmdline: str) -> int:
             if p.get("seamless.ram") == "on-demand":
                 # Nothing to restore, but the RAM that was to carry the images
                 # goes back to the kernel all the same (restore-finish does it).
-                wants = normal / "multi-user.target.wants"
-                wants.mkdir(parents=True, exist_ok=True)
-                _link(wants / "seamless-restore-finish.service")
+                _want(normal, "multi-user.target", "seamless-restore-finish.service")
             return 0
         wired = []
         for unit in units:
@@ -162,13 +160,9 @@ def generate(normal: Path, root: Path, cmdline: str) -> int:
             wired.append(unit)
         decision["units"] = wired
         if wired:
-            wants = normal / "sysinit.target.wants"
-            wants.mkdir(parents=True, exist_ok=True)
-            _link(wants / "seamless-restore.service")
+            _want(normal, "sysinit.target", "seamless-restore.service")
         # The finish step runs even when nothing is left to restore: it writes the report.
-        wants = normal / "multi-user.target.wants"
-        wants.mkdir(parents=True, exist_ok=True)
-        _link(wants / "seamless-restore-finish.service")
+        _want(normal, "multi-user.target", "seamless-restore-finish.service")
         fd = normal / "seamless-restore-finish.service.d"
         fd.mkdir(parents=True, exist_ok=True)
         after = "".join(f"After={u}\n" for u in units if _UNIT_RE.match(u))
@@ -192,6 +186,13 @@ def generate(normal: Path, root: Path, cmdline: str) -> int:
 def _link(path: Path) -> None:
     if not path.is_symlink():
         path.symlink_to(f"{UNIT_DIR}/{path.name}")
+
+
+def _want(normal: Path, target: str, unit: str) -> None:
+    """TARGET wants UNIT (a link in NORMAL/TARGET.wants)."""
+    wants = normal / f"{target}.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    _link(wants / unit)
 
 
 def main(argv: list[str]) -> int:

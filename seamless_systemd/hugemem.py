@@ -316,12 +316,17 @@ def _address(m: mmap.mmap) -> int:
         del buf
 
 
+def lower(page: int, count: int) -> None:
+    """Lower nr_hugepages of PAGE-sized pages by COUNT: free pages go back to the kernel."""
+    nr = _nr_path(page)
+    now = int(nr.read_text())
+    nr.write_text(f"{max(0, now - count)}\n")
+
+
 def give_back(taken: Taken) -> None:
     """Remove the file and lower nr_hugepages by its pages again."""
     taken.path.unlink(missing_ok=True)
-    nr = _nr_path(taken.page)
-    now = int(nr.read_text())
-    nr.write_text(f"{max(0, now - len(taken.addresses))}\n")
+    lower(taken.page, len(taken.addresses))
 
 
 @contextlib.contextmanager

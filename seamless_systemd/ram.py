@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import hugemem, kernels, nbd, pmem, state, systemd
+from seamless_systemd import hugemem, kernels, nbd, pmem, procs, state, systemd
 from seamless_systemd.errors import CommandError, SeamlessError
 from seamless_systemd.log import log
 from seamless_systemd.run import run
@@ -67,20 +67,6 @@ def lockdown(path: Path = Path("/sys/kernel/security/lockdown")) -> str:
     return "none"
 
 
-def mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
-    for line in meminfo.read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) << 10
-    return 0
-
-
-def mem_total(meminfo: Path = Path("/proc/meminfo")) -> int:
-    for line in meminfo.read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) << 10
-    return 0
-
-
 def max_ranges(cmdline: str) -> int:
     """How many ranges the memmap= word can still name on CMDLINE (the new kernel's, without it)."""
     room = hugemem.COMMAND_LINE_MAX - 1 - len(cmdline) - len(f" {kernels.RAM_PARAM}=on-demand memmap=")
@@ -105,7 +91,7 @@ def gather() -> Facts:
         blocks = 0
     nbd_ok = Path("/sys/module/nbd").exists()
     nbd_ok = nbd_ok or run(["modprobe", "-n", "-q", "nbd"], check=False).returncode == 0
-    return Facts(tuple(hugemem.page_sizes()), mem_available(), blocks, lockdown(), nbd_ok)
+    return Facts(tuple(hugemem.page_sizes()), procs.meminfo("MemAvailable"), blocks, lockdown(), nbd_ok)
 
 
 def judge(f: Facts, needed: int, cmdline: str) -> tuple[list[str], list[str]]:
@@ -183,7 +169,7 @@ def serve() -> int:
     # Take up to as much again, and keep the pages that fill whole memory
     # blocks (fewer ranges, and RAM the new kernel can get back); never more
     # than 80 % of what is available.
-    spare = max(0, min(size, mem_available() * 8 // 10 - size)) // PAGE * PAGE
+    spare = max(0, min(size, procs.meminfo("MemAvailable") * 8 // 10 - size)) // PAGE * PAGE
     with hugemem.hugetlbfs(HUGE_DIR, PAGE) as directory:
         taken = hugemem.take(directory, size, PAGE, spare, lead=True)
         took = time.monotonic() - t0
@@ -237,7 +223,7 @@ def mount_unit_path(mountpoint: Path) -> Path:
 
 def take(size: int) -> dict[str, Any]:
     """Start seamless-ram.service for SIZE bytes; what it took (TAKEN's contents)."""
-    state.write_json(REQUEST, {"bytes": size, "page": PAGE})
+    state.write_json(REQUEST, {"bytes": size})
     TAKEN.unlink(missing_ok=True)
     try:
         run(["systemctl", "start", UNIT], timeout=600)
@@ -303,9 +289,7 @@ def release(mountpoint: Path) -> None:
         data = state.read_json(TAKEN)
         pid = int(data.get("pid", 0))
         if not pid or not Path(f"/proc/{pid}").exists():
-            nr = hugemem.HUGEPAGES / f"hugepages-{int(data['page']) >> 10}kB" / "nr_hugepages"
-            now = int(nr.read_text())
-            nr.write_text(f"{max(0, now - int(data['bytes']) // int(data['page']))}\n")
+            hugemem.lower(int(data["page"]), int(data["bytes"]) // int(data["page"]))
             TAKEN.unlink()
     REQUEST.unlink(missing_ok=True)
 
@@ -331,8 +315,8 @@ def _give_one(dev: str, start: int, length: int, block: int) -> str | None:
     first = -(-(start + DEVDAX_HEAD) // block) * block
     if first + block > start + length:
         return f"smaller than a {block >> 20} MiB memory block after the devdax metadata"
-    namespace = Path(os.path.realpath(f"/sys/block/{dev}/device")).name
-    region = Path(os.path.realpath(f"/sys/block/{dev}/device")).parent
+    ns = Path(os.path.realpath(f"/sys/block/{dev}/device"))
+    namespace, region = ns.name, ns.parent
     align = region / "align"
     # ndctl wants the region's size to be a multiple of its alignment (16 MiB by default).
     with contextlib.suppress(OSError, ValueError):
@@ -354,7 +338,7 @@ def _give_one(dev: str, start: int, length: int, block: int) -> str | None:
 def give_back(ranges: list[tuple[int, int]], mountpoint: Path) -> dict[str, Any]:
     """After the restores: unmount the images, drop the table, give each range to the allocator."""
     t0 = time.monotonic()
-    before = mem_total()
+    before = procs.meminfo("MemTotal")
     out: dict[str, Any] = {"taken_bytes": sum(e - s for s, e in ranges), "ranges": len(ranges)}
     if pmem.is_mounted(mountpoint):
         proc = run(["umount", str(mountpoint)], check=False)
@@ -377,7 +361,7 @@ def give_back(ranges: list[tuple[int, int]], mountpoint: Path) -> dict[str, Any]
             kept.append({"device": dev, "start": start, "bytes": end - start, "reason": why})
             log.info("RAM at %#x (%d MiB) stays %s: %s", start, (end - start) >> 20, dev, why)
     out.update(
-        returned_bytes=max(0, mem_total() - before),
+        returned_bytes=max(0, procs.meminfo("MemTotal") - before),
         kept=kept,
         seconds=round(time.monotonic() - t0, 3),
     )

@@ -389,10 +389,11 @@ def _keep_socket_files(paths: list[str]) -> Iterator[None]:
 def finish() -> int:
     """Cold-start what was not restored, drop the restore drop-ins, write the report."""
     gen = current_generation()
+    ranges = ram.this_boot_ranges()
     if gen is None or not gen.manifest.exists():
-        if gen is not None and ram.this_boot_ranges():
+        if gen is not None and ranges:
             # No images to restore from: their RAM is of no use any more.
-            ram.give_back(ram.this_boot_ranges(), gen.mount)
+            ram.give_back(ranges, gen.mount)
         return 0
     manifest = state.read_json(gen.manifest)
     state.RESTORE_DIR.mkdir(parents=True, exist_ok=True)
@@ -435,7 +436,6 @@ def finish() -> int:
     state.update_json(gen.boot, finished_at=time.time())
     rep = report.build(gen)
     state.write_json(gen.report, rep)
-    ranges = ram.this_boot_ranges()
     if ranges:
         # RAM on demand: the images are used up; their RAM goes back to this kernel.
         rep["ram"] = {**(manifest.get("ram") or {}), "given_back": ram.give_back(ranges, gen.mount)}

@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
-from seamless_systemd import hugemem, ram
+import pytest
+
+from seamless_systemd import hugemem, procs, ram
 
 MiB = 1 << 20
 
@@ -23,14 +25,17 @@ def test_max_ranges_counts_what_the_command_line_still_holds() -> None:
     assert ram.max_ranges("x" * 2040) == 0
 
 
-def test_lockdown_and_meminfo(tmp_path: Path) -> None:
+def test_lockdown_and_meminfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lock = tmp_path / "lockdown"
     lock.write_text("none [integrity] confidentiality\n")
     assert ram.lockdown(lock) == "integrity"
     lock.write_text("[none] integrity confidentiality\n")
     assert ram.lockdown(lock) == "none"
     assert ram.lockdown(tmp_path / "missing") == "none"
-    meminfo = tmp_path / "meminfo"
-    meminfo.write_text("MemTotal:        2512480 kB\nMemFree:  100 kB\nMemAvailable:    2141404 kB\n")
-    assert ram.mem_total(meminfo) == 2512480 << 10
-    assert ram.mem_available(meminfo) == 2141404 << 10
+    # The figures plan and give_back go by (procs.meminfo).
+    (tmp_path / "meminfo").write_text(
+        "MemTotal:        2512480 kB\nMemFree:  100 kB\nMemAvailable:    2141404 kB\n"
+    )
+    monkeypatch.setattr(procs, "PROC", tmp_path)
+    assert procs.meminfo("MemTotal") == 2512480 << 10
+    assert procs.meminfo("MemAvailable") == 2141404 << 10
