@@ -330,9 +330,29 @@ def _give_one(dev: str, start: int, length: int, block: int) -> str | None:
         chardev = json.loads(made.stdout)["daxregion"]["devices"][0]["chardev"]
         run(["daxctl", "reconfigure-device", "--mode=system-ram", chardev], timeout=120)
     except (CommandError, ValueError, KeyError, IndexError, TypeError) as e:
-        lines = str(e).strip().splitlines()
-        return lines[-1] if lines else "ndctl/daxctl failed"
+        # ndctl ends with a count ("reconfigured 0 devices"); the cause is in the lines before.
+        text = (e.stderr or e.stdout) if isinstance(e, CommandError) else str(e)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return "; ".join(lines[-4:]) or str(e)
     return None
+
+
+def _holders() -> str:
+    """Who keeps the images' device open: its kernel holders and the mount tables that name it."""
+    found = []
+    with contextlib.suppress(OSError):
+        dm = DM_DEVICE.resolve().name
+        found += [f"/sys/block/{dm}/holders/{h.name}" for h in Path(f"/sys/block/{dm}/holders").iterdir()]
+        major_minor = Path(f"/sys/block/{dm}/dev").read_text().strip()
+        namespaces = set()
+        for info in Path("/proc").glob("[0-9]*/mountinfo"):
+            with contextlib.suppress(OSError):
+                ns = os.readlink(info.parent / "ns" / "mnt")
+                if ns not in namespaces and f" {major_minor} " in info.read_text():
+                    namespaces.add(ns)
+                    pid = int(info.parent.name)
+                    found.append(f"a mount in the namespace of PID {pid} ({procs.comm(pid)})")
+    return ", ".join(found[:8]) or "nothing found"
 
 
 def give_back(ranges: list[tuple[int, int]], mountpoint: Path) -> dict[str, Any]:
@@ -347,7 +367,19 @@ def give_back(ranges: list[tuple[int, int]], mountpoint: Path) -> dict[str, Any]
             log.warning("The images' RAM stays taken: %s", out["reason"])
             return out
     if DM_DEVICE.exists():
-        run(["dmsetup", "remove", DM_NAME], check=False)
+        # udev may still be probing the device (its coldplug in this boot): settle, then let
+        # dmsetup retry while it is briefly open.
+        with contextlib.suppress(CommandError):
+            run(["udevadm", "settle", "--timeout=30"], check=False, timeout=60)
+        try:
+            run(["dmsetup", "remove", "--retry", DM_NAME], timeout=120)
+        except CommandError as e:
+            out.update(
+                returned_bytes=0,
+                reason=f"cannot remove /dev/mapper/{DM_NAME}: {str(e).strip()} (held by: {_holders()})",
+            )
+            log.warning("The images' RAM stays taken: %s", out["reason"])
+            return out
     try:
         block = int(Path("/sys/devices/system/memory/block_size_bytes").read_text(), 16)
     except (OSError, ValueError):
