@@ -268,6 +268,10 @@ def mount(device: str, mountpoint: Path) -> None:
         "Description=Images of the armed seamless kernel upgrade (RAM taken on demand)\n"
         "Documentation=file:/usr/share/doc/seamless-systemd/ram-on-demand.md\n"
         f"BindsTo={UNIT}\nAfter={UNIT}\n"
+        # Not part of local-fs.target: it comes and goes with the upgrade, and at the
+        # shutdown local-fs.target stops after sysinit.target, which the server is
+        # ordered after (a cycle that systemd broke by dropping the server's stop).
+        "DefaultDependencies=no\nConflicts=umount.target\nBefore=umount.target\n"
         "[Mount]\n"
         f"What={device}\nWhere={mountpoint}\nType=ext4\nDirectoryMode=0700\n"
     )

@@ -140,6 +140,13 @@ else:
     print(f"keeper: the same PID {now['pid']} and the same {now['bytes'] >> 20} MiB")
     if RESERVED:
         raise SystemExit(0)
+    # The old boot's shutdown stopped the images' mount, then the RAM server, in order:
+    # systemd broke no ordering cycle to get there.
+    old = subprocess.run(
+        ["journalctl", "-b", "-1", "-o", "cat", "--no-pager"], capture_output=True, text=True
+    )
+    cycles = [line for line in old.stdout.splitlines() if "ordering cycle" in line]
+    assert old.returncode == 0 and not cycles, cycles or old.stderr
     # The damaged range: keeper-b's images failed their checksums, it started afresh.
     rep = json.loads(Path("/var/lib/seamless/reports/last.json").read_text())
     b = next(u for u in rep["units"] if u["unit"] == "seamless-keeper-b.service")
