@@ -8,7 +8,7 @@ import pytest
 from seamless_systemd import kernels, ram, upgrade
 from seamless_systemd.config import Config, PmemMode
 from seamless_systemd.errors import PreflightError
-from seamless_systemd.upgrade import PID_MARGIN, HostFacts, UnitPlan, decide
+from seamless_systemd.upgrade import IMAGE_OVERHEAD, PID_MARGIN, HostFacts, UnitPlan, decide
 
 A = "6.1.0-47-cloud-amd64"
 B = "6.1.0-53-cloud-amd64"
@@ -234,3 +234,14 @@ def test_arm_refuses_ram_in_more_ranges_than_the_command_line_can_name(
     why = str(e.value)
     assert "came in 200 ranges" in why and "hugetlb_cma=" in why and "pmem.mode: reserved" in why
     assert mounted == []  # nothing made on RAM that cannot be handed over
+
+
+def test_images_must_fit_the_reservation_with_room_to_grow() -> None:
+    # The estimate is what CRIU writes; the reservation must hold it, its file system and some growth.
+    def unit(mem: int) -> tuple[UnitPlan, ...]:
+        return (UnitPlan("app.service", 5812, (5812,), mem, mem + IMAGE_OVERHEAD, None),)
+
+    assert decide(CFG, facts(units=unit(400 * MiB))).problems == ()
+    problem = only_problem(units=unit(440 * MiB))
+    assert "images need about 440 MiB" in problem and "with room to grow" in problem, problem
+    assert "holds 480 MiB: reserve more memory with memmap=" in problem, problem
