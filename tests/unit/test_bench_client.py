@@ -2,6 +2,9 @@
 
 from tests.vm import bench
 
+KEPT = bench.Run(0, "b", 64, token="old", seed=7).ok
+ANY = bench.Run(0, "a", 64).ok
+
 
 def probes(*spans: tuple[float, float, str | None]) -> list[tuple[float, str | None]]:
     """Probes every 10 ms over each (start, end, token) span."""
@@ -13,18 +16,18 @@ def probes(*spans: tuple[float, float, str | None]) -> list[tuple[float, str | N
 
 def test_downtime_is_the_outage_seen_by_the_client() -> None:
     log = probes((0, 10, "old"), (10, 40, None), (40, 50, "old"))
-    d = bench.downtime(log, since=5, until=50, token="old")
+    d = bench.downtime(log, since=5, until=50, ok=KEPT)
     assert d["seconds"] == 30.01 and d["last_before"] == 9.99 and d["first_after"] == 40
     # A fresh instance is not the kept one: for a kept service it never came back...
     fresh = probes((0, 10, "old"), (10, 40, None), (40, 50, "new"))
-    assert bench.downtime(fresh, since=5, until=50, token="old")["seconds"] is None
+    assert bench.downtime(fresh, since=5, until=50, ok=KEPT)["seconds"] is None
     # ... but it is what the floor expects.
-    assert bench.downtime(fresh, since=5, until=50, token=None)["seconds"] == 30.01
+    assert bench.downtime(fresh, since=5, until=50, ok=ANY)["seconds"] == 30.01
 
 
 def test_a_short_hiccup_before_the_switch_is_not_the_outage() -> None:
     log = probes((0, 8, "old"), (8, 8.2, None), (8.2, 10, "old"), (10, 30, None), (30, 35, "old"))
-    assert bench.downtime(log, since=5, until=35, token="old")["seconds"] == 20.01
+    assert bench.downtime(log, since=5, until=35, ok=KEPT)["seconds"] == 20.01
 
 
 def test_block_bytes_are_the_services() -> None:
@@ -36,12 +39,12 @@ def test_block_bytes_are_the_services() -> None:
 
 def test_the_state_is_checked_only_once_the_service_is_back_from_the_outage() -> None:
     hiccup = probes((0, 8, "old"), (8, 8.6, None), (8.6, 10, "old"))
-    assert not bench.back_after_outage(hiccup, since=5, token="old")
+    assert not bench.back_after_outage(hiccup, since=5, ok=KEPT)
     down = probes((0, 8, "old"), (8, 30, None))
-    assert not bench.back_after_outage(down, since=5, token="old")
+    assert not bench.back_after_outage(down, since=5, ok=KEPT)
     back = probes((0, 8, "old"), (8, 30, None), (30, 31, "old"))
-    assert bench.back_after_outage(back, since=5, token="old")
-    assert not bench.back_after_outage(probes((0, 8, "old"), (8, 30, None), (30, 31, "new")), 5, "old")
+    assert bench.back_after_outage(back, since=5, ok=KEPT)
+    assert not bench.back_after_outage(probes((0, 8, "old"), (8, 30, None), (30, 31, "new")), 5, KEPT)
 
 
 def test_transitions_are_what_the_client_saw_in_a_row() -> None:
@@ -55,10 +58,20 @@ def test_slow_answers_at_the_end_do_not_hide_the_outage() -> None:
     # Under load the last probes time out now and then: the outage is still the long stretch.
     log = probes((0, 10, "old"), (10, 40, None), (40, 45, "old"), (45, 45.5, None), (45.5, 45.52, "old"))
     log += probes((45.52, 46, None))
-    assert bench.downtime(log, since=5, until=46, token="old")["seconds"] == 30.01
+    assert bench.downtime(log, since=5, until=46, ok=KEPT)["seconds"] == 30.01
 
 
 def test_probes_again_from_the_recorded_transitions() -> None:
     log = probes((0, 10, "old"), (10, 40, None), (40, 50, "old"))
     again = bench.from_transitions(bench.transitions(log, since=0, until=50))
-    assert bench.downtime(again, since=5, until=50, token="old")["seconds"] == 30.01
+    assert bench.downtime(again, since=5, until=50, ok=KEPT)["seconds"] == 30.01
+
+
+def test_the_cold_reboot_is_correct_once_a_new_instance_holds_the_old_state() -> None:
+    # (d): the answer is "TOKEN SEED"; the reloaded service is a new instance with the same seed.
+    reloaded = bench.Run(0, "d", 64, token="old", seed=7).ok
+    log = probes((0, 10, "old 7"), (10, 40, None), (40, 45, "new 99"), (45, 50, "new 7"))
+    assert bench.downtime(log, since=5, until=50, ok=reloaded)["seconds"] == 35.01
+    # For a kept service only the old instance counts, whatever state a new one holds.
+    assert bench.downtime(log, since=5, until=50, ok=bench.Run(0, "b", 64, token="old").ok)["seconds"] is None
+    assert bench.correct("old 7", "b", "old", 7) and not bench.correct("new 7", "b", "old", 7)

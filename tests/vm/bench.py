@@ -15,6 +15,10 @@ outside the guest, through QEMU's forwarded port:
 - one more connection stays open across the switch: a GET sent right after
   the switch, and when its answer's first byte comes.
 
+What counts as a correct answer: for (a), any; for a kept service (b, b-ram),
+the same instance (its token) as before the switch; for the cold reboot (d),
+a new instance that has loaded the same state (its seed) from its snapshot.
+
 Results: build/bench/results.json, and (unless --no-docs) docs/benchmarks.md
 and docs/benchmarks.svg, from the same run, with the command that made them.
 """
@@ -32,6 +36,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +88,9 @@ class Prober(threading.Thread):
                 if sock is None:
                     sock = socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
                     reader = sock.makefile("r")
-                token = str(_request(sock, reader, "GET")["token"])
+                got = _request(sock, reader, "GET")
+                # "TOKEN SEED": which instance answered, and which state it holds.
+                token = f"{got['token']} {got.get('seed', '')}".strip()
             except Exception:  # any failure is a failed probe; the prober never stops
                 if sock is not None:
                     sock.close()
@@ -144,24 +151,38 @@ class Run:
     size: int
     token: str = ""
     seed: int = 0
+    estimate_bytes: int | None = None  # plan's estimate of the unit's images
     switch_at: float = 0.0  # host time of the bench-switch event
     after_at: float = 0.0  # ... and of bench-after (the guest is about to go back to A)
     established: Established | None = None
     state: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
 
+    def ok(self, value: str) -> bool:
+        return correct(value, self.scenario, self.token, self.seed)
+
+
+def correct(value: str, scenario: str, token: str, seed: int) -> bool:
+    """Whether a probe's "TOKEN SEED" is a correct answer in SCENARIO (see the module's doc)."""
+    tok, _, got_seed = value.partition(" ")
+    if scenario == "a":
+        return True
+    if scenario == "d":
+        return got_seed == str(seed)
+    return tok == token
+
 
 def downtime(
-    probes: list[tuple[float, str | None]], since: float, until: float, token: str | None
+    probes: list[tuple[float, str | None]], since: float, until: float, ok: Callable[[str], bool]
 ) -> dict[str, Any]:
     """The client's outage in [SINCE, UNTIL]: the longest stretch between two correct answers.
 
-    Correct: any answer, or with TOKEN the answer of the same service instance.
-    None if the service never answered correctly again before UNTIL (the
-    stretch from the last correct answer to UNTIL is then the longest).
-    Slow answers under load near the end of the run do not matter.
+    Correct: an answer OK accepts. None if the service never answered
+    correctly again before UNTIL (the stretch from the last correct answer to
+    UNTIL is then the longest). Slow answers under load near the end of the
+    run do not matter.
     """
-    good = [t for t, tok in probes if tok is not None and (token is None or tok == token) and t <= until]
+    good = [t for t, tok in probes if tok is not None and ok(tok) and t <= until]
     start = max((t for t in good if t < since), default=since)
     after = [t for t in good if t >= start]
     if len(after) < 2:
@@ -218,14 +239,15 @@ def transitions(probes: list[tuple[float, str | None]], since: float, until: flo
 
 
 def back_after_outage(
-    probes: list[tuple[float, str | None]], since: float, token: str, outage: float = 3
+    probes: list[tuple[float, str | None]], since: float, ok: Callable[[str], bool], outage: float = 3
 ) -> bool:
-    """Whether, after SINCE, the service was gone for OUTAGE seconds or more and then answered as TOKEN.
+    """Whether, after SINCE, the service was gone for OUTAGE seconds or more and then answered as OK wants.
 
     It keeps answering during the arm, and a slow answer there is no outage.
     """
     rest = _after_outage(probes, since, outage)
-    return rest is not None and next((tok for _, tok in rest if tok is not None), None) == token
+    first = next((tok for _, tok in rest if tok is not None), None) if rest is not None else None
+    return first is not None and ok(first)
 
 
 class Bench:
@@ -242,6 +264,7 @@ class Bench:
             return
         if ev.name == "bench-ready":
             run.token, run.seed = ev.data["token"], int(ev.data["seed"])
+            run.estimate_bytes = ev.data.get("estimate_bytes")
             run.established = Established(self.port, self.prober)
         elif ev.name == "bench-switch":
             run.switch_at = ev.at
@@ -258,7 +281,7 @@ class Bench:
         """Once the kept service answers with its old token again, check its whole state."""
         while True:
             time.sleep(0.05)
-            if back_after_outage(self.prober.probes, run.switch_at, run.token):
+            if back_after_outage(self.prober.probes, run.switch_at, run.ok):
                 break
             if time.time() - run.switch_at > 900:
                 return
@@ -268,14 +291,14 @@ class Bench:
             run.state = {"error": repr(e)}
 
     def result(self, run: Run) -> dict[str, Any]:
-        keep = run.scenario != "a"
-        down = downtime(
-            self.prober.probes, run.switch_at, run.after_at or time.time(), run.token if keep else None
-        )
+        keep = run.scenario not in ("a", "d")
+        down = downtime(self.prober.probes, run.switch_at, run.after_at or time.time(), run.ok)
         out: dict[str, Any] = {
             "step": run.step,
             "scenario": run.scenario,
             "size_mib": run.size,
+            "token": run.token,
+            "seed": run.seed,
             "client": down,
             "probes": transitions(self.prober.probes, run.switch_at - 2, run.after_at or time.time()),
         }
@@ -292,6 +315,9 @@ class Bench:
             out["full_state"] = run.state
         after = run.after or {}
         out["kept"] = keep and after.get("token") == run.token
+        # (d): a new instance, with the whole state loaded from its snapshot.
+        state_ok = bool(run.state and run.state.get("bad") == 0 and run.state.get("blocks") == run.size)
+        out["reloaded"] = run.scenario == "d" and after.get("token") != run.token and state_ok
         out["kernel_after"] = after.get("uname")
         rep = after.get("report") or {}
         out["guest"] = {
@@ -301,6 +327,12 @@ class Bench:
                 for u in rep.get("units", [])
             ],
             "ram": {k: v for k, v in (rep.get("ram") or {}).items() if k not in ("ranges",)},
+        }
+        images = sum(u.get("image_bytes") or 0 for u in rep.get("units", []))
+        out["estimate"] = {
+            "planned_bytes": run.estimate_bytes,
+            "image_bytes": images or None,
+            "ratio": round(run.estimate_bytes / images, 3) if run.estimate_bytes and images else None,
         }
         return out
 
@@ -312,18 +344,34 @@ def run_bench(plan: list[dict[str, Any]], out: Path, machine: vm.Machine) -> dic
     bench.prober.start()
     events: list[vm.Event] = []
     t0 = time.time()
+    # Each run: a switch there and one back, and the state made and checked.
+    deadline = time.monotonic() + vm.QEMU_TIMEOUT + sum(400 + 2 * r["size"] for r in plan)
+    kernel_b = False
     try:
-        vm.boot(
-            img,
-            out / "console.log",
-            events,
-            set(),
-            machine=machine,
-            forwards={bench.port: GUEST_PORT},
-            on_event=bench.on_event,
-            # Each run: a switch there and one back, and the state made and checked.
-            timeout=vm.QEMU_TIMEOUT + sum(400 + r["size"] for r in plan),
-        )
+        for n in itertools.count(1):
+            vm.boot(
+                img,
+                out / f"console-{n}.log",
+                events,
+                set(),
+                machine=machine,
+                forwards={bench.port: GUEST_PORT},
+                on_event=bench.on_event,
+                timeout=max(60.0, deadline - time.monotonic()),
+                kernel_b=kernel_b,
+            )
+            # QEMU ended. A cold reboot (d) goes on in a new QEMU, as a machine's firmware would.
+            last = next((e for e in reversed(events) if e.name.startswith("bench-")), None)
+            step = last.data.get("step") if last is not None else None
+            cold = (
+                last is not None
+                and last.name == "bench-switch"
+                and isinstance(step, int)
+                and plan[step]["scenario"] == "d"
+            )
+            if not cold:
+                break
+            kernel_b = True
     except TimeoutError as e:
         events.append(vm.Event("error", {"error": str(e)}, time.time()))
     finally:
@@ -361,6 +409,7 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
             if (r.get("full_state") or {}).get("after_last_answer")
         ]
         est = [r["established"]["after_service_back"] for r in rs if "after_service_back" in r["established"]]
+        planned = [x for r in rs if (x := (r.get("estimate") or {}).get("ratio"))]
         med = statistics.median(downs) if downs else None
         rows.append(
             {
@@ -373,7 +422,9 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "ratio_to_a": round(med / floor[size], 2) if med and floor.get(size) else None,
                 "full_state_median": statistics.median(full) if full else None,
                 "established_median": statistics.median(est) if est else None,
-                "kept": all(r["kept"] for r in rs) if sc != "a" else None,
+                "estimate_ratio_median": statistics.median(planned) if planned else None,
+                "kept": all(r["kept"] for r in rs) if sc not in ("a", "d") else None,
+                "reloaded": all(r.get("reloaded") for r in rs) if sc == "d" else None,
             }
         )
     return rows
@@ -419,9 +470,10 @@ def recompute(path: Path, no_docs: bool) -> int:
         rows = r.get("probes") or []
         if not rows:
             continue
-        token = next((tok for _, tok, _ in rows if tok), None) if r["scenario"] != "a" else None
+        token = r.get("token") or next((tok for _, tok, _ in rows if tok), "")
+        scenario, seed = r["scenario"], int(r.get("seed") or 0)
         since, until = rows[0][0] + 2, rows[-1][0] + 0.01 * rows[-1][2]
-        r["client"] = downtime(from_transitions(rows), since, until, token)
+        r["client"] = downtime(from_transitions(rows), since, until, Run(0, scenario, 0, token, seed).ok)
         est = r.get("established") or {}
         if est.get("answered") and r["client"]["first_after"]:
             est["after_service_back"] = round(est["answered"] - r["client"]["first_after"], 3)

@@ -93,8 +93,12 @@ def qemu_argv(
     append: str = "",
     forwards: dict[int, int] | None = None,
     machine: Machine = DEFAULT,
+    kernel_b: bool = False,
 ) -> list[str]:
-    """FORWARDS: host port -> guest port, through QEMU's user-mode network (none: no network)."""
+    """FORWARDS: host port -> guest port, through QEMU's user-mode network (none: no network).
+
+    KERNEL_B: boot kernel B (a cold boot into the new kernel), not A.
+    """
     cmdline = f"root=/dev/vda rw console=ttyS0 {machine.memmap} panic=-1 {append}".strip()
     fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in (forwards or {}).items())
     return [
@@ -119,9 +123,9 @@ def qemu_argv(
         "-drive",
         f"file={img.disk},format=raw,if=virtio,cache=unsafe",
         "-kernel",
-        str(img.kernel_a),
+        str(img.kernel_b if kernel_b else img.kernel_a),
         "-initrd",
-        str(img.initrd_a),
+        str(img.initrd_b if kernel_b else img.initrd_a),
         "-append",
         cmdline,
     ]
@@ -262,10 +266,12 @@ def boot(
     forwards: dict[int, int] | None = None,
     on_event: Callable[[Event], None] | None = None,
     timeout: float = QEMU_TIMEOUT,
+    kernel_b: bool = False,
 ) -> None:
     """Run one QEMU process until it exits (or times out); collect events.
 
     FORWARDS: more host port -> guest port forwards; ON_EVENT is called with each event as it comes.
+    KERNEL_B: QEMU boots kernel B (the cold reboot of the benchmark).
     """
     console.unlink(missing_ok=True)
     by_target = {c.target: c for c in clients or []}
@@ -274,8 +280,9 @@ def boot(
         console,
         forwards={**{c.port: c.guest_port for c in by_target.values()}, **(forwards or {})},
         machine=machine,
+        kernel_b=kernel_b,
     )
-    print(f"[vm] booting kernel A, console: {console}", file=sys.stderr, flush=True)
+    print(f"[vm] booting kernel {'B' if kernel_b else 'A'}, console: {console}", file=sys.stderr, flush=True)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     pos = 0

@@ -12,6 +12,9 @@ prober (tests/vm/bench.py) sees it answer ("bench-ready"), then the switch
   b      seamless-upgrade run (images in the reservation, memmap= on this
          guest's command line)
   b-ram  seamless-upgrade run with pmem.mode: on-demand (RAM taken at arm time)
+  d      cold: the service saves its state to a snapshot on disk when it is
+         stopped and loads it when it starts (what a sysadmin does today);
+         systemctl reboot, and the host starts QEMU again with kernel B
 
 In B: wait for the service (and for restore-finish), wait until the host
 has checked every block of the state, report ("bench-after"), then a plain
@@ -35,6 +38,7 @@ STEP = Path("/var/lib/seamless-test/bench-state.json")
 UNIT = "seamless-bench.service"
 PORT = 7796
 DROPIN = Path(f"/etc/systemd/system/{UNIT}.d/50-size.conf")
+SNAPSHOT = Path("/var/lib/seamless-bench/state.snap")
 MODE = Path("/etc/seamless/conf.d/70-bench-mode.yaml")
 KERNEL_A = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: kernels.version_key(p.name))[0]
 KERNEL_B = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: kernels.version_key(p.name))[-1]
@@ -61,9 +65,14 @@ def wait_answer(limit):
     raise SystemExit(f"{UNIT} does not answer on {PORT}")
 
 
-def set_size(size):
+def set_size(size, snapshot=False):
+    """The service's state size from its next start; SNAPSHOT: saved at stop, loaded at start."""
     DROPIN.parent.mkdir(parents=True, exist_ok=True)
-    DROPIN.write_text(f"[Service]\nEnvironment=BENCH_SIZE_MIB={size}\n")
+    text = f"[Service]\nEnvironment=BENCH_SIZE_MIB={size}\n"
+    if snapshot:
+        SNAPSHOT.parent.mkdir(parents=True, exist_ok=True)
+        text += f"Environment=BENCH_SNAPSHOT={SNAPSHOT}\nTimeoutStopSec=900\n"
+    DROPIN.write_text(text)
     sh("systemctl", "daemon-reload")
 
 
@@ -85,17 +94,31 @@ def start_run(plan, state):
         MODE.write_text("pmem: {mode: on-demand}\n")
     else:
         MODE.unlink(missing_ok=True)
-    set_size(run["size"])
-    sh("systemctl", "restart", UNIT)
+    sh("systemctl", "stop", UNIT)
+    SNAPSHOT.unlink(missing_ok=True)
+    set_size(run["size"], snapshot=run["scenario"] == "d")
+    sh("systemctl", "start", UNIT)
     before = wait_answer(600 + 2 * run["size"])
     seed = ask("SEED")["seed"]
-    emit("bench-ready", {"step": state["step"], **run, "token": before["token"], "seed": seed})
+    estimate = None
+    if run["scenario"] not in ("a", "d"):
+        # What plan expects the images to take, set beside what they took (the report).
+        rc, out = sh("seamless-upgrade", "plan", "--json")
+        units = json.loads(out)["units"] if rc in (0, 1) and out.startswith("{") else []
+        estimate = next((u["estimate_bytes"] for u in units if u["unit"] == UNIT), None)
+    emit(
+        "bench-ready",
+        {"step": state["step"], **run, "token": before["token"], "seed": seed, "estimate_bytes": estimate},
+    )
     time.sleep(5)  # the prober's answers before the switch
     save({**state, "phase": "switched"})
     emit("bench-switch", {"step": state["step"], "at": time.time()})
     if run["scenario"] == "a":
         set_size(0)  # what starts in B: the same service, with nothing to keep
         plain_kexec(KERNEL_B)
+    elif run["scenario"] == "d":
+        # QEMU ends (-no-reboot); the host boots it again with kernel B.
+        sh("systemctl", "reboot")
     else:
         rc, out = sh("seamless-upgrade", "run", "--kernel", KERNEL_B.name.removeprefix("vmlinuz-"))
         if rc != 0:
@@ -109,7 +132,7 @@ def after_run(plan, state):
     run = plan[state["step"]]
     t0 = time.time()
     now = wait_answer(300)
-    finish = wait_for_finish() if run["scenario"] != "a" else None
+    finish = wait_for_finish() if run["scenario"] not in ("a", "d") else None
     # The host checks every block of the state through the service: wait for it.
     deadline = time.monotonic() + 120 + run["size"]
     while run["scenario"] != "a" and ask()["checked"] < run["size"] and time.monotonic() < deadline:
@@ -128,12 +151,14 @@ def after_run(plan, state):
             "checked": ask()["checked"],
             "finish": finish,
             "answered_after_s": round(time.time() - t0, 3),
-            "report": json.loads(rep) if rc == 0 and run["scenario"] != "a" else None,
+            "report": json.loads(rep) if rc == 0 and run["scenario"] not in ("a", "d") else None,
         },
     )
     save({"step": state["step"] + 1, "phase": "returning"})
-    sh("systemctl", "stop", UNIT)
     set_size(0)  # A starts it empty; the next run sets its size
+    SNAPSHOT.unlink(missing_ok=True)
+    sh("systemctl", "stop", UNIT)
+    SNAPSHOT.unlink(missing_ok=True)
     plain_kexec(KERNEL_A)
     time.sleep(600)
 

@@ -14,6 +14,12 @@ so that an incremental dump has something to do. One request per line:
              the blocks BLOCK has hashed since the start
   BLOCK i    {"i", "v", "sha256"} of block i as it is now
   SEED       {"seed"}: what a client needs to check blocks
+
+With BENCH_SNAPSHOT=FILE in the environment (scenario d, the cold reboot)
+it behaves like a database that persists its state: on SIGTERM it writes
+seed, versions and every block to FILE (fsync'ed, renamed into place) and
+exits; at start it loads FILE, if it holds a state of the same size,
+instead of making a new one. It answers only once the state is whole.
 """
 
 import hashlib
@@ -21,6 +27,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -34,7 +41,7 @@ def block_bytes(seed: int, i: int, v: int) -> bytes:
 
 
 class State:
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, snapshot: str = "") -> None:
         self.seed = secrets.randbits(32)
         self.token = secrets.token_hex(8)
         self.size = size
@@ -43,9 +50,43 @@ class State:
         self.lock = threading.Lock()
         self.checked = 0
         self.ready = False
-        for i in range(size):
-            self.mem[i * MIB : (i + 1) * MIB] = block_bytes(self.seed, i, 0)
+        self.snapshot = snapshot
+        if not (snapshot and self.load(snapshot)):
+            for i in range(size):
+                self.mem[i * MIB : (i + 1) * MIB] = block_bytes(self.seed, i, 0)
         self.ready = True
+
+    def load(self, path: str) -> bool:
+        """The state from a snapshot of the same size; False if there is none."""
+        try:
+            with open(path, "rb") as f:
+                head = json.loads(f.readline())
+                if head.get("size") != self.size:
+                    return False
+                if f.readinto(self.mem) != len(self.mem):
+                    return False
+        except (OSError, ValueError):
+            return False
+        self.seed, self.versions = int(head["seed"]), list(head["versions"])
+        print(f"loaded {self.size} MiB of state from {path}", flush=True)
+        return True
+
+    def save(self, *_: object) -> None:
+        """SIGTERM: the whole state to the snapshot, on disk before exit."""
+        with self.lock:
+            tmp = self.snapshot + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(
+                    (
+                        json.dumps({"size": self.size, "seed": self.seed, "versions": self.versions}) + "\n"
+                    ).encode()
+                )
+                f.write(self.mem)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, self.snapshot)
+            print(f"saved {self.size} MiB of state to {self.snapshot}", flush=True)
+        os._exit(0)
 
     def rewrite(self) -> None:
         """1 % of the blocks a second, each to its next version."""
@@ -73,6 +114,7 @@ class State:
             return {"seed": self.seed}
         return {
             "token": self.token,
+            "seed": self.seed,
             "pid": os.getpid(),
             "size_mib": self.size,
             "ready": self.ready,
@@ -89,7 +131,10 @@ def serve(state: State, conn: socket.socket) -> None:
 
 def main() -> None:
     port, size = int(sys.argv[1]), int(sys.argv[2])
-    state = State(size)
+    snapshot = os.environ.get("BENCH_SNAPSHOT", "")
+    state = State(size, snapshot)
+    if snapshot:
+        signal.signal(signal.SIGTERM, state.save)
     threading.Thread(target=state.rewrite, daemon=True).start()
     srv = socket.create_server(("0.0.0.0", port), backlog=64)
     while True:
