@@ -75,3 +75,18 @@ def test_the_cold_reboot_is_correct_once_a_new_instance_holds_the_old_state() ->
     # For a kept service only the old instance counts, whatever state a new one holds.
     assert bench.downtime(log, since=5, until=50, ok=bench.Run(0, "b", 64, token="old").ok)["seconds"] is None
     assert bench.correct("old 7", "b", "old", 7) and not bench.correct("new 7", "b", "old", 7)
+
+
+def test_the_outage_splits_at_the_console_marks() -> None:
+    marks = [(1.0, "kernel"), (12.0, "kexec"), (12.1, "kernel"), (15.0, "initramfs"), (18.0, "systemd")]
+    assert bench.phases(marks, last_before=10, first_after=30) == {
+        "stop": 2.0,
+        "kernel": 3.0,
+        "initramfs": 3.0,
+        "user_space": 12.0,
+    }
+    # The cold reboot: QEMU ended and started again.
+    cold = [(11.0, "qemu_exited"), (11.5, "qemu_started"), (14.0, "initramfs"), (16.0, "systemd")]
+    assert bench.phases(cold, 10, 20) == {"stop": 1.0, "kernel": 3.0, "initramfs": 2.0, "user_space": 4.0}
+    # Marks missing (a console line not seen): only the phases before the gap.
+    assert bench.phases([(12.0, "kexec")], 10, 20) == {"stop": 2.0}

@@ -56,6 +56,39 @@ MACHINES = {
 }
 
 
+# Console lines that mark where the outage goes (the host's time of reading them).
+MARKS = {
+    "kexec_core: Starting new kernel": "kexec",
+    "reboot: Restarting system": "reboot",
+    vm.QEMU_EXITED: "qemu_exited",
+    vm.QEMU_STARTED: "qemu_started",
+    "Linux version": "kernel",
+    "Run /init as init process": "initramfs",
+    "running in system mode": "systemd",
+}
+# The outage, phase by phase: (name, the mark that ends it); each starts where the one before ended.
+PHASES = (
+    ("stop", ("kexec", "qemu_exited")),
+    ("kernel", ("initramfs",)),
+    ("initramfs", ("systemd",)),
+)
+
+
+def phases(marks: list[tuple[float, str]], last_before: float, first_after: float) -> dict[str, float]:
+    """How the outage [LAST_BEFORE, FIRST_AFTER] splits: stopping, the kernel, the initramfs, user space."""
+    inside = [(t, m) for t, m in marks if last_before <= t <= first_after]
+    out: dict[str, float] = {}
+    start = last_before
+    for name, ends in PHASES:
+        end = next((t for t, m in inside if m in ends and t >= start), None)
+        if end is None:
+            return out
+        out[name] = round(end - start, 3)
+        start = end
+    out["user_space"] = round(first_after - start, 3)
+    return out
+
+
 def block_bytes(seed: int, i: int, v: int) -> bytes:
     """What block I at version V of a state with SEED holds (the same as bench_state.py)."""
     return random.Random(seed * 2**40 + i * 2**20 + v).randbytes(MIB)
@@ -256,6 +289,12 @@ class Bench:
         self.prober = Prober(self.port)
         self.runs = [Run(i, r["scenario"], r["size"]) for i, r in enumerate(plan)]
         self.checker: threading.Thread | None = None
+        self.marks: list[tuple[float, str]] = []
+
+    def on_line(self, line: str, at: float) -> None:
+        mark = next((m for text, m in MARKS.items() if text in line), None)
+        if mark is not None:
+            self.marks.append((at, mark))
 
     def on_event(self, ev: vm.Event) -> None:
         step = ev.data.get("step")
@@ -306,6 +345,10 @@ class Bench:
         if est.get("answered") and down["first_after"]:
             est = {**est, "after_service_back": round(est["answered"] - down["first_after"], 3)}
         out["established"] = est
+        until = run.after_at or time.time()
+        out["marks"] = [[round(t, 3), m] for t, m in self.marks if run.switch_at - 2 <= t <= until]
+        if down["first_after"]:
+            out["phases"] = phases(self.marks, down["last_before"], down["first_after"])
         if run.state is not None and down["first_after"] and "done_at" in run.state:
             out["full_state"] = {
                 **run.state,
@@ -359,6 +402,7 @@ def run_bench(plan: list[dict[str, Any]], out: Path, machine: vm.Machine) -> dic
                 on_event=bench.on_event,
                 timeout=max(60.0, deadline - time.monotonic()),
                 kernel_b=kernel_b,
+                on_line=bench.on_line,
             )
             # QEMU ended. A cold reboot (d) goes on in a new QEMU, as a machine's firmware would.
             last = next((e for e in reversed(events) if e.name.startswith("bench-")), None)
@@ -410,6 +454,11 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
         ]
         est = [r["established"]["after_service_back"] for r in rs if "after_service_back" in r["established"]]
         planned = [x for r in rs if (x := (r.get("estimate") or {}).get("ratio"))]
+        split = {
+            name: statistics.median(xs)
+            for name in [p for p, _ in PHASES] + ["user_space"]
+            if (xs := [r["phases"][name] for r in rs if name in (r.get("phases") or {})])
+        }
         med = statistics.median(downs) if downs else None
         rows.append(
             {
@@ -423,6 +472,7 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "full_state_median": statistics.median(full) if full else None,
                 "established_median": statistics.median(est) if est else None,
                 "estimate_ratio_median": statistics.median(planned) if planned else None,
+                "phases_median": split,
                 "kept": all(r["kept"] for r in rs) if sc not in ("a", "d") else None,
                 "reloaded": all(r.get("reloaded") for r in rs) if sc == "d" else None,
             }
@@ -474,6 +524,9 @@ def recompute(path: Path, no_docs: bool) -> int:
         scenario, seed = r["scenario"], int(r.get("seed") or 0)
         since, until = rows[0][0] + 2, rows[-1][0] + 0.01 * rows[-1][2]
         r["client"] = downtime(from_transitions(rows), since, until, Run(0, scenario, 0, token, seed).ok)
+        if r.get("marks") and r["client"]["first_after"]:
+            marks = [(float(t), str(m)) for t, m in r["marks"]]
+            r["phases"] = phases(marks, r["client"]["last_before"], r["client"]["first_after"])
         est = r.get("established") or {}
         if est.get("answered") and r["client"]["first_after"]:
             est["after_service_back"] = round(est["answered"] - r["client"]["first_after"], 3)

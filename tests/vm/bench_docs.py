@@ -39,6 +39,22 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def phase_table(rows: list[dict[str, Any]]) -> str:
+    """Where the outage goes, from the console lines the host read (medians, seconds)."""
+    out = [
+        "| scenario | state | stopping (to the kexec or the end of QEMU) | kernel (to /init) | "
+        "initramfs (to systemd) | user space (to the first correct answer) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ph = r.get("phases_median") or {}
+        if not ph:
+            continue
+        cells = " | ".join(_s(ph.get(k)) for k in ("stop", "kernel", "initramfs", "user_space"))
+        out.append(f"| {NAMES.get(r['scenario'], r['scenario'])} | {r['size_mib']} MiB | {cells} |")
+    return "\n".join(out)
+
+
 def svg(rows: list[dict[str, Any]]) -> str:
     """Downtime (median, min-max bar) against state size, one line per scenario."""
     w, h, left, bottom, top, right = 640, 360, 60, 40, 20, 200
@@ -111,6 +127,11 @@ def write(results: dict[str, Any], rows: list[dict[str, Any]], command: str, md:
         ),
         "",
         table(rows),
+        "",
+        "Where the outage goes (medians, seconds; for (d) the stop runs to the end of QEMU's process, "
+        "and the kernel phase includes starting QEMU again: a real machine's firmware is not in it):",
+        "",
+        phase_table(rows),
         "",
         "![client downtime against state size](benchmarks.svg)",
         "",

@@ -256,6 +256,10 @@ class ConsoleEvents:
             return name, {"raw": payload}
 
 
+QEMU_STARTED = "[vm] QEMU started"  # the pseudo console lines boot() gives ON_LINE
+QEMU_EXITED = "[vm] QEMU exited"
+
+
 def boot(
     img: vmimage.Image,
     console: Path,
@@ -267,11 +271,13 @@ def boot(
     on_event: Callable[[Event], None] | None = None,
     timeout: float = QEMU_TIMEOUT,
     kernel_b: bool = False,
+    on_line: Callable[[str, float], None] | None = None,
 ) -> None:
     """Run one QEMU process until it exits (or times out); collect events.
 
     FORWARDS: more host port -> guest port forwards; ON_EVENT is called with each event as it comes.
-    KERNEL_B: QEMU boots kernel B (the cold reboot of the benchmark).
+    KERNEL_B: QEMU boots kernel B (the cold reboot of the benchmark). ON_LINE is called with
+    every console line and the host time it was read (to within the half second of polling).
     """
     console.unlink(missing_ok=True)
     by_target = {c.target: c for c in clients or []}
@@ -284,6 +290,8 @@ def boot(
     )
     print(f"[vm] booting kernel {'B' if kernel_b else 'A'}, console: {console}", file=sys.stderr, flush=True)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if on_line is not None:
+        on_line(QEMU_STARTED, time.time())
     deadline = time.monotonic() + timeout
     pos = 0
     partial = ""
@@ -298,6 +306,8 @@ def boot(
                 partial += chunk.decode(errors="replace")
                 *lines, partial = partial.split("\n")
                 for line in lines:
+                    if on_line is not None:
+                        on_line(line, time.time())
                     got = reader.feed(line)
                     if got is None:
                         continue
@@ -313,6 +323,8 @@ def boot(
                         events.append(client.handle(data))
                         print(f"[vm] {events[-1].name}: {events[-1].data}", file=sys.stderr, flush=True)
             if proc.poll() is not None:
+                if on_line is not None:
+                    on_line(QEMU_EXITED, time.time())
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"QEMU did not finish within {timeout:.0f} s")
