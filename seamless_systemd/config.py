@@ -30,7 +30,13 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "pmem": dict,
     "kernel": (str, type(None)),
     "checkpoint_timeout": int,
+    "images": dict,
 }
+_IMAGES: dict[str, type | tuple[type, ...]] = {"checksum": str}
+# How the images are checked at the restore: crc32 catches a flipped bit (the
+# damage a range of RAM can come back with) at ~15x sha256's speed under
+# emulation (docs/benchmarks.md); sha256 is the slower, cryptographic choice.
+CHECKSUMS = ("crc32", "sha256")
 _PMEM: dict[str, type | tuple[type, ...]] = {"device": str, "mode": str, "size": (str, int)}
 _UNIT: dict[str, type | tuple[type, ...]] = {"name": str, "on_unsupported": str}
 
@@ -83,6 +89,7 @@ class Config:
     pmem_size: int = 0
     kernel: str | None = None
     checkpoint_timeout: int = 120
+    image_checksum: str = "crc32"
     sources: tuple[Path, ...] = ()
 
     def policy(self, unit: str) -> OnUnsupported:
@@ -171,6 +178,13 @@ def _read_fragment(path: Path) -> dict[str, Any]:
             raise ConfigError(
                 f"{path}: 'pmem.size' must be a size in MiB or GiB such as 512M or 2G, not {size!r}"
             )
+    if "images" in data:
+        _check_keys(data["images"], _IMAGES, path, "images.")
+        checksum = data["images"].get("checksum")
+        if checksum is not None and checksum not in CHECKSUMS:
+            raise ConfigError(
+                f"{path}: 'images.checksum' must be one of {', '.join(CHECKSUMS)}, not {checksum!r}"
+            )
     if "on_unsupported" in data:
         _check_policy(data["on_unsupported"], path, "on_unsupported")
     for key, what, check in (
@@ -212,6 +226,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
     pmem: dict[str, Any] = {}
     kernel: str | None = None
     timeout = Config.checkpoint_timeout
+    images: dict[str, Any] = {}
     for path in paths:
         data = _read_fragment(path)
         for key, names in (("units", units), ("containers", containers)):
@@ -228,6 +243,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         if "kernel" in data:
             kernel = data["kernel"]
         timeout = data.get("checkpoint_timeout", timeout)
+        images.update(data.get("images", {}))
     device = Path(pmem.get("device", str(DEFAULT_DEVICE)))
     where = paths[-1] if paths else main
     if not device.is_absolute() or not str(device).startswith("/dev/"):
@@ -242,5 +258,6 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         pmem_size=parse_size(pmem["size"]) or 0 if "size" in pmem else 0,
         kernel=kernel,
         checkpoint_timeout=timeout,
+        image_checksum=images.get("checksum", Config.image_checksum),
         sources=tuple(paths),
     )

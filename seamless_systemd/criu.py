@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -469,16 +470,44 @@ def log_tail(log: Path, lines: int = 20) -> str:
     return "\n".join((errors or text)[-lines:]).strip()
 
 
-def checksum_tree(images: Path) -> dict[str, str]:
-    out = {}
+def checksum_file(path: Path, algorithm: str) -> str:
+    """ALGORITHM ('crc32' or 'sha256') of PATH's bytes, as hex."""
+    if algorithm == "crc32":
+        crc = 0
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                crc = zlib.crc32(chunk, crc)
+        return f"{crc:08x}"
+    h = hashlib.new(algorithm)
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checksum_tree(images: Path, algorithm: str = "crc32") -> dict[str, Any]:
+    """{"algorithm", "files": relative path -> checksum} of every regular file below IMAGES."""
+    files = {}
     for path in sorted(images.rglob("*")):
         if path.is_file() and not path.is_symlink():
-            h = hashlib.sha256()
-            with path.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            out[str(path.relative_to(images))] = h.hexdigest()
-    return out
+            files[str(path.relative_to(images))] = checksum_file(path, algorithm)
+    return {"algorithm": algorithm, "files": files}
+
+
+def checksums_match(images: Path, expected: Any) -> list[str] | None:
+    """The files whose checksum differs from EXPECTED (checksums.json); None if it is unreadable.
+
+    A checksums.json written before the algorithm was recorded is a plain
+    path -> sha256 mapping.
+    """
+    if isinstance(expected, dict) and set(expected) == {"algorithm", "files"}:
+        algorithm, want = expected["algorithm"], expected["files"]
+    else:
+        algorithm, want = "sha256", expected
+    if algorithm not in ("crc32", "sha256") or not isinstance(want, dict):
+        return None
+    actual = checksum_tree(images, algorithm)["files"]
+    return sorted(k for k in set(actual) | set(want) if actual.get(k) != want.get(k))
 
 
 def tree_size(images: Path) -> int:

@@ -33,6 +33,9 @@ def build(gen: state.Generation) -> dict[str, Any]:
             "seconds": {
                 "checkpoint": _span(dump.get("started_at"), dump.get("dumped_at")),
                 "restore": _span(rest.get("started_at"), rest.get("finished_at")),
+                # The images' checksums: made after the dump, checked before the restore.
+                "checksum": (dump.get("checksum") or {}).get("seconds"),
+                "verify": (boot.get("verify_seconds") or {}).get(unit),
                 "downtime": _span(dump.get("started_at"), rest.get("finished_at"))
                 if outcome == "restored"
                 else None,

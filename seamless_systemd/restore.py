@@ -78,9 +78,14 @@ def verify_unit(gen: state.Generation, unit: str) -> str | None:
         return f"image metadata unreadable: {e}"
     if marker.get("generation") != gen.id:
         return f"images belong to generation {marker.get('generation')}, not {gen.id}"
-    actual = criu.checksum_tree(gen.images(unit))
-    if actual != expected:
-        bad = sorted(k for k in set(actual) | set(expected) if actual.get(k) != expected.get(k))
+    t0 = time.monotonic()
+    bad = criu.checksums_match(gen.images(unit), expected)
+    with contextlib.suppress(OSError, ValueError):
+        times = (state.read_json(gen.boot) if gen.boot.exists() else {}).get("verify_seconds", {})
+        state.update_json(gen.boot, verify_seconds={**times, unit: round(time.monotonic() - t0, 3)})
+    if bad is None:
+        return "image metadata unreadable: checksums.json names no known algorithm"
+    if bad:
         return f"images damaged: checksum mismatch in {', '.join(bad[:5])}"
     dump = state.read_json(gen.dump_info(unit))
     taken = [p for p in dump.get("pids", []) if (procs.PROC / str(p)).exists()]

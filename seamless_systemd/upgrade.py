@@ -458,6 +458,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 "arm_started_at": started,
                 "armed_at": criu.now(),
                 "checkpoint_timeout": cfg.checkpoint_timeout,
+                "checksum": cfg.image_checksum,
                 "pmem_mode": mode.value,
                 "ram": ram_record,
             },
@@ -785,7 +786,10 @@ def _checkpoint_container(
 def _seal(gen: state.Generation, unit: str, record: dict[str, Any]) -> None:
     """Checksums, the dump record, then the COMPLETE marker: the images are usable."""
     record["image_bytes"] = criu.tree_size(gen.images(unit))
-    state.write_json(gen.checksums(unit), criu.checksum_tree(gen.images(unit)))
+    t0 = time.monotonic()
+    algorithm = state.read_json(gen.manifest).get("checksum", "crc32")
+    state.write_json(gen.checksums(unit), criu.checksum_tree(gen.images(unit), algorithm))
+    record["checksum"] = {"algorithm": algorithm, "seconds": round(time.monotonic() - t0, 3)}
     record["finished_at"] = criu.now()
     record["outcome"] = "checkpointed"
     state.write_json(gen.dump_info(unit), record)

@@ -40,9 +40,11 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
     [
         (
             "unit: [a.service]\n",
-            "unknown key 'unit' (allowed: checkpoint_timeout, containers, kernel, on_unsupported, "
+            "unknown key 'unit' (allowed: checkpoint_timeout, containers, images, kernel, on_unsupported, "
             "pmem, units)",
         ),
+        ("images: {checksum: md5}\n", "'images.checksum' must be one of crc32, sha256, not 'md5'"),
+        ("images: {hash: crc32}\n", "unknown key 'images.hash' (allowed: images.checksum)"),
         ("units: [{name: a.service, policy: x}]\n", "unknown key 'units[0].policy'"),
         ("units: [{on_unsupported: restart}]\n", "units[0] needs a 'name'"),
         ("units: [{name: a.service, on_unsupported: ignore}]\n", "must be one of refuse, restart"),

@@ -12,6 +12,7 @@ prober (tests/vm/bench.py) sees it answer ("bench-ready"), then the switch
   b      seamless-upgrade run (images in the reservation, memmap= on this
          guest's command line)
   b-ram  seamless-upgrade run with pmem.mode: on-demand (RAM taken at arm time)
+  b-sha256  (b) with images.checksum: sha256, the checksum used before crc32
   d      cold: the service saves its state to a snapshot on disk when it is
          stopped and loads it when it starts (what a sysadmin does today);
          systemctl reboot, and the host starts QEMU again with kernel B
@@ -40,6 +41,11 @@ PORT = 7796
 DROPIN = Path(f"/etc/systemd/system/{UNIT}.d/50-size.conf")
 SNAPSHOT = Path("/var/lib/seamless-bench/state.snap")
 MODE = Path("/etc/seamless/conf.d/70-bench-mode.yaml")
+# What a scenario changes in the configuration (an optimization off, another mode).
+SCENARIO_CONFIG = {
+    "b-ram": "pmem: {mode: on-demand}\n",
+    "b-sha256": "images: {checksum: sha256}\n",
+}
 KERNEL_A = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: kernels.version_key(p.name))[0]
 KERNEL_B = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: kernels.version_key(p.name))[-1]
 
@@ -90,8 +96,8 @@ def plain_kexec(kernel):
 
 def start_run(plan, state):
     run = plan[state["step"]]
-    if run["scenario"] == "b-ram":
-        MODE.write_text("pmem: {mode: on-demand}\n")
+    if run["scenario"] in SCENARIO_CONFIG:
+        MODE.write_text(SCENARIO_CONFIG[run["scenario"]])
     else:
         MODE.unlink(missing_ok=True)
     sh("systemctl", "stop", UNIT)
