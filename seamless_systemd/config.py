@@ -32,7 +32,7 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "checkpoint_timeout": int,
     "images": dict,
 }
-_IMAGES: dict[str, type | tuple[type, ...]] = {"checksum": str}
+_IMAGES: dict[str, type | tuple[type, ...]] = {"checksum": str, "pre_dump": bool}
 # How the images are checked at the restore: crc32 catches a flipped bit (the
 # damage a range of RAM can come back with) at ~15x sha256's speed under
 # emulation (docs/benchmarks.md); sha256 is the slower, cryptographic choice.
@@ -90,6 +90,8 @@ class Config:
     kernel: str | None = None
     checkpoint_timeout: int = 120
     image_checksum: str = "crc32"
+    # Copy the memory while the services run (at arm time), see predump.
+    pre_dump: bool = True
     sources: tuple[Path, ...] = ()
 
     def policy(self, unit: str) -> OnUnsupported:
@@ -130,7 +132,14 @@ def check_container_name(name: str) -> str | None:
 
 def _type_name(t: type | tuple[type, ...]) -> str:
     types = t if isinstance(t, tuple) else (t,)
-    names = {list: "a list", dict: "a mapping", str: "a string", int: "an integer", type(None): "null"}
+    names = {
+        list: "a list",
+        dict: "a mapping",
+        str: "a string",
+        int: "an integer",
+        type(None): "null",
+        bool: "true or false",
+    }
     return " or ".join(names.get(x, x.__name__) for x in types)
 
 
@@ -143,7 +152,7 @@ def _check_keys(
             raise ConfigError(f"{path}: unknown key '{prefix}{key}' (allowed: {allowed})")
         want = schema[key]
         # bool is an int subclass; a yes/no where a number belongs is a mistake.
-        if isinstance(value, bool) or not isinstance(value, want):
+        if (isinstance(value, bool) and want is not bool) or not isinstance(value, want):
             raise ConfigError(f"{path}: '{prefix}{key}' must be {_type_name(want)}, not {value!r}")
 
 
@@ -259,5 +268,6 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         kernel=kernel,
         checkpoint_timeout=timeout,
         image_checksum=images.get("checksum", Config.image_checksum),
+        pre_dump=images.get("pre_dump", Config.pre_dump),
         sources=tuple(paths),
     )

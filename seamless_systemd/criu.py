@@ -368,14 +368,22 @@ def dump(
     leave_running: bool,
     timeout: float,
     save: list[tuple[str, Path]] | None = None,
+    track_mem: bool = False,
+    parent: str | None = None,
 ) -> None:
     """Dump the tree into IMAGES. Unless LEAVE_RUNNING, the tree is killed afterwards.
 
     SAVE: directories to copy (to the paths given) while the tree is frozen.
+    TRACK_MEM: clear the soft-dirty bits, so that a later round writes only what changed.
+    PARENT: the pre-dump round (a directory in IMAGES, see predump) this dump builds on.
     """
-    if images.exists():
+    if images.exists() and parent:
+        for entry in images.iterdir():
+            if entry.name != parent and not entry.name.startswith("pre-"):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    elif images.exists():
         shutil.rmtree(images)
-    images.mkdir(parents=True)
+    images.mkdir(parents=True, exist_ok=True)
     tcp = uses_tcp_established(facts)
     argv = [
         CRIU,
@@ -398,6 +406,11 @@ def dump(
     argv += ["--ghost-limit", str(GHOST_LIMIT)]
     if leave_running:
         argv.append("--leave-running")
+    if track_mem or parent:
+        argv.append("--track-mem")
+    if parent:
+        # Pages not dirtied since PARENT stay there; those written again are punched out of it.
+        argv += ["--prev-images-dir", parent, "--auto-dedup"]
     with sockets.bound_names_linked(facts.main_pid, facts.renamed_sockets):
         try:
             run(argv, timeout=timeout, env=env)

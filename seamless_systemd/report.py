@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 from seamless_systemd import state
@@ -9,6 +10,14 @@ from seamless_systemd import state
 
 def _span(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(b - a, 3)
+
+
+def _us(x: int | None) -> float | None:
+    return None if x is None else round(x / 1e6, 3)
+
+
+def _pages(n: int | None) -> int | None:
+    return None if n is None else n * mmap.PAGESIZE
 
 
 def build(gen: state.Generation) -> dict[str, Any]:
@@ -28,6 +37,9 @@ def build(gen: state.Generation) -> dict[str, Any]:
             "main_pid_before": dump.get("main_pid", manifest.get("main_pids", {}).get(unit)),
             "main_pid_after": rest.get("main_pid"),
             "image_bytes": dump.get("image_bytes"),
+            # Written by the final dump; the rest came from the pre-dump rounds (predump).
+            "final_dump_bytes": _pages(dump.get("dump_stats", {}).get("pages_written")),
+            "pre_dump": bool(dump.get("pre_dump_parent")),
             # The host's run-time mounts its namespace showed, left out (sandbox.runtime_mounts).
             "skipped_mounts": dump.get("skipped_mounts") or [],
             "seconds": {
@@ -36,6 +48,8 @@ def build(gen: state.Generation) -> dict[str, Any]:
                 # The images' checksums: made after the dump, checked before the restore.
                 "checksum": (dump.get("checksum") or {}).get("seconds"),
                 "verify": (boot.get("verify_seconds") or {}).get(unit),
+                # CRIU's own figure: the tree frozen to the end of its final dump.
+                "frozen": _us(dump.get("dump_stats", {}).get("frozen_time_us")),
                 "downtime": _span(dump.get("started_at"), rest.get("finished_at"))
                 if outcome == "restored"
                 else None,

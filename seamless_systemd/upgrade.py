@@ -19,6 +19,7 @@ from seamless_systemd import (
     kernels,
     pmem,
     podman,
+    predump,
     procs,
     ram,
     sandbox,
@@ -459,6 +460,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 "armed_at": criu.now(),
                 "checkpoint_timeout": cfg.checkpoint_timeout,
                 "checksum": cfg.image_checksum,
+                "pre_dump": cfg.pre_dump,
                 "pmem_mode": mode.value,
                 "ram": ram_record,
             },
@@ -587,6 +589,27 @@ def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan) -> None:
                     leave_running=True,
                     timeout=cfg.checkpoint_timeout,
                     tcp=bool(podman.connections(ctr)),
+                )
+            elif cfg.pre_dump:
+                # The trial is round 0 of the pre-dump (see predump): kept, with memory tracking.
+                facts = criu.inspect(info)
+                images = gen.images(up.unit)
+                criu.dump(
+                    facts,
+                    images / f"{predump.ROUND_PREFIX}0",
+                    log_path,
+                    leave_running=True,
+                    timeout=cfg.checkpoint_timeout,
+                    track_mem=True,
+                )
+                record = predump.rounds(
+                    facts.main_pid, facts.pids, images, gen.unit_dir(up.unit), cfg.checkpoint_timeout
+                )
+                state.write_json(gen.unit_dir(up.unit) / predump.RECORD, record)
+                log.info(
+                    "%s: pre-dump rounds wrote %s MiB",
+                    up.unit,
+                    " + ".join(str(int(r["bytes"]) >> 20) for r in record["rounds"]),
                 )
             else:
                 criu.dump(
@@ -727,6 +750,10 @@ def checkpoint(unit: str) -> int:
             # The new boot's generator lets these share their port with the restored copy.
             reuse_port_sockets=list(info.socket_units) if facts.socket_unit_inet else [],
         )
+        parent = None
+        if manifest.get("pre_dump"):
+            parent = predump.parent_for(gen.unit_dir(unit), gen.images(unit), facts.pids)
+        record["pre_dump_parent"] = parent
         log.info("Checkpointing %s (PID %d, %d process(es))", unit, facts.main_pid, len(facts.pids))
         with volatile.Held(facts.volatile_files) as held:
             criu.dump(
@@ -736,8 +763,10 @@ def checkpoint(unit: str) -> int:
                 leave_running=False,
                 timeout=manifest.get("checkpoint_timeout", 120),
                 save=[(d, gen.private_tmp(unit) / str(i)) for i, d in enumerate(facts.private_tmp)],
+                parent=parent,
             )
             record["dumped_at"] = criu.now()
+            record["dump_stats"] = predump.dump_stats(gen.images(unit))
             # The tree is gone now: its tmpfs files hold their last contents.
             record["volatile_files"] = held.save(gen.volatile_files(unit))
         _seal(gen, unit, record)

@@ -13,6 +13,7 @@ prober (tests/vm/bench.py) sees it answer ("bench-ready"), then the switch
          guest's command line)
   b-ram  seamless-upgrade run with pmem.mode: on-demand (RAM taken at arm time)
   b-sha256  (b) with images.checksum: sha256, the checksum used before crc32
+  b-nopre   (b) with images.pre_dump: false: the whole memory written in the freeze
   d      cold: the service saves its state to a snapshot on disk when it is
          stopped and loads it when it starts (what a sysadmin does today);
          systemctl reboot, and the host starts QEMU again with kernel B
@@ -45,6 +46,7 @@ MODE = Path("/etc/seamless/conf.d/70-bench-mode.yaml")
 SCENARIO_CONFIG = {
     "b-ram": "pmem: {mode: on-demand}\n",
     "b-sha256": "images: {checksum: sha256}\n",
+    "b-nopre": "images: {pre_dump: false}\n",
 }
 KERNEL_A = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: kernels.version_key(p.name))[0]
 KERNEL_B = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: kernels.version_key(p.name))[-1]

@@ -20,7 +20,8 @@ armed = json.loads(Path("/run/seamless/armed.json").read_text())
 gen = Path(armed["mount"]) / armed["generation"] / "units"
 
 imgs = gen / "seamless-demo@7778.service/images"
-pages = max(imgs.glob("pages-*.img"), key=lambda p: p.stat().st_size)
+# The largest page image, of the final dump or of a pre-dump round (the restore reads them all).
+pages = max(imgs.rglob("pages-*.img"), key=lambda p: p.stat().st_size)
 data = bytearray(pages.read_bytes())
 data[len(data) // 2] ^= 0xFF
 pages.write_bytes(bytes(data))
@@ -30,6 +31,7 @@ udir = gen / "seamless-demo@7779.service"
 for core in (udir / "images").glob("core-*.img"):
     core.write_bytes(core.read_bytes()[:16])
     print(f"truncated {core}", flush=True)
+# Redone the way an older package wrote them (a plain path -> sha256 mapping, still read).
 sums = {}
 for p in sorted((udir / "images").rglob("*")):
     if p.is_file() and not p.is_symlink():
