@@ -524,7 +524,13 @@ def checksums_match(images: Path, expected: Any) -> list[str] | None:
 
 
 def tree_size(images: Path) -> int:
-    return sum(p.stat().st_size for p in images.rglob("*") if p.is_file() and not p.is_symlink())
+    """The room the images take on their file system: allocated blocks, not file lengths.
+
+    CRIU's --auto-dedup punches the pages a later dump wrote again out of the
+    pre-dump rounds; those holes take no room.
+    """
+    files = [p for p in images.rglob("*") if p.is_file() and not p.is_symlink()]
+    return sum(p.stat().st_blocks * 512 for p in files)
 
 
 def now() -> float:

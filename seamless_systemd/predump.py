@@ -7,7 +7,8 @@ a ``parent`` link to the round before, until the delta stops shrinking. At
 the kexec shutdown the final dump gets ``--prev-images-dir pre-N
 --track-mem --auto-dedup``: it writes the pages dirtied since round N
 (soft-dirty bits, which each round clears) and punches the pages it wrote
-out of the rounds before, so the images hold each page about once. The
+out of the rounds before (each round does the same), so the images hold
+each page about once. The
 restore reads the chain through the ``parent`` links; the checksums cover
 every round (the links themselves are skipped).
 
@@ -100,8 +101,9 @@ def dump_stats(images: Path) -> dict[str, int]:
 
 
 def pages_bytes(images: Path) -> int:
-    """Bytes of memory pages in one round's directory (not its parents)."""
-    return sum(p.stat().st_size for p in images.glob("pages-*.img") if p.is_file() and not p.is_symlink())
+    """Bytes of memory pages one round wrote (not its parents'; holes punched later not counted)."""
+    files = [p for p in images.glob("pages-*.img") if p.is_file() and not p.is_symlink()]
+    return sum(p.stat().st_blocks * 512 for p in files)
 
 
 def rounds(
@@ -133,6 +135,8 @@ def rounds(
             f"../{parent}",
             "--track-mem",
             "--pre-dump-mode=read",
+            # What this round writes again is punched out of the rounds before.
+            "--auto-dedup",
             "--log-file",
             str(log_dir / f"pre-dump-{n}.log"),
             "-v4",
