@@ -16,12 +16,13 @@ demo: deps
 	$(PYTHON) -m tests.vm.vm demo $(if $(WORKLOAD),--workload "$(WORKLOAD)")
 
 # The benchmark (docs/benchmarks.md): client-side downtime of the kernel switch,
-# the floor beside the seamless upgrade (images in a reservation, and in RAM
-# taken at arm time), interleaved repetitions; rewrites docs/benchmarks.*.
+# the floor beside the seamless upgrade (images in a reservation, without
+# pre-dump, with sha256 checksums, in RAM taken at arm time) and the cold
+# reboot, interleaved repetitions; rewrites docs/benchmarks.*.
 BENCH_SIZES ?= 64,256,1024
 BENCH_REPS ?= 3
 bench: deps
-	$(PYTHON) -m tests.vm.bench --sizes $(BENCH_SIZES) --scenarios a,b,b-ram,d --reps $(BENCH_REPS)
+	$(PYTHON) -m tests.vm.bench --sizes $(BENCH_SIZES) --scenarios a,b,b-nopre,b-sha256,b-ram,d --reps $(BENCH_REPS)
 
 # Every test: unit tests, generator golden files, and the VM upgrade test.
 test: deps lint
