@@ -473,11 +473,29 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "established_median": statistics.median(est) if est else None,
                 "estimate_ratio_median": statistics.median(planned) if planned else None,
                 "phases_median": split,
+                "guest_median": guest_medians(rs),
                 "kept": all(r["kept"] for r in rs) if sc not in ("a", "d") else None,
                 "reloaded": all(r.get("reloaded") for r in rs) if sc == "d" else None,
             }
         )
     return rows
+
+
+GUEST_FIGURES = ("frozen", "checkpoint", "checksum", "verify", "restore")
+
+
+def guest_medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians of what the guest's report says of the kept unit: seconds per step, image MiB."""
+    out: dict[str, float] = {}
+    units = [u for r in runs for u in (r.get("guest") or {}).get("units", [])[:1]]
+    for key in GUEST_FIGURES:
+        xs = [u["seconds"][key] for u in units if (u.get("seconds") or {}).get(key) is not None]
+        if xs:
+            out[key] = statistics.median(xs)
+    sizes = [u["image_bytes"] / MIB for u in units if u.get("image_bytes")]
+    if sizes:
+        out["image_mib"] = round(statistics.median(sizes), 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

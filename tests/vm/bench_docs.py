@@ -64,6 +64,27 @@ def phase_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def guest_table(rows: list[dict[str, Any]]) -> str:
+    """What the guest's report says of the kept unit (medians)."""
+    out = [
+        "| scenario | state | frozen (CRIU) | checkpoint | checksum | verify | restore | images |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        g = r.get("guest_median") or {}
+        if not g:
+            continue
+        cells = " | ".join(
+            f"{_s(g.get(k))} s" for k in ("frozen", "checkpoint", "checksum", "verify", "restore")
+        )
+        mib = g.get("image_mib")
+        out.append(
+            f"| {NAMES.get(r['scenario'], r['scenario'])} | {r['size_mib']} MiB | {cells} | "
+            f"{'—' if mib is None else f'{mib:.0f} MiB'} |"
+        )
+    return "\n".join(out)
+
+
 def svg(rows: list[dict[str, Any]]) -> str:
     """Downtime (median, min-max bar) against state size, one line per scenario."""
     w, h, left, bottom, top, right = 640, 360, 60, 40, 20, 200
@@ -141,6 +162,12 @@ def write(results: dict[str, Any], rows: list[dict[str, Any]], command: str, md:
         "and the kernel phase includes starting QEMU again: a real machine's firmware is not in it):",
         "",
         phase_table(rows),
+        "",
+        "In the guest, from its report (medians): CRIU's frozen time of the final dump, the checkpoint "
+        "(dump to kill), the checksums made after it and checked before the restore, the restore, and the "
+        "room the images took:",
+        "",
+        guest_table(rows),
         "",
         "![client downtime against state size](benchmarks.svg)",
         "",
