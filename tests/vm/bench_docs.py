@@ -29,6 +29,10 @@ def _s(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
 
 
+def _sec(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f} s"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     out = [
         "| scenario | state | runs | client downtime, median (min-max) | ratio to (a) | full state checked | "
@@ -42,8 +46,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         out.append(
             f"| {NAMES.get(r['scenario'], r['scenario'])} | {r['size_mib']} MiB | {r['runs']} | "
             f"{_s(r['downtime_median'])} s ({_s(r['downtime_min'])}-{_s(r['downtime_max'])}) | "
-            f"{_s(r['ratio_to_a'])} | {_s(r['full_state_median'])} s | "
-            f"{_s(r['established_median'])} s | {kept} | {_s(r.get('estimate_ratio_median'))} |"
+            f"{_s(r['ratio_to_a'])} | {_sec(r['full_state_median'])} | "
+            f"{_sec(r['established_median'])} | {kept} | {_s(r.get('estimate_ratio_median'))} |"
         )
     return "\n".join(out)
 
@@ -74,9 +78,7 @@ def guest_table(rows: list[dict[str, Any]]) -> str:
         g = r.get("guest_median") or {}
         if not g:
             continue
-        cells = " | ".join(
-            f"{_s(g.get(k))} s" for k in ("frozen", "checkpoint", "checksum", "verify", "restore")
-        )
+        cells = " | ".join(_sec(g.get(k)) for k in ("frozen", "checkpoint", "checksum", "verify", "restore"))
         mib = g.get("image_mib")
         out.append(
             f"| {NAMES.get(r['scenario'], r['scenario'])} | {r['size_mib']} MiB | {cells} | "
