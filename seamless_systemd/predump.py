@@ -100,6 +100,16 @@ def dump_stats(images: Path) -> dict[str, int]:
         return {}
 
 
+def supported() -> bool:
+    """Whether this kernel tracks dirtied pages (soft-dirty), which the rounds need."""
+    try:
+        run([criu.CRIU, "check", "--feature", "mem_dirty_track"], timeout=60)
+    except CommandError as e:
+        log.info("No pre-dump rounds: CRIU finds no memory change tracking in this kernel (%s)", e)
+        return False
+    return True
+
+
 def pages_bytes(images: Path) -> int:
     """Bytes of memory pages one round wrote (not its parents'; holes punched later not counted)."""
     files = [p for p in images.glob("pages-*.img") if p.is_file() and not p.is_symlink()]

@@ -72,6 +72,8 @@ def build(gen: state.Generation) -> dict[str, Any]:
         "kernel": {"from": manifest["kernel"]["from"], "to": boot.get("kernel", manifest["kernel"]["to"])},
         "units": units,
         "seconds": {
+            # run's early writeback (sync while the services still run), before the kexec request.
+            "writeback": manifest.get("writeback_seconds"),
             # Arming (plan, taking the RAM, trial checkpoints, kexec load) to the kexec request.
             "arm": _span(
                 manifest.get("arm_started_at", manifest.get("armed_at")), manifest.get("kexec_requested_at")

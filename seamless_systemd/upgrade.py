@@ -439,8 +439,9 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
         else:
             pmem.prepare(cfg.pmem_device, cfg.pmem_mountpoint)
         _clean_old_generations(cfg.pmem_mountpoint)
+        pre_dump = trial and cfg.pre_dump and predump.supported()
         if trial:
-            _trial_dumps(cfg, gen, plan)
+            _trial_dumps(cfg, gen, plan, pre_dump)
         cmdline = kernels.new_cmdline(plan.cmdline, params, hugemem.memmap_arg(ranges) if ranges else "")
         if ram_record is not None:
             ram_record["cmdline_bytes"] = len(cmdline)
@@ -460,7 +461,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 "armed_at": criu.now(),
                 "checkpoint_timeout": cfg.checkpoint_timeout,
                 "checksum": cfg.image_checksum,
-                "pre_dump": cfg.pre_dump,
+                "pre_dump": pre_dump,
                 "pmem_mode": mode.value,
                 "ram": ram_record,
             },
@@ -569,8 +570,11 @@ def _clean_old_generations(mount: Path) -> None:
             shutil.rmtree(entry)
 
 
-def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan) -> None:
-    """Dump every unit once while it keeps running: what fails here fails before the kexec."""
+def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan, pre_dump: bool) -> None:
+    """Dump every unit once while it keeps running: what fails here fails before the kexec.
+
+    PRE_DUMP: keep each trial as round 0 of the pre-dump rounds (see predump).
+    """
     for up in plan.units:
         if not up.preserved:
             continue
@@ -590,7 +594,7 @@ def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan) -> None:
                     timeout=cfg.checkpoint_timeout,
                     tcp=bool(podman.connections(ctr)),
                 )
-            elif cfg.pre_dump:
+            elif pre_dump:
                 # The trial is round 0 of the pre-dump (see predump): kept, with memory tracking.
                 facts = criu.inspect(info)
                 images = gen.images(up.unit)
@@ -681,7 +685,13 @@ def disarm(quiet: bool = False) -> None:
 def run_upgrade(cfg: Config, kernel: str | None = None) -> state.Generation:
     """Arm, then start systemd's kexec shutdown."""
     gen = arm(cfg, kernel)
-    state.update_json(gen.manifest, kexec_requested_at=criu.now())
+    # Early writeback: the dirty page cache goes to disk while the services still
+    # run, so that the sync in the shutdown, inside the downtime, has little left.
+    t0 = time.monotonic()
+    os.sync()
+    writeback = round(time.monotonic() - t0, 3)
+    log.info("Wrote back the dirty page cache in %.2f s", writeback)
+    state.update_json(gen.manifest, kexec_requested_at=criu.now(), writeback_seconds=writeback)
     log.info("Starting kexec.target; the units are checkpointed as systemd stops them")
     try:
         systemd.start_unit("kexec.target", "replace-irreversibly")

@@ -65,6 +65,8 @@ MARKS = {
     "Linux version": "kernel",
     "Run /init as init process": "initramfs",
     "running in system mode": "systemd",
+    # A file system that was not clean at the switch: its journal replayed at mount.
+    "recovery complete": "fs_recovery",
 }
 # The outage, phase by phase: (name, the mark that ends it); each starts where the one before ended.
 PHASES = (
@@ -347,6 +349,7 @@ class Bench:
         out["established"] = est
         until = run.after_at or time.time()
         out["marks"] = [[round(t, 3), m] for t, m in self.marks if run.switch_at - 2 <= t <= until]
+        out["fs_recovery"] = any(m == "fs_recovery" for _, m in out["marks"])
         if down["first_after"]:
             out["phases"] = phases(self.marks, down["last_before"], down["first_after"])
         if run.state is not None and down["first_after"] and "done_at" in run.state:

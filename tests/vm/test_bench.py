@@ -36,6 +36,8 @@ def test_quick_benchmark() -> None:
     assert seamless["full_state"]["blocks"] == 64 and seamless["full_state"]["bad"] == 0, seamless[
         "full_state"
     ]
+    # The file systems were clean at the kexec: no journal replayed in the new boot.
+    assert not seamless["fs_recovery"] and not floor["fs_recovery"], seamless["marks"]
     # Plan's estimate of the images is what CRIU wrote, within 10 %.
     assert 0.9 <= seamless["estimate"]["ratio"] <= 1.1, seamless["estimate"]
     assert floor["kept"] is False
