@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
+
 from seamless_systemd import criu, predump, state
 
 
@@ -63,3 +65,25 @@ def test_checksums_cover_every_round_once(tmp_path: Path) -> None:
     files = criu.checksum_tree(images)["files"]
     assert sorted(files) == ["pages-1.img", "pre-0/pages-1.img", "pre-1/pages-1.img"]
     assert predump.pages_bytes(images / "pre-0") == 8192
+
+
+def test_rounds_stop_when_the_delta_stops_shrinking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stopping rule alone: each "round" here writes a pages file of the size given.
+    images = tmp_path / "images"
+    (images / "pre-0").mkdir(parents=True)
+    (images / "pre-0" / "pages-1.img").write_bytes(b"x" * (64 << 20))
+    sizes = iter([16 << 20, 14 << 20, 1 << 20])
+    argvs: list[list[str]] = []
+
+    def fake_run(argv: list[str], **_: object) -> None:
+        argvs.append(argv)
+        here = Path(argv[argv.index("--images-dir") + 1])
+        (here / "pages-1.img").write_bytes(b"y" * next(sizes))
+
+    monkeypatch.setattr(predump, "run", fake_run)
+    rec = predump.rounds(100, (100, 101), images, tmp_path, timeout=10)
+    # 64 -> 16 MiB shrank; 16 -> 14 MiB did not shrink by a fifth: two rounds, pre-2 is the parent.
+    assert [r["bytes"] for r in rec["rounds"]] == [64 << 20, 16 << 20, 14 << 20]
+    assert rec["parent"] == "pre-2" and rec["pids"] == [100, 101]
+    assert argvs[1][argvs[1].index("--prev-images-dir") + 1] == "../pre-1"
+    assert "--track-mem" in argvs[0] and "--pre-dump-mode=read" in argvs[0]
