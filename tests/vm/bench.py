@@ -147,6 +147,9 @@ def full_state(port: int, seed: int, size: int) -> dict[str, Any]:
     return {"seconds": round(time.time() - t0, 3), "blocks": size, "bad": bad, "done_at": time.time()}
 
 
+ESTABLISHED_AFTER = 6.0  # seconds without an answer before the established connection's GET
+
+
 class Established(threading.Thread):
     """A connection kept open across the switch: one GET sent once the service is gone, and its answer.
 
@@ -163,7 +166,8 @@ class Established(threading.Thread):
         self.result: dict[str, Any] = {}
 
     def run(self) -> None:
-        while not outage_begun(self.prober.probes, self.since):
+        # Longer than the freeze of arm's trial dump (2.5 s at 256 MiB), shorter than any kexec.
+        while not outage_begun(self.prober.probes, self.since, outage=ESTABLISHED_AFTER):
             if time.time() - self.since > 900:
                 self.result = {"error": "no outage seen"}
                 return
