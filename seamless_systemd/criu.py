@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from seamless_systemd import kobjects, netlock, procs, sandbox, sockets, sysv, volatile
+from seamless_systemd.config import CHECKSUMS
 from seamless_systemd.errors import CheckpointError, CommandError, RestoreError
 from seamless_systemd.log import journal
 from seamless_systemd.run import run
@@ -378,8 +379,9 @@ def dump(
     PARENT: the pre-dump round (a directory in IMAGES, see predump) this dump builds on.
     """
     if images.exists() and parent:
+        # Only the pre-dump rounds (pre-N, PARENT the last of them) stay.
         for entry in images.iterdir():
-            if entry.name != parent and not entry.name.startswith("pre-"):
+            if not entry.name.startswith("pre-"):
                 shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     elif images.exists():
         shutil.rmtree(images)
@@ -484,18 +486,15 @@ def log_tail(log: Path, lines: int = 20) -> str:
 
 
 def checksum_file(path: Path, algorithm: str) -> str:
-    """ALGORITHM ('crc32' or 'sha256') of PATH's bytes, as hex."""
-    if algorithm == "crc32":
-        crc = 0
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                crc = zlib.crc32(chunk, crc)
-        return f"{crc:08x}"
-    h = hashlib.new(algorithm)
+    """ALGORITHM (one of config.CHECKSUMS) of PATH's bytes, as hex."""
+    crc, h = 0, None if algorithm == "crc32" else hashlib.new(algorithm)
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+            if h is None:
+                crc = zlib.crc32(chunk, crc)
+            else:
+                h.update(chunk)
+    return f"{crc:08x}" if h is None else h.hexdigest()
 
 
 def checksum_tree(images: Path, algorithm: str = "crc32") -> dict[str, Any]:
@@ -517,7 +516,7 @@ def checksums_match(images: Path, expected: Any) -> list[str] | None:
         algorithm, want = expected["algorithm"], expected["files"]
     else:
         algorithm, want = "sha256", expected
-    if algorithm not in ("crc32", "sha256") or not isinstance(want, dict):
+    if algorithm not in CHECKSUMS or not isinstance(want, dict):
         return None
     actual = checksum_tree(images, algorithm)["files"]
     return sorted(k for k in set(actual) | set(want) if actual.get(k) != want.get(k))

@@ -8,9 +8,8 @@ the kexec shutdown the final dump gets ``--prev-images-dir pre-N
 --track-mem --auto-dedup``: it writes the pages dirtied since round N
 (soft-dirty bits, which each round clears) and punches the pages it wrote
 out of the rounds before (each round does the same), so the images hold
-each page about once. The
-restore reads the chain through the ``parent`` links; the checksums cover
-every round (the links themselves are skipped).
+each page about once. The restore reads the chain through the ``parent``
+links; the checksums cover every round (the links themselves are skipped).
 
 The rounds are used only for the tree they were taken of: a unit whose
 processes changed since (restarted, forked) is dumped whole.

@@ -33,58 +33,73 @@ def _sec(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f} s"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    out = [
-        "| scenario | state | runs | client downtime, median (min-max) | ratio to (a) | full state checked | "
-        "established: answer after the service is back | state kept | plan's estimate / images |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+def _markdown(headers: list[str], rows: list[dict[str, Any]], cells: Any) -> str:
+    """A table with a row per scenario and size: the scenario, the state, then CELLS(row) (None: no row)."""
+    out = ["| " + " | ".join(["scenario", "state", *headers]) + " |", "|---" * (len(headers) + 2) + "|"]
     for r in rows:
+        more = cells(r)
+        if more is not None:
+            name = NAMES.get(r["scenario"], r["scenario"])
+            out.append("| " + " | ".join([name, f"{r['size_mib']} MiB", *more]) + " |")
+    return "\n".join(out)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    def cells(r: dict[str, Any]) -> list[str]:
         kept = "" if r["kept"] is None else ("yes" if r["kept"] else "NO")
         if r.get("reloaded") is not None:
             kept = "reloaded" if r["reloaded"] else "NOT reloaded"
-        out.append(
-            f"| {NAMES.get(r['scenario'], r['scenario'])} | {r['size_mib']} MiB | {r['runs']} | "
-            f"{_s(r['downtime_median'])} s ({_s(r['downtime_min'])}-{_s(r['downtime_max'])}) | "
-            f"{_s(r['ratio_to_a'])} | {_sec(r['full_state_median'])} | "
-            f"{_sec(r['established_median'])} | {kept} | {_s(r.get('estimate_ratio_median'))} |"
-        )
-    return "\n".join(out)
+        return [
+            str(r["runs"]),
+            f"{_s(r['downtime_median'])} s ({_s(r['downtime_min'])}-{_s(r['downtime_max'])})",
+            _s(r["ratio_to_a"]),
+            _sec(r["full_state_median"]),
+            _sec(r["established_median"]),
+            kept,
+            _s(r.get("estimate_ratio_median")),
+        ]
+
+    headers = [
+        "runs",
+        "client downtime, median (min-max)",
+        "ratio to (a)",
+        "full state checked",
+        "established: answer after the service is back",
+        "state kept",
+        "plan's estimate / images",
+    ]
+    return _markdown(headers, rows, cells)
 
 
 def phase_table(rows: list[dict[str, Any]]) -> str:
     """Where the outage goes, from the console lines the host read (medians, seconds)."""
-    out = [
-        "| scenario | state | stopping (to the kexec or the end of QEMU) | kernel (to /init) | "
-        "initramfs (to systemd) | user space (to the first correct answer) |",
-        "|---|---|---|---|---|---|",
+    keys = ("stop", "kernel", "initramfs", "user_space")
+    headers = [
+        "stopping (to the kexec or the end of QEMU)",
+        "kernel (to /init)",
+        "initramfs (to systemd)",
+        "user space (to the first correct answer)",
     ]
-    for r in rows:
+
+    def cells(r: dict[str, Any]) -> list[str] | None:
         ph = r.get("phases_median") or {}
-        if not ph:
-            continue
-        cells = " | ".join(_s(ph.get(k)) for k in ("stop", "kernel", "initramfs", "user_space"))
-        out.append(f"| {NAMES.get(r['scenario'], r['scenario'])} | {r['size_mib']} MiB | {cells} |")
-    return "\n".join(out)
+        return [_s(ph.get(k)) for k in keys] if ph else None
+
+    return _markdown(headers, rows, cells)
 
 
 def guest_table(rows: list[dict[str, Any]]) -> str:
     """What the guest's report says of the kept unit (medians)."""
-    out = [
-        "| scenario | state | frozen (CRIU) | checkpoint | checksum | verify | restore | images |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
+    keys = ("frozen", "checkpoint", "checksum", "verify", "restore")
+
+    def cells(r: dict[str, Any]) -> list[str] | None:
         g = r.get("guest_median") or {}
         if not g:
-            continue
-        cells = " | ".join(_sec(g.get(k)) for k in ("frozen", "checkpoint", "checksum", "verify", "restore"))
+            return None
         mib = g.get("image_mib")
-        out.append(
-            f"| {NAMES.get(r['scenario'], r['scenario'])} | {r['size_mib']} MiB | {cells} | "
-            f"{'—' if mib is None else f'{mib:.0f} MiB'} |"
-        )
-    return "\n".join(out)
+        return [_sec(g.get(k)) for k in keys] + ["—" if mib is None else f"{mib:.0f} MiB"]
+
+    return _markdown(["frozen (CRIU)", "checkpoint", "checksum", "verify", "restore", "images"], rows, cells)
 
 
 def svg(rows: list[dict[str, Any]]) -> str:
