@@ -94,14 +94,18 @@ def cmd_disarm(args: argparse.Namespace, cfg: config.Config) -> int:
 
 def _last_report() -> dict[str, Any] | None:
     gen = restore.current_generation()
+    data: dict[str, Any] | None = None
     if gen is not None and gen.report.exists():
-        data: dict[str, Any] = state.read_json(gen.report)
-        return data
-    last = state.REPORT_DIR / "last.json"
-    if last.exists():
-        data = state.read_json(last)
-        return data
-    return None
+        data = state.read_json(gen.report)
+    elif (state.REPORT_DIR / "last.json").exists():
+        data = state.read_json(state.REPORT_DIR / "last.json")
+    if data is None:
+        return None
+    # seamless-warm.service may end after the report was written.
+    warmed = state.REPORT_DIR / f"{data.get('generation')}.page-cache.json"
+    if warmed.exists():
+        data.setdefault("warm", {})["page_cache"] = state.read_json(warmed)
+    return data
 
 
 def _ram_held() -> dict[str, Any] | None:
@@ -184,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=argparse.SUPPRESS).add_argument("unit")
     sub.add_parser("restore-prepare", help=argparse.SUPPRESS)
     sub.add_parser("restore-finish", help=argparse.SUPPRESS)
+    sub.add_parser("warm-page-cache", help=argparse.SUPPRESS)
     sub.add_parser("ram-serve", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     log.setup(args.debug)
@@ -196,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             return restore.prepare()
         if args.command == "restore-finish":
             return restore.finish()
+        if args.command == "warm-page-cache":
+            return restore.warm_page_cache()
         if args.command == "ram-serve":
             return ram.serve()
         if os.geteuid() != 0 and args.command in ("plan", "arm", "run", "disarm"):

@@ -31,6 +31,7 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "kernel": (str, type(None)),
     "checkpoint_timeout": int,
     "images": dict,
+    "warm": dict,
 }
 _IMAGES: dict[str, type | tuple[type, ...]] = {"checksum": str, "pre_dump": bool}
 # How the images are checked at the restore: crc32 catches a flipped bit (the
@@ -38,7 +39,9 @@ _IMAGES: dict[str, type | tuple[type, ...]] = {"checksum": str, "pre_dump": bool
 # emulation (docs/benchmarks.md); sha256 is the slower, cryptographic choice.
 CHECKSUMS = ("crc32", "sha256")
 _PMEM: dict[str, type | tuple[type, ...]] = {"device": str, "mode": str, "size": (str, int)}
-_UNIT: dict[str, type | tuple[type, ...]] = {"name": str, "on_unsupported": str}
+_UNIT: dict[str, type | tuple[type, ...]] = {"name": str, "on_unsupported": str, "warm_paths": list}
+# What the new boot reads before it is needed (see warm).
+_WARM: dict[str, type | tuple[type, ...]] = {"page_cache": bool, "dentries": bool}
 
 
 class PmemMode(enum.StrEnum):
@@ -92,10 +95,19 @@ class Config:
     image_checksum: str = "crc32"
     # Copy the memory while the services run (at arm time), see predump.
     pre_dump: bool = True
+    # The page cache the trees had, read back after the kexec; the paths their
+    # images name, looked up before CRIU needs them (see warm).
+    warm_page_cache: bool = True
+    warm_dentries: bool = True
+    # Per unit: more files (or directories) whose page cache is kept warm.
+    unit_warm_paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
     sources: tuple[Path, ...] = ()
 
     def policy(self, unit: str) -> OnUnsupported:
         return dict(self.unit_on_unsupported).get(unit, self.on_unsupported)
+
+    def warm_paths(self, unit: str) -> tuple[str, ...]:
+        return dict(self.unit_warm_paths).get(unit, ())
 
 
 def check_unit_name(name: str) -> str | None:
@@ -194,6 +206,8 @@ def _read_fragment(path: Path) -> dict[str, Any]:
             raise ConfigError(
                 f"{path}: 'images.checksum' must be one of {', '.join(CHECKSUMS)}, not {checksum!r}"
             )
+    if "warm" in data:
+        _check_keys(data["warm"], _WARM, path, "warm.")
     if "on_unsupported" in data:
         _check_policy(data["on_unsupported"], path, "on_unsupported")
     for key, what, check in (
@@ -207,6 +221,12 @@ def _read_fragment(path: Path) -> dict[str, Any]:
                     raise ConfigError(f"{path}: {key}[{i}] needs a 'name' (the {what})")
                 if "on_unsupported" in entry:
                     _check_policy(entry["on_unsupported"], path, f"{key}[{i}].on_unsupported")
+                for j, warm_path in enumerate(entry.get("warm_paths", [])):
+                    if not isinstance(warm_path, str) or not warm_path.startswith("/"):
+                        raise ConfigError(
+                            f"{path}: {key}[{i}].warm_paths[{j}] must be an absolute path "
+                            f"(a file or a directory), not {warm_path!r}"
+                        )
                 entry = entry["name"]
             elif not isinstance(entry, str):
                 raise ConfigError(
@@ -236,6 +256,8 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
     kernel: str | None = None
     timeout = Config.checkpoint_timeout
     images: dict[str, Any] = {}
+    warm: dict[str, Any] = {}
+    warm_paths: dict[str, list[str]] = {}
     for path in paths:
         data = _read_fragment(path)
         for key, names in (("units", units), ("containers", containers)):
@@ -243,6 +265,8 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
                 if isinstance(entry, dict):
                     if "on_unsupported" in entry:
                         policies[entry["name"]] = OnUnsupported(entry["on_unsupported"])
+                    more = warm_paths.setdefault(entry["name"], [])
+                    more += [p for p in entry.get("warm_paths", []) if p not in more]
                     entry = entry["name"]
                 if entry not in names:
                     names.append(entry)
@@ -253,6 +277,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
             kernel = data["kernel"]
         timeout = data.get("checkpoint_timeout", timeout)
         images.update(data.get("images", {}))
+        warm.update(data.get("warm", {}))
     device = Path(pmem.get("device", str(DEFAULT_DEVICE)))
     where = paths[-1] if paths else main
     if not device.is_absolute() or not str(device).startswith("/dev/"):
@@ -269,5 +294,8 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         checkpoint_timeout=timeout,
         image_checksum=images.get("checksum", Config.image_checksum),
         pre_dump=images.get("pre_dump", Config.pre_dump),
+        warm_page_cache=warm.get("page_cache", Config.warm_page_cache),
+        warm_dentries=warm.get("dentries", Config.warm_dentries),
+        unit_warm_paths=tuple(sorted((u, tuple(ps)) for u, ps in warm_paths.items() if ps)),
         sources=tuple(paths),
     )

@@ -161,6 +161,8 @@ def generate(normal: Path, root: Path, cmdline: str) -> int:
         decision["units"] = wired
         if wired:
             _want(normal, "sysinit.target", "seamless-restore.service")
+            # Runs only if restore-prepare handed it a page-cache list (see warm).
+            _want(normal, "sysinit.target", "seamless-warm.service")
         # The finish step runs even when nothing is left to restore: it writes the report.
         _want(normal, "multi-user.target", "seamless-restore-finish.service")
         fd = normal / "seamless-restore-finish.service.d"

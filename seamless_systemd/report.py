@@ -40,6 +40,8 @@ def build(gen: state.Generation) -> dict[str, Any]:
             # Written by the final dump; the rest came from the pre-dump rounds (predump).
             "final_dump_bytes": _pages(dump.get("dump_stats", {}).get("pages_written")),
             "pre_dump": bool(dump.get("pre_dump_parent")),
+            # Noted before the freeze, read back after the kexec (warm).
+            "page_cache_bytes": (dump.get("page_cache") or {}).get("bytes"),
             # The host's run-time mounts its namespace showed, left out (sandbox.runtime_mounts).
             "skipped_mounts": dump.get("skipped_mounts") or [],
             "seconds": {
@@ -71,6 +73,7 @@ def build(gen: state.Generation) -> dict[str, Any]:
         "generation": gen.id,
         "kernel": {"from": manifest["kernel"]["from"], "to": boot.get("kernel", manifest["kernel"]["to"])},
         "units": units,
+        "warm": {"dentries": boot.get("dentries")},
         "seconds": {
             # run's early writeback (sync while the services still run), before the kexec request.
             "writeback": manifest.get("writeback_seconds"),
@@ -100,6 +103,17 @@ def render(rep: dict[str, Any]) -> str:
         lines.append(f"  {u['unit']}{ctr}: {u['outcome']} {pids}{why}".rstrip())
     secs = ", ".join(f"{k} {v:.1f} s" for k, v in rep["seconds"].items() if v is not None)
     lines.append(f"  phases: {secs}")
+    warmed = rep.get("warm") or {}
+    looked = warmed.get("dentries")
+    if looked:
+        lines.append(f"  paths looked up before the restore: {looked['paths']} in {looked['seconds']:.2f} s")
+    cache = warmed.get("page_cache")
+    if cache:
+        line = f"  page cache read back: {cache['read_bytes'] >> 20} of {cache['asked_bytes'] >> 20} MiB"
+        line += f" in {cache['seconds']:.1f} s"
+        if cache.get("skipped_files"):
+            line += f", {cache['skipped_files']} file(s) skipped (e.g. {cache['skipped'][0]})"
+        lines.append(line)
     ram = rep.get("ram")
     if ram:
         back = ram.get("given_back") or {}

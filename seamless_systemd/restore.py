@@ -34,6 +34,7 @@ from seamless_systemd import (
     systemd,
     sysv,
     volatile,
+    warm,
 )
 from seamless_systemd.config import DEFAULT_MOUNTPOINT
 from seamless_systemd.errors import RestoreError, SeamlessError
@@ -110,14 +111,26 @@ def prepare() -> int:
     )
     dropped = []
     units = state.units_with_images(manifest)
+    opts = manifest.get("warm") or {}
+    if opts.get("page_cache"):
+        _hand_over_page_cache(gen, units)
 
     def timed(unit: str) -> tuple[str | None, float]:
         t0 = time.monotonic()
         return verify_unit(gen, unit), round(time.monotonic() - t0, 3)
 
-    # The units' images are checked side by side (zlib and file reads let go of the GIL).
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    # The units' images are checked side by side (zlib and file reads let go of the GIL),
+    # and meanwhile the paths they name are looked up (see warm).
+    with (
+        concurrent.futures.ThreadPoolExecutor(max_workers=1) as side,
+        concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
+    ):
+        lookups = side.submit(warm.resolve, _paths_named(gen, units)) if opts.get("dentries") else None
         verdicts = dict(zip(units, pool.map(timed, units), strict=True))
+        if lookups is not None:
+            found = lookups.result()
+            log.info("Looked up %d path(s) the images name in %.2f s", found["paths"], found["seconds"])
+            state.update_json(gen.boot, dentries=found)
     state.update_json(gen.boot, verify_seconds={u: t for u, (_, t) in verdicts.items()})
     for unit in units:
         why = verdicts[unit][0]
@@ -136,6 +149,60 @@ def prepare() -> int:
         # Their drop-ins go away, so their start jobs run the normal ExecStart.
         systemd.daemon_reload()
     state.update_json(gen.boot, prepare_finished_at=time.time())
+    return 0
+
+
+def _paths_named(gen: state.Generation, units: list[str]) -> list[str]:
+    """The files the units' trees used, as their dump records list them."""
+    out: list[str] = []
+    for unit in units:
+        try:
+            paths = state.read_json(gen.dump_info(unit)).get("paths", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        out += [p for p in paths if isinstance(p, str) and p.startswith("/")]
+    return out
+
+
+PAGE_CACHE = state.RESTORE_DIR / "page-cache.json"
+
+
+def _hand_over_page_cache(gen: state.Generation, units: list[str]) -> None:
+    """The units' page-cache lists, for seamless-warm.service (in /run: the images' RAM may go back first)."""
+    lists = []
+    for unit in units:
+        try:
+            entry = state.read_json(gen.page_cache(unit))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as e:
+            log.warning("%s: its page-cache list is unreadable (%s); it is not read back", unit, e)
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("files"), list):
+            lists.append({"unit": unit, **entry})
+    if lists:
+        state.write_json(PAGE_CACHE, {"generation": gen.id, "lists": lists})
+
+
+def warm_page_cache() -> int:
+    """seamless-warm.service: read back the page cache the preserved trees had; the result to the report."""
+    if not PAGE_CACHE.exists():
+        log.info("No page-cache list in this boot")
+        return 0
+    data = state.read_json(PAGE_CACHE)
+    started = time.time()
+    result = warm.rewarm(data.get("lists", []))
+    result.update(started_at=started, kernel_started_at=kernel_started_at())
+    log.info(
+        "Page cache: read back %d MiB of %d MiB in %.1f s (%d file(s) skipped)",
+        result["read_bytes"] >> 20,
+        result["asked_bytes"] >> 20,
+        result["seconds"],
+        result["skipped_files"],
+    )
+    state.REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    state.write_json(state.REPORT_DIR / f"{data.get('generation')}.page-cache.json", result)
+    PAGE_CACHE.unlink(missing_ok=True)
     return 0
 
 

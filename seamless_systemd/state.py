@@ -116,6 +116,10 @@ class Generation:
     def restore_info(self, unit: str) -> Path:
         return self.unit_dir(unit) / "restore.json"
 
+    def page_cache(self, unit: str) -> Path:
+        # Which pages of which files the tree had resident (see warm).
+        return self.unit_dir(unit) / "page-cache.json"
+
     def checksums(self, unit: str) -> Path:
         return self.unit_dir(unit) / "checksums.json"
 

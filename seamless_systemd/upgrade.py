@@ -27,6 +27,7 @@ from seamless_systemd import (
     state,
     systemd,
     volatile,
+    warm,
 )
 from seamless_systemd.config import Config, OnUnsupported, PmemMode
 from seamless_systemd.errors import CheckpointError, CommandError, LockedError, PreflightError, SeamlessError
@@ -462,6 +463,12 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 "checkpoint_timeout": cfg.checkpoint_timeout,
                 "checksum": cfg.image_checksum,
                 "pre_dump": pre_dump,
+                # What the new boot reads before it is needed (see warm).
+                "warm": {
+                    "page_cache": cfg.warm_page_cache,
+                    "dentries": cfg.warm_dentries,
+                    "paths": {u.unit: list(cfg.warm_paths(u.unit)) for u in plan.units},
+                },
                 "pmem_mode": mode.value,
                 "ram": ram_record,
             },
@@ -764,6 +771,7 @@ def checkpoint(unit: str) -> int:
         if manifest.get("pre_dump"):
             parent = predump.parent_for(gen.unit_dir(unit), gen.images(unit), facts.pids)
         record["pre_dump_parent"] = parent
+        _note_warm(gen, unit, manifest.get("warm") or {}, facts.pids, record)
         log.info("Checkpointing %s (PID %d, %d process(es))", unit, facts.main_pid, len(facts.pids))
         with volatile.Held(facts.volatile_files) as held:
             criu.dump(
@@ -785,6 +793,23 @@ def checkpoint(unit: str) -> int:
         state.write_json(gen.dump_info(unit), record)
         log.error("Checkpoint of %s failed, it will start afresh after the kexec: %s", unit, e)
     return 0
+
+
+def _note_warm(
+    gen: state.Generation, unit: str, opts: dict[str, Any], pids: tuple[int, ...], record: dict[str, Any]
+) -> None:
+    """While the tree still runs: the files it uses, and which of their pages are in the page cache."""
+    if not (opts.get("page_cache") or opts.get("dentries")):
+        return
+    refs = warm.files_of(pids)
+    if opts.get("dentries"):
+        record["paths"] = sorted({r.path for r in refs})
+    if opts.get("page_cache"):
+        more = warm.files_below((opts.get("paths") or {}).get(unit, []))
+        try:
+            record["page_cache"] = warm.record(refs + more, gen.page_cache(unit))
+        except OSError as e:  # the restore does not need it
+            log.warning("%s: its page cache is not noted (%s)", unit, e)
 
 
 def _checkpoint_container(

@@ -41,11 +41,16 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
         (
             "unit: [a.service]\n",
             "unknown key 'unit' (allowed: checkpoint_timeout, containers, images, kernel, on_unsupported, "
-            "pmem, units)",
+            "pmem, units, warm)",
         ),
         ("images: {checksum: md5}\n", "'images.checksum' must be one of crc32, sha256, not 'md5'"),
         ("images: {hash: crc32}\n", "unknown key 'images.hash' (allowed: images.checksum, images.pre_dump)"),
         ("images: {pre_dump: 1}\n", "'images.pre_dump' must be true or false, not 1"),
+        ("warm: {page_cache: yes please}\n", "'warm.page_cache' must be true or false, not 'yes please'"),
+        (
+            "units: [{name: a.service, warm_paths: [var/lib/a]}]\n",
+            "units[0].warm_paths[0] must be an absolute path (a file or a directory), not 'var/lib/a'",
+        ),
         ("units: [{name: a.service, policy: x}]\n", "unknown key 'units[0].policy'"),
         ("units: [{on_unsupported: restart}]\n", "units[0] needs a 'name'"),
         ("units: [{name: a.service, on_unsupported: ignore}]\n", "must be one of refuse, restart"),
@@ -117,3 +122,15 @@ def test_pmem_mode_and_size(tmp_path: Path) -> None:
     cfg = config.load(tmp_path)
     assert cfg.pmem_mode == config.PmemMode.ON_DEMAND
     assert cfg.pmem_size == 384 << 20
+
+
+def test_warm_switches_and_paths_per_unit(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(
+        "warm: {dentries: false}\nunits: [{name: db.service, warm_paths: [/var/lib/db]}, web.service]\n"
+    )
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "50.yaml").write_text("units: [{name: db.service, warm_paths: [/srv/db]}]\n")
+    cfg = config.load(tmp_path)
+    assert (cfg.warm_page_cache, cfg.warm_dentries) == (True, False)
+    assert cfg.warm_paths("db.service") == ("/var/lib/db", "/srv/db")
+    assert cfg.warm_paths("web.service") == ()
