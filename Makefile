@@ -22,7 +22,7 @@ demo: deps
 BENCH_SIZES ?= 64,256,1024
 BENCH_REPS ?= 3
 bench: deps
-	$(PYTHON) -m tests.vm.bench --sizes $(BENCH_SIZES) --scenarios a,b,b-nopre,b-sha256,b-ram,d --reps $(BENCH_REPS)
+	$(PYTHON) -m tests.vm.bench --sizes $(BENCH_SIZES) --scenarios a,b,b-nopre,b-nowarm,b-sha256,b-ram,d --reps $(BENCH_REPS)
 
 # Every test: unit tests, generator golden files, and the VM upgrade test.
 test: deps lint

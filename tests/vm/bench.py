@@ -13,7 +13,11 @@ outside the guest, through QEMU's forwarded port:
 - then it fetches every block of the state and checks each against what the
   seed and version say it must be: the time to the full state;
 - one more connection stays open across the switch: a GET sent right after
-  the switch, and when its answer's first byte comes.
+  the switch, and when its answer's first byte comes;
+- the page cache: READS asks the service for 2000 timed reads of 4 KiB at
+  random offsets of a 256 MiB file it has open and that was read whole before
+  the switch; p50 and p99 before the switch, right after the service is back
+  (before the state is checked) and once the state has been checked.
 
 What counts as a correct answer: for (a), any; for a kept service (b, b-ram),
 the same instance (its token) as before the switch; for the cold reboot (d),
@@ -134,6 +138,20 @@ class Prober(threading.Thread):
             time.sleep(max(0.0, t + 0.01 - time.time()))
 
 
+CACHE_READS = 2000
+
+
+def cache_probe(port: int) -> dict[str, Any]:
+    """The service's read latency of its file (READS): how warm its page cache is."""
+    at = time.time()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+            got = _request(sock, sock.makefile("r"), f"READS {CACHE_READS}")
+    except (OSError, ValueError) as e:
+        return {"error": repr(e), "at": at}
+    return {**got, "at": at, "seconds": round(time.time() - at, 3)}
+
+
 def full_state(port: int, seed: int, size: int) -> dict[str, Any]:
     """Fetch every block's digest and check it; how long it took and how many were wrong."""
     t0 = time.time()
@@ -194,6 +212,7 @@ class Run:
     switch_at: float = 0.0  # host time of the bench-switch event
     after_at: float = 0.0  # ... and of bench-after (the guest is about to go back to A)
     established: Established | None = None
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict)  # the page-cache probes
     state: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
 
@@ -311,29 +330,34 @@ class Bench:
             run.token, run.seed = ev.data["token"], int(ev.data["seed"])
             run.estimate_bytes = ev.data.get("estimate_bytes")
             run.established = Established(self.port, self.prober)
+            run.cache["before"] = cache_probe(self.port)
         elif ev.name == "bench-switch":
             run.switch_at = ev.at
             if run.established is not None:
                 run.established.since = ev.at
                 run.established.start()
-            if run.scenario != "a":
-                self.checker = threading.Thread(target=self._check_state, args=(run,), daemon=True)
-                self.checker.start()
+            self.checker = threading.Thread(target=self._check_state, args=(run,), daemon=True)
+            self.checker.start()
         elif ev.name == "bench-after":
             run.after, run.after_at = ev.data, ev.at
 
     def _check_state(self, run: Run) -> None:
-        """Once the kept service answers with its old token again, check its whole state."""
+        """Once the service answers correctly again: its page cache, its whole state, its page cache."""
         while True:
             time.sleep(0.05)
             if back_after_outage(self.prober.probes, run.switch_at, run.ok):
                 break
             if time.time() - run.switch_at > 900:
                 return
-        try:
-            run.state = full_state(self.port, run.seed, run.size)
-        except (OSError, ValueError, KeyError) as e:
-            run.state = {"error": repr(e)}
+        run.cache["right_after"] = cache_probe(self.port)
+        if run.scenario == "a":
+            time.sleep(20)  # what the others take to check their state, about
+        else:
+            try:
+                run.state = full_state(self.port, run.seed, run.size)
+            except (OSError, ValueError, KeyError) as e:
+                run.state = {"error": repr(e)}
+        run.cache["settled"] = cache_probe(self.port)
 
     def result(self, run: Run) -> dict[str, Any]:
         keep = run.scenario not in ("a", "d")
@@ -369,6 +393,11 @@ class Bench:
         state_ok = bool(run.state and run.state.get("bad") == 0 and run.state.get("blocks") == run.size)
         out["reloaded"] = run.scenario == "d" and after.get("token") != run.token and state_ok
         out["kernel_after"] = after.get("uname")
+        out["page_cache"] = dict(run.cache)
+        if down["first_after"] and "at" in run.cache.get("right_after", {}):
+            out["page_cache"]["probed_after_back"] = round(
+                run.cache["right_after"]["at"] - down["first_after"], 3
+            )
         rep = after.get("report") or {}
         out["guest"] = {
             "seconds": rep.get("seconds"),
@@ -377,6 +406,7 @@ class Bench:
                 for u in rep.get("units", [])
             ],
             "ram": {k: v for k, v in (rep.get("ram") or {}).items() if k not in ("ranges",)},
+            "warm": rep.get("warm"),
         }
         images = sum(u.get("image_bytes") or 0 for u in rep.get("units", []))
         out["estimate"] = {
@@ -480,12 +510,32 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "established_median": statistics.median(est) if est else None,
                 "estimate_ratio_median": statistics.median(planned) if planned else None,
                 "phases_median": split,
+                "page_cache_median": cache_medians(rs),
                 "guest_median": guest_medians(rs),
                 "kept": all(r["kept"] for r in rs) if sc not in ("a", "d") else None,
                 "reloaded": all(r.get("reloaded") for r in rs) if sc == "d" else None,
             }
         )
     return rows
+
+
+def cache_medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians of the page-cache probes' p50 and p99 (µs), and of the p99 right after over before."""
+    out: dict[str, float] = {}
+    for when in ("before", "right_after", "settled"):
+        for q in ("p50_us", "p99_us"):
+            xs = [p[q] for r in runs if q in (p := (r.get("page_cache") or {}).get(when) or {})]
+            if xs:
+                out[f"{when}_{q}"] = statistics.median(xs)
+    ratios = [
+        c["right_after"]["p99_us"] / c["before"]["p99_us"]
+        for r in runs
+        if "p99_us" in (c := r.get("page_cache") or {}).get("right_after", {})
+        and c.get("before", {}).get("p99_us")
+    ]
+    if ratios:
+        out["p99_ratio"] = round(statistics.median(ratios), 2)
+    return out
 
 
 GUEST_FIGURES = ("frozen", "checkpoint", "checksum", "verify", "restore")

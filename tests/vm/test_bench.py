@@ -5,7 +5,8 @@ keeps it from rotting and checks what the benchmark claims to measure: a
 client outside the guest saw the service go away and come back, the kept
 service came back as the same instance with every block of its state right,
 the floor's service did not (nothing was kept), and after the cold reboot a
-new instance answered with the whole state loaded from its snapshot.
+new instance answered with the whole state loaded from its snapshot, and that
+the kept service's page cache was read back after the kexec.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ def test_quick_benchmark() -> None:
     assert not seamless["fs_recovery"] and not floor["fs_recovery"], seamless["marks"]
     # Plan's estimate of the images is what CRIU wrote, within 10 %.
     assert 0.9 <= seamless["estimate"]["ratio"] <= 1.1, seamless["estimate"]
+    # The page cache: the probe's file was noted at the checkpoint and read back after the kexec.
+    for run in (floor, seamless, cold):
+        for when in ("before", "right_after", "settled"):
+            assert run["page_cache"].get(when, {}).get("n") == bench.CACHE_READS, (when, run["page_cache"])
+    warmed = (seamless["guest"]["warm"] or {}).get("page_cache") or {}
+    assert warmed.get("read_bytes", 0) >= 256 << 20, seamless["guest"]["warm"]
     assert floor["kept"] is False
     assert cold["kept"] is False and cold["reloaded"] is True, cold
     assert cold["full_state"]["blocks"] == 64 and cold["full_state"]["bad"] == 0, cold["full_state"]

@@ -14,6 +14,7 @@ prober (tests/vm/bench.py) sees it answer ("bench-ready"), then the switch
   b-ram  seamless-upgrade run with pmem.mode: on-demand (RAM taken at arm time)
   b-sha256  (b) with images.checksum: sha256, the checksum used before crc32
   b-nopre   (b) with images.pre_dump: false: the whole memory written in the freeze
+  b-nowarm  (b) with warm.page_cache and warm.dentries off
   d      cold: the service saves its state to a snapshot on disk when it is
          stopped and loads it when it starts (what a sysadmin does today);
          systemctl reboot, and the host starts QEMU again with kernel B
@@ -47,7 +48,11 @@ SCENARIO_CONFIG = {
     "b-ram": "pmem: {mode: on-demand}\n",
     "b-sha256": "images: {checksum: sha256}\n",
     "b-nopre": "images: {pre_dump: false}\n",
+    "b-nowarm": "warm: {page_cache: false, dentries: false}\n",
 }
+# The page-cache probe: a file the service reads at random (READS), read whole once before each switch.
+CACHE_FILE = Path("/var/lib/seamless-bench/cache.dat")
+CACHE_MIB = 256
 KERNEL_A = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: kernels.version_key(p.name))[0]
 KERNEL_B = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: kernels.version_key(p.name))[-1]
 
@@ -76,12 +81,27 @@ def wait_answer(limit):
 def set_size(size, snapshot=False):
     """The service's state size from its next start; SNAPSHOT: saved at stop, loaded at start."""
     DROPIN.parent.mkdir(parents=True, exist_ok=True)
-    text = f"[Service]\nEnvironment=BENCH_SIZE_MIB={size}\n"
+    text = f"[Service]\nEnvironment=BENCH_SIZE_MIB={size}\nEnvironment=BENCH_CACHE_FILE={CACHE_FILE}\n"
     if snapshot:
         SNAPSHOT.parent.mkdir(parents=True, exist_ok=True)
         text += f"Environment=BENCH_SNAPSHOT={SNAPSHOT}\nTimeoutStopSec=900\n"
     DROPIN.write_text(text)
     sh("systemctl", "daemon-reload")
+
+
+def cache_file():
+    """The page-cache probe's file, made once, then read whole: it is in the page cache before the switch."""
+    if not CACHE_FILE.exists() or CACHE_FILE.stat().st_size != CACHE_MIB << 20:
+        CACHE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{CACHE_FILE}.tmp", "wb") as f:
+            for _ in range(CACHE_MIB):
+                f.write(os.urandom(1 << 20))
+            os.fsync(f.fileno())
+        os.rename(f"{CACHE_FILE}.tmp", CACHE_FILE)
+    with open(CACHE_FILE, "rb", buffering=0) as f:
+        buf = bytearray(1 << 20)
+        while f.readinto(buf):
+            pass
 
 
 def plain_kexec(kernel):
@@ -104,6 +124,7 @@ def start_run(plan, state):
         MODE.unlink(missing_ok=True)
     sh("systemctl", "stop", UNIT)
     SNAPSHOT.unlink(missing_ok=True)
+    cache_file()
     set_size(run["size"], snapshot=run["scenario"] == "d")
     sh("systemctl", "start", UNIT)
     before = wait_answer(600 + 2 * run["size"])

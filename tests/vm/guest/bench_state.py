@@ -14,6 +14,9 @@ so that an incremental dump has something to do. One request per line:
              the blocks BLOCK has hashed since the start
   BLOCK i    {"i", "v", "sha256"} of block i as it is now
   SEED       {"seed"}: what a client needs to check blocks
+  READS n    {"n", "p50_us", "p99_us"}: n reads of 4 KiB at random offsets
+             of the file BENCH_CACHE_FILE names (kept open), each timed:
+             how warm its page cache is
 
 With BENCH_SNAPSHOT=FILE in the environment (scenario d, the cold reboot)
 it behaves like a database that persists its state: on SIGTERM it writes
@@ -51,6 +54,8 @@ class State:
         self.checked = 0
         self.ready = False
         self.snapshot = snapshot
+        cache = os.environ.get("BENCH_CACHE_FILE")
+        self.cache = os.open(cache, os.O_RDONLY) if cache and os.path.exists(cache) else None
         if not (snapshot and self.load(snapshot)):
             for i in range(size):
                 self.mem[i * MIB : (i + 1) * MIB] = block_bytes(self.seed, i, 0)
@@ -101,6 +106,23 @@ class State:
                     self.mem[i * MIB : (i + 1) * MIB] = data
                     self.versions[i] = v
 
+    def reads(self, n: int) -> dict:
+        assert self.cache is not None
+        pages = os.fstat(self.cache).st_size // 4096
+        rng = random.Random()
+        took = []
+        for _ in range(max(1, min(n, 100000))):
+            offset = rng.randrange(pages) * 4096
+            t0 = time.perf_counter_ns()
+            os.pread(self.cache, 4096, offset)
+            took.append(time.perf_counter_ns() - t0)
+        took.sort()
+        return {
+            "n": len(took),
+            "p50_us": round(took[len(took) // 2] / 1000, 1),
+            "p99_us": round(took[min(len(took) - 1, len(took) * 99 // 100)] / 1000, 1),
+        }
+
     def answer(self, line: str) -> dict:
         words = line.split()
         if words[:1] == ["BLOCK"] and len(words) == 2 and words[1].isdigit() and int(words[1]) < self.size:
@@ -112,6 +134,8 @@ class State:
             return {"i": i, "v": v, "sha256": digest}
         if words == ["SEED"]:
             return {"seed": self.seed}
+        if words[:1] == ["READS"] and len(words) == 2 and words[1].isdigit() and self.cache is not None:
+            return self.reads(int(words[1]))
         return {
             "token": self.token,
             "seed": self.seed,
