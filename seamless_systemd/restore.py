@@ -234,6 +234,7 @@ def restore_unit(unit: str) -> int:
         verdict = "ok" if why is None else f"bad: {why}"
     record: dict[str, Any] = {"started_at": started}
     made: list[int] = []  # System V segments made for the restore (see sysv)
+    conns: list[list[Any]] = []
     if _done_path(unit).exists():
         # A second start in this boot (e.g. after a crash) must not bring back
         # the old images: state written since would be lost.
@@ -322,7 +323,18 @@ def restore_unit(unit: str) -> int:
         raise RestoreError(f"{unit}: restore failed, it will be started afresh: {e}") from e
     finally:
         netlock.unlock(unit)
+        if record.get("outcome") == "restored" and conns:
+            _nudge_peers(unit, record, conns)
         state.write_json(gen.restore_info(unit), record)
+
+
+def _nudge_peers(unit: str, record: dict[str, Any], conns: list[list[Any]]) -> None:
+    """The peers of the restored connections retransmit now, not at their backed-off timeout (netlock)."""
+    remote = [c for c in conns if not sockets.is_loopback(str(c[2]))]
+    try:
+        record["tcp_peers_nudged"] = netlock.nudge(procs.tree(int(record["main_pid"])), remote)
+    except (OSError, ValueError) as e:
+        log.warning("%s: could not nudge the peers of its TCP connections: %s", unit, e)
 
 
 def _same_dynamic_user(unit: str, dumped: int | None) -> None:
