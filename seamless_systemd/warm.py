@@ -8,9 +8,10 @@ cache. Two things follow (docs/design.md, "Warm caches"):
   answers are slow. Before the freeze, ``record`` notes which pages of which
   files the tree had resident (mincore over every file it has open or mapped,
   and the paths the configuration names); after the kexec ``rewarm`` reads
-  those pages back from seamless-warm.service, beside the restores, at low
-  priority and one chunk at a time: a restore's own read waits behind one
-  chunk at most (readahead or POSIX_FADV_WILLNEED would queue them all);
+  those pages back from seamless-warm.service, once the restores are over, at
+  low priority and one chunk at a time: the service's own read waits behind one
+  chunk at most (readahead or POSIX_FADV_WILLNEED would queue them all). A file
+  several units use is read once, and only its pages not resident yet;
 - CRIU opens every file its images name, one after the other: ``resolve``
   looks them all up in parallel threads first, while the images are checked.
 
@@ -125,10 +126,8 @@ def _libc() -> Any:
 _RESIDENT = bytes(1 if i & 1 else 0 for i in range(256))
 
 
-def resident(fd: int, size: int, libc: Any = None) -> list[list[int]]:
-    """The resident pages of the file open as FD, as [first page, count] ranges."""
-    libc = libc or _libc()
-    ranges: list[list[int]] = []
+def _windows(fd: int, size: int, libc: Any) -> Iterable[tuple[int, bytes]]:
+    """mincore over the file open as FD: (first page, one byte per page, 1 = resident) per window."""
     for offset in range(0, size, WINDOW):
         length = min(WINDOW, size - offset)
         addr = libc.mmap(None, length, PROT_READ, MAP_SHARED, fd, offset)
@@ -140,17 +139,28 @@ def resident(fd: int, size: int, libc: Any = None) -> list[list[int]]:
                 raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         finally:
             libc.munmap(addr, length)
-        bits = bytes(vec).translate(_RESIDENT)
-        first = offset // PAGE
-        i = bits.find(1)
-        while i >= 0:
-            end = bits.find(0, i)
-            end = len(bits) if end < 0 else end
-            if ranges and ranges[-1][0] + ranges[-1][1] == first + i:
-                ranges[-1][1] += end - i
+        yield offset // PAGE, bytes(vec).translate(_RESIDENT)
+
+
+def _runs(bits: bytes | bytearray, first: int = 0) -> Iterable[tuple[int, int]]:
+    """The runs of 1 in BITS (one byte per page) as (first page, count)."""
+    i = bits.find(1)
+    while i >= 0:
+        end = bits.find(0, i)
+        end = len(bits) if end < 0 else end
+        yield first + i, end - i
+        i = bits.find(1, end)
+
+
+def resident(fd: int, size: int, libc: Any = None) -> list[list[int]]:
+    """The resident pages of the file open as FD, as [first page, count] ranges."""
+    ranges: list[list[int]] = []
+    for first, bits in _windows(fd, size, libc or _libc()):
+        for start, count in _runs(bits, first):
+            if ranges and ranges[-1][0] + ranges[-1][1] == start:
+                ranges[-1][1] += count
             else:
-                ranges.append([first + i, end - i])
-            i = bits.find(1, end)
+                ranges.append([start, count])
     return coarsen(ranges, MAX_RANGES)
 
 
@@ -203,46 +213,89 @@ def record(refs: Iterable[FileRef], dest: Path) -> dict[str, Any]:
     return summary
 
 
-def rewarm(lists: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Read back the pages LISTS name (record's files), for the files that are still the same."""
-    t0 = time.monotonic()
-    asked = warmed = 0
-    skipped: list[str] = []
+def _wanted(lists: Iterable[dict[str, Any]], skipped: list[str]) -> dict[tuple[Any, ...], list[list[int]]]:
+    """The files LISTS name, each once (units share libraries), with the byte ranges asked of it."""
+    files: dict[tuple[Any, ...], list[list[int]]] = {}
     for entry in lists:
-        page = int(entry.get("page_size", PAGE))
-        for f in entry.get("files", []):
+        try:
+            page = int(entry.get("page_size", PAGE))
+            listed = list(entry.get("files", []))
+        except (AttributeError, TypeError, ValueError) as e:
+            skipped.append(f"{entry!r:.60}: {e}")
+            continue
+        for f in listed:
             try:
-                ranges = [(int(start) * page, int(count) * page) for start, count in f["ranges"]]
-                asked += sum(n for _, n in ranges)
-                _read_back(str(f["path"]), {k: f[k] for k in ("ino", "size", "mtime_ns")}, ranges)
-                warmed += sum(n for _, n in ranges)
-            except (OSError, KeyError, TypeError, ValueError) as e:
-                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                skipped.append(f"{f.get('path') if isinstance(f, dict) else f!r}: {why}")
+                key = (str(f["path"]), int(f["ino"]), int(f["size"]), int(f["mtime_ns"]))
+                got = [[int(start) * page, int(count) * page] for start, count in f["ranges"]]
+            except (KeyError, TypeError, ValueError) as e:
+                skipped.append(f"{f.get('path') if isinstance(f, dict) else f!r:.60}: {e}")
+                continue
+            files.setdefault(key, []).extend(got)
+    return files
+
+
+def rewarm(lists: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Read back the pages LISTS name (record's files), for the files that are still the same.
+
+    A file several units listed is read once; pages already in the page cache
+    (the restores read the same libraries) are not read again.
+    """
+    t0 = time.monotonic()
+    asked = warmed = already = 0
+    skipped: list[str] = []
+    libc = _libc()
+    for (path, ino, size, mtime_ns), ranges in _wanted(lists, skipped).items():
+        want = bytearray((size + PAGE - 1) // PAGE)
+        for offset, length in ranges:
+            first, end = max(0, offset // PAGE), min(len(want), -(-(offset + length) // PAGE))
+            if end > first:
+                want[first:end] = b"\1" * (end - first)
+        pages = want.count(1)
+        asked += pages * PAGE
+        try:
+            got, cached = _read_back(path, {"ino": ino, "size": size, "mtime_ns": mtime_ns}, want, libc)
+            warmed += got
+            already += cached
+        except (OSError, ValueError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            skipped.append(f"{path}: {why}")
     return {
         "asked_bytes": asked,
         "read_bytes": warmed,
+        "already_cached_bytes": already,
         "skipped": skipped[:20],
         "skipped_files": len(skipped),
         "seconds": round(time.monotonic() - t0, 3),
     }
 
 
-def _read_back(path: str, identity: dict[str, int], ranges: list[tuple[int, int]]) -> None:
+def _read_back(path: str, identity: dict[str, int], want: bytearray, libc: Any) -> tuple[int, int]:
+    """Read the pages WANT marks that are not resident; (bytes read, bytes found resident)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME)
     buf = bytearray(CHUNK)
+    read = 0
     try:
         if _identity(os.fstat(fd)) != identity:
             raise ValueError("changed since the checkpoint")
-        for offset, length in ranges:
-            end = offset + length
+        asked = want.count(1)
+        for first, bits in _windows(fd, identity["size"], libc):
+            n = len(bits)
+            # Pages asked for and not resident: one byte per page, so bitwise per byte.
+            missing = int.from_bytes(want[first : first + n], "little") & ~int.from_bytes(bits, "little")
+            want[first : first + n] = missing.to_bytes(n, "little")
+        cached = (asked - want.count(1)) * PAGE
+        for start, count in _runs(want):
+            offset, end = start * PAGE, min((start + count) * PAGE, identity["size"])
             while offset < end:
                 view = memoryview(buf)[: min(CHUNK, end - offset)]
-                if os.preadv(fd, [view], offset) <= 0:
-                    break  # shorter than it was: identity said otherwise, nothing more to read
-                offset += len(view)
+                got = os.preadv(fd, [view], offset)
+                if got <= 0:
+                    return read, cached  # shorter than it was: identity said otherwise
+                offset += got
+                read += got
     finally:
         os.close(fd)
+    return read, cached
 
 
 def resolve(paths: Iterable[str], workers: int = 8) -> dict[str, Any]:

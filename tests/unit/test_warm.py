@@ -67,7 +67,8 @@ def test_record_then_rewarm_reads_back_only_unchanged_files(tmp_path: Path) -> N
     _evict(same)
     result = warm.rewarm([json.loads(dest.read_text())])
     assert result["asked_bytes"] == 24 * PAGE
-    assert result["read_bytes"] == 16 * PAGE
+    # What the eviction left resident is not read again.
+    assert result["read_bytes"] + result["already_cached_bytes"] == 16 * PAGE
     assert result["skipped_files"] == 1
     assert "changed since the checkpoint" in result["skipped"][0]
     fd = os.open(same, os.O_RDONLY)
@@ -75,6 +76,31 @@ def test_record_then_rewarm_reads_back_only_unchanged_files(tmp_path: Path) -> N
         assert warm.resident(fd, 16 * PAGE) == [[0, 16]]
     finally:
         os.close(fd)
+
+
+def test_a_file_two_units_listed_is_read_once_and_resident_pages_not_at_all(tmp_path: Path) -> None:
+    f = _file(tmp_path, 32)
+    f.read_bytes()
+    st = f.stat()
+    ident = {"path": str(f), "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    lists = [
+        {"page_size": PAGE, "files": [{**ident, "ranges": [[0, 16]]}]},
+        {"page_size": PAGE, "files": [{**ident, "ranges": [[8, 24]]}]},
+    ]
+    _evict(f)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        if warm.resident(fd, 32 * PAGE) == [[0, 32]]:
+            return  # a file system that cannot drop its pages (tmpfs): nothing to tell apart
+        os.pread(fd, 4 * PAGE, 0)  # the first pages came back meanwhile
+        cached = sum(c for _, c in warm.resident(fd, 32 * PAGE)) * PAGE
+    finally:
+        os.close(fd)
+    result = warm.rewarm(lists)
+    assert result["asked_bytes"] == 32 * PAGE  # the union, not 16 + 24 pages
+    assert result["already_cached_bytes"] == cached >= 4 * PAGE
+    assert result["read_bytes"] == 32 * PAGE - cached
+    assert warm.rewarm(lists)["read_bytes"] == 0  # all resident now
 
 
 def test_rewarm_survives_a_garbled_list(tmp_path: Path) -> None:
