@@ -30,6 +30,7 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "pmem": dict,
     "kernel": (str, type(None)),
     "checkpoint_timeout": int,
+    "restore_timeout": int,
     "images": dict,
     "warm": dict,
 }
@@ -92,6 +93,11 @@ class Config:
     pmem_size: int = 0
     kernel: str | None = None
     checkpoint_timeout: int = 120
+    # One unit's restore in the new boot, waiting for its turn included (see
+    # restore.RESTORE_SLOTS); past it systemd stops the restore and the unit
+    # starts afresh. Not the unit's own TimeoutStartSec=, which is meant for a
+    # cold start and is 90 s by default.
+    restore_timeout: int = 600
     image_checksum: str = "crc32"
     # Copy the memory while the services run (at arm time), see predump.
     pre_dump: bool = True
@@ -235,9 +241,10 @@ def _read_fragment(path: Path) -> dict[str, Any]:
             why = check(entry)
             if why:
                 raise ConfigError(f"{path}: {key}[{i}]: {why}")
-    timeout = data.get("checkpoint_timeout")
-    if timeout is not None and timeout <= 0:
-        raise ConfigError(f"{path}: 'checkpoint_timeout' must be a positive number of seconds")
+    for key in ("checkpoint_timeout", "restore_timeout"):
+        timeout = data.get(key)
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"{path}: '{key}' must be a positive number of seconds")
     return data
 
 
@@ -255,6 +262,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
     pmem: dict[str, Any] = {}
     kernel: str | None = None
     timeout = Config.checkpoint_timeout
+    restore_timeout = Config.restore_timeout
     images: dict[str, Any] = {}
     warm: dict[str, Any] = {}
     warm_paths: dict[str, list[str]] = {}
@@ -276,6 +284,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         if "kernel" in data:
             kernel = data["kernel"]
         timeout = data.get("checkpoint_timeout", timeout)
+        restore_timeout = data.get("restore_timeout", restore_timeout)
         images.update(data.get("images", {}))
         warm.update(data.get("warm", {}))
     device = Path(pmem.get("device", str(DEFAULT_DEVICE)))
@@ -292,6 +301,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         pmem_size=parse_size(pmem["size"]) or 0 if "size" in pmem else 0,
         kernel=kernel,
         checkpoint_timeout=timeout,
+        restore_timeout=restore_timeout,
         image_checksum=images.get("checksum", Config.image_checksum),
         pre_dump=images.get("pre_dump", Config.pre_dump),
         warm_page_cache=warm.get("page_cache", Config.warm_page_cache),

@@ -461,6 +461,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 "arm_started_at": started,
                 "armed_at": criu.now(),
                 "checkpoint_timeout": cfg.checkpoint_timeout,
+                "restore_timeout": cfg.restore_timeout,
                 "checksum": cfg.image_checksum,
                 "pre_dump": pre_dump,
                 # What the new boot reads before it is needed (see warm).

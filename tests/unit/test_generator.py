@@ -131,3 +131,19 @@ def test_generator_never_fails(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert "no readable manifest" in proc.stderr
     assert listing(tmp_path / "out") == {}
+
+
+@pytest.mark.parametrize(("value", "expected"), [(900, "900s"), (0, "600s"), ("900", "600s"), (True, "600s")])
+def test_restore_drop_in_has_the_manifests_restore_timeout(
+    tmp_path: Path, value: object, expected: str
+) -> None:
+    """The restore's limit is restore_timeout from arm time, not the unit's 90 s for a cold start."""
+    root = tmp_path / "root"
+    images(root, {"db.service": True})
+    mpath = root / "run/seamless/pmem" / GEN / "manifest.json"
+    mpath.write_text(json.dumps({**json.loads(mpath.read_text()), "restore_timeout": value}))
+    run_generator(root, tmp_path / "out", f"{BASE} seamless.restore={GEN}")
+    text = (tmp_path / "out/db.service.d/50-seamless-restore.conf").read_text()
+    assert [ln for ln in text.splitlines() if ln.startswith("TimeoutStartSec=")] == [
+        f"TimeoutStartSec={expected}"
+    ]
