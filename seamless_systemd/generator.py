@@ -21,11 +21,10 @@ import re
 import sys
 from pathlib import Path
 
-from seamless_systemd.state import units_with_images  # standard library only, like this module
+from seamless_systemd.state import generation_problem, units_with_images  # standard library only
 
 NAME = "seamless-generator"
 UNIT_DIR = "/lib/systemd/system"
-_GEN_RE = re.compile(r"^[A-Za-z0-9T-]{1,64}$")
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.service$")
 _SOCKET_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.socket$")
 
@@ -119,14 +118,11 @@ def generate(normal: Path, root: Path, cmdline: str) -> int:
             log("restore disabled (seamless=off or /etc/seamless/disabled); units start afresh", root)
             decision["skipped"] = "disabled"
             return 0
-        if not _GEN_RE.match(gen):
-            log(f"malformed seamless.restore={gen!r}; units start afresh", root)
-            decision["skipped"] = "malformed generation"
-            return 0
         mount = p.get("seamless.mount") or "/run/seamless/pmem"
-        if not mount.startswith("/run/") or ".." in mount:
-            log(f"bad seamless.mount={mount!r}; units start afresh", root)
-            decision["skipped"] = "bad mount"
+        why = generation_problem(gen, mount)
+        if why is not None:
+            log(f"{why}; units start afresh", root)
+            decision["skipped"] = "malformed generation" if why.startswith("malformed") else "bad mount"
             return 0
         gdir = root / mount.lstrip("/") / gen
         try:

@@ -49,8 +49,12 @@ def current_generation(cmdline_path: Path = Path("/proc/cmdline")) -> state.Gene
     if not gens or not gens[-1]:
         return None
     mounts = kernels.param_values(words, kernels.MOUNT_PARAM)
-    mount = Path(mounts[-1]) if mounts and mounts[-1] else DEFAULT_MOUNTPOINT
-    return state.Generation(mount, gens[-1])
+    mount = mounts[-1] if mounts and mounts[-1] else str(DEFAULT_MOUNTPOINT)
+    why = state.generation_problem(gens[-1], mount)
+    if why is not None:
+        log.error("%s on the kernel command line: nothing is restored, every unit starts afresh", why)
+        return None
+    return state.Generation(Path(mount), gens[-1])
 
 
 def kernel_started_at() -> float:

@@ -67,12 +67,32 @@ def update_json(path: Path, **fields: Any) -> dict[str, Any]:
     return data
 
 
+_GENERATION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789T-")
+
+
+def generation_problem(gen: str, mount: str) -> str | None:
+    """Why seamless.restore=GEN / seamless.mount=MOUNT of a command line cannot be used; None if they can.
+
+    Standard library only: the generator uses it too. Both come from the boot
+    loader's command line; neither may lead out of the images' mount in /run.
+    """
+    if not gen or len(gen) > 64 or not set(gen) <= _GENERATION_CHARS:
+        return f"malformed seamless.restore={gen!r}"
+    if not mount.startswith("/run/") or ".." in mount.split("/"):
+        return f"bad seamless.mount={mount!r}"
+    return None
+
+
 def units_with_images(manifest: dict[str, Any]) -> list[str]:
     """The manifest's units that were checkpointed: not Type=oneshot, not restarted by policy.
 
     Standard library only: the generator uses it too.
     """
-    skip = set(manifest.get("stateless", [])) | set(manifest.get("restart", {}))
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("units"), list):
+        raise ValueError("the manifest has no list of units")
+    stateless, restart = manifest.get("stateless"), manifest.get("restart")
+    skip = {u for u in stateless if isinstance(u, str)} if isinstance(stateless, list) else set()
+    skip |= set(restart) if isinstance(restart, dict) else set()
     return [u for u in manifest["units"] if isinstance(u, str) and u not in skip]
 
 

@@ -128,3 +128,25 @@ def test_restores_take_turns_in_slots(monkeypatch: pytest.MonkeyPatch, tmp_path:
     os.close(got[0][0])
     again, _ = restore._take_slot(2)
     os.close(again)
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "expected"),
+    [
+        ("ro seamless.restore=20261126T010203-abcdef", ("/run/seamless/pmem", "20261126T010203-abcdef")),
+        ("seamless.restore=G1 seamless.mount=/run/x", ("/run/x", "G1")),
+        ("seamless.restore=../../etc", None),
+        ("seamless.restore=G1/..", None),
+        ("seamless.restore=G1 seamless.mount=/etc", None),
+        ("seamless.restore=G1 seamless.mount=/run/../etc", None),
+        ("seamless.restore=", None),
+        ("quiet", None),
+    ],
+)
+def test_restore_takes_only_a_well_formed_generation(
+    tmp_path: Path, cmdline: str, expected: tuple[str, str] | None
+) -> None:
+    """restore-prepare and restore-unit read the same words the generator checks, and check them too."""
+    (tmp_path / "cmdline").write_text(cmdline + "\n")
+    gen = restore.current_generation(tmp_path / "cmdline")
+    assert (None if gen is None else (str(gen.mount), gen.id)) == expected

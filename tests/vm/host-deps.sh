@@ -27,7 +27,7 @@ if [ -n "$need" ]; then
 fi
 PY=${PYTHON:-python3}
 # Pinned: a new linter release must not turn CI red on its own.
-if ! $PY -c 'import pytest, yaml, mypy, ruff' 2>/dev/null; then
+if ! $PY -c 'import pytest, yaml, mypy, ruff, hypothesis' 2>/dev/null; then
 	echo "Installing the Python test tools for $PY" >&2
-	$PY -m pip install -q pytest pyyaml ruff==0.17.6 mypy==2.4.1 types-PyYAML >&2
+	$PY -m pip install -q pytest pyyaml ruff==0.17.6 mypy==2.4.1 types-PyYAML hypothesis >&2
 fi

@@ -1,0 +1,150 @@
+"""Bad input never breaks a boot nor restores the wrong thing (issue 10): the parsers, fuzzed.
+
+The generator runs before anything else in a boot and reads what the kernel
+command line and the PMEM say; whatever those hold, it must return, write only
+drop-ins for units the manifest names and whose images are complete, and
+nothing outside its output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from seamless_systemd import config, generator
+
+GEN = "20261126T010203-abcdef"
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+# Unit names as a manifest might (wrongly) carry them.
+unit_names = st.one_of(
+    st.sampled_from(["db.service", "web.service", "../evil.service", "a b.service", "x.socket", "@.service"]),
+    st.text(max_size=30),
+    json_values,
+)
+manifests = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {"generation": st.just(GEN), "units": st.lists(unit_names, max_size=5)},
+        optional={
+            "stateless": json_values | st.lists(unit_names, max_size=3),
+            "restart": json_values,
+            "restore_timeout": json_values,
+        },
+    ),
+)
+words = st.one_of(
+    st.builds(lambda v: f"seamless.restore={v}", st.sampled_from([GEN, "", "../x", GEN + "/..", '"' + GEN])),
+    st.builds(
+        lambda v: f"seamless.mount={v}", st.sampled_from(["/run/seamless/pmem", "/etc", "/run/../etc", ""])
+    ),
+    st.sampled_from(["seamless=off", "seamless.ram=on-demand", "memmap=512M!1536M", '"', "="]),
+    st.text(st.characters(blacklist_categories=["Cs"]), max_size=15),
+)
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _run(manifest_text: str, dumps: dict[str, str], cmdline: str) -> tuple[Path, Path, set[str], set[str]]:
+    tmp = Path(tempfile.mkdtemp())
+    root, out = tmp / "root", tmp / "out"
+    gdir = root / "run/seamless/pmem" / GEN
+    gdir.mkdir(parents=True)
+    out.mkdir()
+    (gdir / "manifest.json").write_text(manifest_text)
+    complete = set()
+    for i, (unit, dump) in enumerate(dumps.items()):
+        udir = gdir / "units" / unit
+        udir.mkdir(parents=True)
+        (udir / "dump.json").write_text(dump)
+        if i % 2 == 0:
+            (udir / "COMPLETE").write_text("{}")
+            complete.add(unit)
+    before = _tree(root)
+    assert generator.generate(out, root, cmdline) == 0
+    return root, out, before, complete
+
+
+def _check(root: Path, out: Path, before: set[str], complete: set[str], manifest: Any) -> None:
+    # Nothing outside the output directory, but the generator's own decision file.
+    assert _tree(root) - before <= {"run/seamless", "run/seamless/generator.json"}
+    listed = manifest.get("units") if isinstance(manifest, dict) else None
+    named = {u for u in listed if isinstance(u, str)} if isinstance(listed, list) else set()
+    for path in out.rglob("*"):
+        rel = path.relative_to(out)
+        if path.is_dir() or path.is_symlink():
+            continue
+        top = rel.parts[0]
+        if top.endswith(".service.d") and top[: -len(".d")] not in (
+            "seamless-restore-finish.service",
+            "seamless-warm.service",
+        ):
+            unit = top[: -len(".d")]
+            assert unit in named and unit in complete, f"a drop-in for {unit!r}, which has no complete images"
+            text = path.read_text()
+            assert f"restore-unit {unit}\n" in text
+            assert "\n\n\n" not in text and "TimeoutStartSec=" in text
+        elif top.endswith(".socket.d"):
+            assert generator._SOCKET_RE.match(top[: -len(".d")])
+        else:
+            assert top in ("seamless-restore-finish.service.d", "seamless-warm.service.d"), rel
+            for line in path.read_text().splitlines():
+                if line.startswith(("Wants=", "After=")):
+                    assert generator._UNIT_RE.match(line.split("=", 1)[1]), line
+
+
+@SETTINGS
+@given(manifest=manifests, dumps=st.dictionaries(st.sampled_from(["db.service", "web.service"]), json_values))
+def test_generator_on_any_manifest(manifest: Any, dumps: dict[str, Any]) -> None:
+    root, out, before, complete = _run(json.dumps(manifest), {u: json.dumps(d) for u, d in dumps.items()}, "")
+    root, out, before, complete = _run(
+        json.dumps(manifest), {u: json.dumps(d) for u, d in dumps.items()}, f"ro seamless.restore={GEN}"
+    )
+    _check(root, out, before, complete, manifest)
+
+
+@SETTINGS
+@given(text=st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
+def test_generator_on_a_garbled_manifest(text: str) -> None:
+    root, out, before, complete = _run(text, {"db.service": "{}"}, f"seamless.restore={GEN}")
+    try:
+        manifest = json.loads(text)
+    except ValueError:
+        manifest = None
+    _check(root, out, before, complete, manifest)
+
+
+@SETTINGS
+@given(cmdline=st.lists(words, max_size=8).map(" ".join))
+def test_generator_on_any_command_line(cmdline: str) -> None:
+    manifest = {"generation": GEN, "units": ["db.service"]}
+    root, out, before, complete = _run(json.dumps(manifest), {"db.service": "{}"}, cmdline)
+    _check(root, out, before, complete, manifest)
+
+
+@SETTINGS
+@given(doc=json_values, junk=st.text(max_size=60))
+def test_config_any_yaml_is_loaded_or_refused_clearly(doc: Any, junk: str) -> None:
+    """Random YAML in the configuration: either a Config, or a ConfigError that names the file."""
+    import yaml
+
+    for text in (yaml.safe_dump(doc), junk):
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "config.yaml").write_text(text)
+            try:
+                config.load(Path(d))
+            except config.ConfigError as e:
+                assert os.path.join(d, "config.yaml") in str(e)
