@@ -506,6 +506,32 @@ def checksum_tree(images: Path, algorithm: str = "crc32") -> dict[str, Any]:
     return {"algorithm": algorithm, "files": files}
 
 
+_PARENT_LINK = re.compile(r"^(\.\./)?pre-[0-9]+$")
+
+
+def tree_problem(images: Path) -> str | None:
+    """Why the image tree IMAGES holds something CRIU never writes; None if it holds only images.
+
+    CRIU writes regular files, and a ``parent`` link to the pre-dump round a
+    dump builds on (see predump). Anything else (another symbolic link, a
+    device, a FIFO) could make the restore read what is not an image. The
+    seamless-* directories are not CRIU's: they hold copies of a unit's tmpfs
+    files and private /tmp (see volatile, sandbox), links and FIFOs included.
+    """
+    for top, dirs, files in os.walk(images):
+        if Path(top) == images:
+            dirs[:] = [d for d in dirs if not d.startswith("seamless-") or (images / d).is_symlink()]
+        for name in dirs + files:
+            path = Path(top) / name
+            if path.is_symlink():
+                target = os.readlink(path)
+                if name != "parent" or not _PARENT_LINK.match(target):
+                    return f"unexpected symbolic link {path.relative_to(images)} -> {target}"
+            elif not (path.is_dir() or path.is_file()):
+                return f"{path.relative_to(images)} is not a regular file"
+    return None
+
+
 def checksums_match(images: Path, expected: Any) -> list[str] | None:
     """The files whose checksum differs from EXPECTED (checksums.json); None if it is unreadable.
 

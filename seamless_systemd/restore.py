@@ -74,24 +74,37 @@ def verify_unit(gen: state.Generation, unit: str) -> str | None:
     """Why UNIT's images cannot be restored, or None if they can."""
     if not gen.complete(unit).exists():
         info = gen.dump_info(unit)
-        if info.exists():
+        try:
             data = state.read_json(info)
+        except (OSError, ValueError):
+            return "no images (the unit was not checkpointed)"
+        if isinstance(data, dict):
             return f"no complete images ({data.get('outcome')}: {data.get('reason', 'unknown')})"
+        return "no complete images (dump.json is not a JSON object)"
         return "no images (the unit was not checkpointed)"
     try:
         marker = state.read_json(gen.complete(unit))
         expected = state.read_json(gen.checksums(unit))
+        dump = state.read_json(gen.dump_info(unit))
     except (OSError, ValueError) as e:
         return f"image metadata unreadable: {e}"
+    for name, value in (("COMPLETE", marker), ("dump.json", dump)):
+        if not isinstance(value, dict):
+            return f"image metadata unreadable: {name} is not a JSON object"
     if marker.get("generation") != gen.id:
         return f"images belong to generation {marker.get('generation')}, not {gen.id}"
+    odd = criu.tree_problem(gen.images(unit))
+    if odd is not None:
+        return f"images tampered with: {odd}"
     bad = criu.checksums_match(gen.images(unit), expected)
     if bad is None:
         return "image metadata unreadable: checksums.json names no known algorithm"
     if bad:
         return f"images damaged: checksum mismatch in {', '.join(bad[:5])}"
-    dump = state.read_json(gen.dump_info(unit))
-    taken = [p for p in dump.get("pids", []) if (procs.PROC / str(p)).exists()]
+    pids = dump.get("pids")
+    if not isinstance(pids, list) or not all(isinstance(p, int) and p > 0 for p in pids):
+        return "image metadata unreadable: dump.json has no list of PIDs"
+    taken = [p for p in pids if (procs.PROC / str(p)).exists()]
     if taken:
         who = ", ".join(f"{p} ({procs.comm(p)})" for p in taken)
         return f"PIDs already taken in this boot: {who}"

@@ -148,3 +148,65 @@ def test_config_any_yaml_is_loaded_or_refused_clearly(doc: Any, junk: str) -> No
                 config.load(Path(d))
             except config.ConfigError as e:
                 assert os.path.join(d, "config.yaml") in str(e)
+
+
+def _generation(tmp: Path) -> tuple[Any, str]:
+    from seamless_systemd import criu, state
+
+    gen = state.Generation(tmp / "pmem", GEN)
+    unit = "db.service"
+    images = gen.images(unit)
+    (images / "pre-0").mkdir(parents=True)
+    (images / "pages-1.img").write_bytes(b"\x01" * 4096)
+    (images / "pre-0/pages-1.img").write_bytes(b"\x02" * 4096)
+    (images / "parent").symlink_to("pre-0")
+    state.write_json(gen.checksums(unit), criu.checksum_tree(images))
+    state.write_json(gen.dump_info(unit), {"pids": [2**22 - 7], "outcome": "checkpointed"})
+    state.write_json(gen.complete(unit), {"generation": GEN})
+    return gen, unit
+
+
+def test_images_with_what_criu_never_writes_are_refused(tmp_path: Path) -> None:
+    from seamless_systemd import criu, restore, state
+
+    gen, unit = _generation(tmp_path)
+    assert restore.verify_unit(gen, unit) is None
+    images = gen.images(unit)
+    (images / "core-1.img").symlink_to("/etc/shadow")
+    assert "unexpected symbolic link core-1.img -> /etc/shadow" in str(restore.verify_unit(gen, unit))
+    (images / "core-1.img").unlink()
+    (images / "pre-0/parent").symlink_to("../../../../etc")
+    assert "unexpected symbolic link pre-0/parent" in str(restore.verify_unit(gen, unit))
+    (images / "pre-0/parent").unlink()
+    os.mkfifo(images / "pipe.img")
+    assert "pipe.img is not a regular file" in str(restore.verify_unit(gen, unit))
+    (images / "pipe.img").unlink()
+    # The copies of a private /tmp keep what it held, links and FIFOs too (not CRIU's to read).
+    (images / "seamless-private-tmp/0").mkdir(parents=True)
+    (images / "seamless-private-tmp/0/link").symlink_to("/etc/hostname")
+    os.mkfifo(images / "seamless-private-tmp/0/fifo")
+    state.write_json(gen.checksums(unit), criu.checksum_tree(images))
+    assert restore.verify_unit(gen, unit) is None
+    (images / "seamless-tmpfs-files").symlink_to("/etc")
+    assert "unexpected symbolic link seamless-tmpfs-files" in str(restore.verify_unit(gen, unit))
+    (images / "seamless-tmpfs-files").unlink()
+    (images / "extra.img").write_bytes(b"")
+    assert "checksum mismatch in extra.img" in str(restore.verify_unit(gen, unit))
+
+
+@SETTINGS
+@given(
+    which=st.sampled_from(["COMPLETE", "checksums.json", "dump.json"]),
+    doc=json_values | st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+)
+def test_garbled_image_metadata_is_a_reason_not_a_crash(which: str, doc: Any) -> None:
+    """Whatever the per-unit JSON on the PMEM holds, verify_unit gives a verdict (the unit starts afresh)."""
+    from seamless_systemd import restore
+
+    with tempfile.TemporaryDirectory() as d:
+        gen, unit = _generation(Path(d))
+        (gen.unit_dir(unit) / which).write_text(doc if isinstance(doc, str) else json.dumps(doc))
+        why = restore.verify_unit(gen, unit)
+        assert why is None or isinstance(why, str)
+        if why is None:  # still a well-formed record: only a harmless change went through
+            assert isinstance(json.loads((gen.unit_dir(unit) / which).read_text()), dict)
