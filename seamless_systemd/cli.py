@@ -161,6 +161,17 @@ def cmd_report(args: argparse.Namespace, cfg: config.Config) -> int:
     return 0
 
 
+# The commands the package's own units run, and which unit runs each.
+INTERNAL = {
+    "checkpoint": "seamless-checkpoint@.service",
+    "restore-unit": "the restore drop-in of each unit",
+    "restore-prepare": "seamless-restore.service",
+    "restore-finish": "seamless-restore-finish.service",
+    "warm-page-cache": "seamless-warm.service",
+    "ram-serve": "seamless-ram.service",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="seamless-upgrade", description="Upgrade the kernel with kexec, keeping services running."
@@ -193,6 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log.setup(args.debug)
     try:
+        if os.geteuid() != 0 and args.command in INTERNAL:
+            raise SeamlessError(
+                f"'seamless-upgrade {args.command}' is run as root by the package's units "
+                f"({INTERNAL[args.command]}), not by hand"
+            )
+        if os.geteuid() != 0 and args.command in ("plan", "arm", "run", "disarm"):
+            raise SeamlessError(
+                f"'seamless-upgrade {args.command}' must run as root: it inspects the services' "
+                "processes, /proc/iomem and the PMEM device"
+            )
         if args.command == "checkpoint":
             return upgrade.checkpoint(args.unit)
         if args.command == "restore-unit":
@@ -205,11 +226,6 @@ def main(argv: list[str] | None = None) -> int:
             return restore.warm_page_cache()
         if args.command == "ram-serve":
             return ram.serve()
-        if os.geteuid() != 0 and args.command in ("plan", "arm", "run", "disarm"):
-            raise SeamlessError(
-                f"'seamless-upgrade {args.command}' must run as root: it inspects the services' "
-                "processes, /proc/iomem and the PMEM device"
-            )
         cfg = config.load(args.config_dir)
         handler = {
             "plan": cmd_plan,
