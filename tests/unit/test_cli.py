@@ -23,12 +23,14 @@ from seamless_systemd import cli, config, ram, restore, upgrade
     ],
 )
 def test_non_root_is_refused_before_anything(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, argv: list[str]
 ) -> None:
     def touched(*args: object, **kwargs: object) -> int:
         raise AssertionError(f"{argv[0]} went ahead for a caller who is not root")
 
     monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    # The logger as a test run has it (setup would point it at this test's stderr for good).
+    monkeypatch.setattr(cli.log, "setup", lambda debug: None)
     for mod, name in (
         (upgrade, "checkpoint"),
         (restore, "restore_unit"),
@@ -40,5 +42,4 @@ def test_non_root_is_refused_before_anything(
     ):
         monkeypatch.setattr(mod, name, touched)
     assert cli.main(argv) != 0
-    err = capsys.readouterr().err
-    assert "root" in err and f"'seamless-upgrade {argv[0]}'" in err
+    assert "root" in caplog.text and f"'seamless-upgrade {argv[0]}'" in caplog.text
