@@ -6,6 +6,7 @@ import dataclasses
 import fcntl
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,8 @@ from seamless_systemd.run import run
 # Room for processes forked between arming and the checkpoint, so that the
 # new boot's PIDs (all above the floor) never meet a restored one.
 PID_MARGIN = 10000
+# Makes the PMEM devices root-only (packaging/files/udev).
+PMEM_UDEV_RULE = "/lib/udev/rules.d/60-seamless-pmem.rules"
 # What CRIU writes besides the memory, per process (core, mm, page map, files,
 # its log): in the VM a one-process service of 101 MiB made 100.7 MiB of images.
 IMAGE_OVERHEAD = 256 << 10
@@ -161,6 +164,8 @@ class HostFacts:
     units: tuple[UnitPlan, ...]
     # RAM on demand: what decides whether the RAM can be taken (None: not looked at).
     ram: ram.Facts | None = None
+    # The PMEM device's permission bits (None: not a block device, or not looked at).
+    pmem_mode: int | None = None
 
 
 def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) -> HostFacts:
@@ -187,6 +192,7 @@ def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) ->
         pid_base=_pid_base(),
         units=_plan_all(cfg),
         ram=ram.gather() if cfg.pmem_mode != PmemMode.RESERVED else None,
+        pmem_mode=stat.S_IMODE(cfg.pmem_device.stat().st_mode) if is_block else None,
     )
 
 
@@ -245,6 +251,12 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
             problems.append(
                 f"{cfg.pmem_device} is not a memmap=SIZE!OFFSET reservation on the kernel command line, "
                 "so the new kernel would hand its contents to the memory allocator: " + pmem.HOW_TO_RESERVE
+            )
+        if f.pmem_mode is not None and f.pmem_mode & 0o077:
+            problems.append(
+                f"{cfg.pmem_device} can be read by others than root (mode {f.pmem_mode:04o}), and it will "
+                f"hold the services' memory: the package's udev rule ({PMEM_UDEV_RULE}) makes it root's "
+                f"only at boot; run 'udevadm trigger {cfg.pmem_device}' (or 'chmod 0600 {cfg.pmem_device}')"
             )
         if f.pmem_capacity is not None and images_room(estimate) > f.pmem_capacity:
             problems.append(

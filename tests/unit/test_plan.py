@@ -245,3 +245,12 @@ def test_images_must_fit_the_reservation_with_room_to_grow() -> None:
     problem = only_problem(units=unit(440 * MiB))
     assert "images need about 440 MiB" in problem and "with room to grow" in problem, problem
     assert "holds 480 MiB: reserve more memory with memmap=" in problem, problem
+
+
+def test_a_pmem_device_others_can_read_is_refused() -> None:
+    """/dev/pmem0 holds every preserved service's memory: group disk must not read it raw."""
+    assert decide(CFG, facts(pmem_mode=0o600)).problems == ()
+    plan = decide(CFG, facts(pmem_mode=0o660))
+    assert len(plan.problems) == 1
+    assert "can be read by others than root (mode 0660)" in plan.problems[0]
+    assert "60-seamless-pmem.rules" in plan.problems[0] and "udevadm trigger /dev/pmem0" in plan.problems[0]

@@ -40,6 +40,15 @@ def test_refused_upgrade_leaves_everything_running(scenario: vm.Scenario) -> Non
     assert r["blocker"] == "active"
 
 
+def test_a_disk_group_member_cannot_read_the_pmem(scenario: vm.Scenario) -> None:
+    """The images hold the services' memory: the package's udev rule makes /dev/pmem0 root's only."""
+    acc = need(scenario, "pmem-access")
+    assert (acc["mode"], acc["gid"]) == ("0600", 0), acc
+    assert acc["disk_member_rc"] != 0 and "Permission denied" in acc["disk_member_out"], acc
+    # The same user reads a disk of group disk: the refusal is the rule's, not a user without the group.
+    assert acc["disk_member_reads_vda_rc"] == 0, acc
+
+
 def test_plan_before_upgrade(scenario: vm.Scenario) -> None:
     plan = need(scenario, "plan")
     assert plan["rc"] == 0, plan["out"]

@@ -31,6 +31,8 @@ from pathlib import Path
 STATE = "/var/lib/seamless-test"
 PHASE = f"{STATE}/phase"
 SPOIL = f"{STATE}/spoil"
+PMEM = "/dev/pmem0"
+DISK_USER = "seamless-diskuser"  # a member of group disk, who must not read the PMEM
 PORTS = (7777, 7778, 7779)
 # The unit-type cases: unit -> TCP port it answers on (None: no port).
 TYPES = {
@@ -381,6 +383,21 @@ def refused_upgrade():
     sh("podman", "rm", "--force", "loose")
 
 
+def pmem_access():
+    """Who may read the PMEM device: its mode, and a member of group disk trying it and a disk beside it."""
+    st = os.stat(PMEM)
+    sh("useradd", "--system", "--no-create-home", "-G", "disk", DISK_USER)
+    rc, out = sh("runuser", "-u", DISK_USER, "--", "head", "-c", "16", PMEM)
+    vda_rc, _ = sh("runuser", "-u", DISK_USER, "--", "head", "-c", "16", "/dev/vda")
+    return {
+        "mode": f"{st.st_mode & 0o777:04o}",
+        "gid": st.st_gid,
+        "disk_member_rc": rc,
+        "disk_member_out": out[-300:],
+        "disk_member_reads_vda_rc": vda_rc,
+    }
+
+
 def read_or_none(path):
     p = Path(path)
     return p.read_text().strip() if p.exists() else None
@@ -432,6 +449,8 @@ def main():
             emit("resources-before", resources("before"))
         emit("before", all_states())
     if phase == "":
+        if os.path.exists(PMEM):
+            emit("pmem-access", pmem_access())
         rc, out = sh("seamless-upgrade", "plan")
         emit("plan", {"rc": rc, "out": out})
         set_phase("upgraded")
