@@ -497,7 +497,8 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 "pmem_mode": mode.value,
             },
         )
-        _order_hooks_after_containers(plan)
+        if _order_hooks_after_containers(plan) | _quiet_stops(plan):
+            systemd.daemon_reload()
         for up in plan.units:
             if up.preserved:
                 systemd.start_unit(hook_unit(up.unit), wait=30)
@@ -559,7 +560,33 @@ def _hook_container_dropin(unit: str) -> Path:
     return HOOK_DROPIN_DIR / f"{hook_unit(unit)}.d" / "50-seamless-container.conf"
 
 
-def _order_hooks_after_containers(plan: Plan) -> None:
+def _quiet_stop_dropin(unit: str) -> Path:
+    return HOOK_DROPIN_DIR / f"{unit}.d" / "50-seamless-checkpoint.conf"
+
+
+QUIET_STOP = """\
+# Written by seamless-upgrade arm, removed by disarm. At the kexec the checkpoint
+# ends this unit's tree with SIGKILL once its images are written: the end of a
+# clean stop, not a crash, so no failed state, no OnFailure=, no Restart=.
+[Service]
+SuccessExitStatus=SIGKILL
+RestartPreventExitStatus=SIGKILL
+"""
+
+
+def _quiet_stops(plan: Plan) -> bool:
+    """The preserved units' SIGKILL by the checkpoint is a clean stop to systemd (a runtime drop-in each)."""
+    wrote = False
+    for up in plan.units:
+        if up.preserved and not up.container:
+            path = _quiet_stop_dropin(up.unit)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(QUIET_STOP)
+            wrote = True
+    return wrote
+
+
+def _order_hooks_after_containers(plan: Plan) -> bool:
     """Order each container's hook so that it dumps before anything the dump needs stops.
 
     The container's processes live in their own scope, which the shutdown stops
@@ -579,8 +606,7 @@ def _order_hooks_after_containers(plan: Plan) -> None:
             f"[Unit]\nAfter={after}\n"
         )
         wrote = True
-    if wrote:
-        systemd.daemon_reload()
+    return wrote
 
 
 def _clean_old_generations(mount: Path) -> None:
@@ -685,6 +711,7 @@ def disarm(quiet: bool = False) -> None:
     state.ARMED.unlink(missing_ok=True)
     if kexec_loaded():
         run(["kexec", "--unload"], check=False)
+    unquieted = []
     if armed:
         for unit in armed.get("units", []):
             # With nothing armed any more, stopping the hook does nothing to UNIT.
@@ -694,6 +721,17 @@ def disarm(quiet: bool = False) -> None:
                 log.debug("Could not stop seamless-checkpoint@%s: %s", unit, e)
             # The ordering it adds is harmless until the next daemon-reload.
             _hook_container_dropin(unit).unlink(missing_ok=True)
+            if _quiet_stop_dropin(unit).exists():
+                _quiet_stop_dropin(unit).unlink()
+                unquieted.append(unit)
+    if unquieted:
+        # A SIGKILL of these units is a failure again from now on.
+        try:
+            systemd.daemon_reload()
+        except SeamlessError as e:
+            log.warning(
+                "Could not reload systemd after removing the drop-ins of %s: %s", ", ".join(unquieted), e
+            )
     # RAM on demand: the images' file system goes, the RAM is given back.
     mount = Path(armed["mount"]) if armed else config.DEFAULT_MOUNTPOINT
     if ram.REQUEST.exists() or ram.mount_unit_path(mount).exists():

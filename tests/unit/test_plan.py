@@ -254,3 +254,30 @@ def test_a_pmem_device_others_can_read_is_refused() -> None:
     assert len(plan.problems) == 1
     assert "can be read by others than root (mode 0660)" in plan.problems[0]
     assert "60-seamless-pmem.rules" in plan.problems[0] and "udevadm trigger /dev/pmem0" in plan.problems[0]
+
+
+def test_the_checkpoints_sigkill_is_a_clean_stop_while_armed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """arm: a drop-in per preserved unit makes SIGKILL a clean exit; disarm takes it away and reloads."""
+    monkeypatch.setattr(upgrade, "HOOK_DROPIN_DIR", tmp_path / "system")
+    monkeypatch.setattr(upgrade.state, "ARMED", tmp_path / "armed.json")
+    monkeypatch.setattr(upgrade, "kexec_loaded", lambda: False)
+    monkeypatch.setattr(upgrade.ram, "REQUEST", tmp_path / "no-request")
+    reloads: list[int] = []
+    monkeypatch.setattr(upgrade.systemd, "daemon_reload", lambda: reloads.append(1))
+    monkeypatch.setattr(upgrade.systemd, "stop_unit", lambda name: None)
+    units = (
+        UnitPlan("app.service", 5812, (5812,), MiB, MiB, None),
+        UnitPlan("once.service", 0, (), 0, 0, None, stateless=True),
+        UnitPlan("ctr.service", 5900, (), MiB, MiB, None, container="web"),
+    )
+    plan = dataclasses.replace(decide(CFG, facts()), units=units)
+    assert upgrade._quiet_stops(plan)
+    dropin = tmp_path / "system/app.service.d/50-seamless-checkpoint.conf"
+    lines = dropin.read_text().splitlines()
+    assert "SuccessExitStatus=SIGKILL" in lines and "RestartPreventExitStatus=SIGKILL" in lines
+    assert sorted(p.parent.name for p in (tmp_path / "system").rglob("*.conf")) == ["app.service.d"]
+    upgrade.state.write_json(upgrade.state.ARMED, {"units": [u.unit for u in units], "mount": str(tmp_path)})
+    upgrade.disarm(quiet=True)
+    assert not dropin.exists() and reloads == [1]

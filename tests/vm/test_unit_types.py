@@ -98,6 +98,19 @@ def test_stdout_to_file_keeps_flowing(scenario: vm.Scenario) -> None:
     assert after["log_tail"][-1] == "GET: counter=2"
 
 
+def test_the_checkpoint_is_a_clean_stop_to_systemd(scenario: vm.Scenario) -> None:
+    """seamless-exec has OnFailure= and Restart=on-failure: the checkpoint's SIGKILL must trigger neither."""
+    seen = need(scenario, "stop-was-clean")
+    prev = "\n".join(seen["previous_boot"])
+    # The shutdown of the boot before is in the journal (else this test would prove nothing) ...
+    assert "Stopped seamless-exec.service" in prev or "Deactivated successfully" in prev, prev
+    # ... and systemd saw no failure there, so the alert never ran.
+    assert "Failed with result" not in prev and "Main process exited, code=killed" not in prev, prev
+    assert seen["on_failure_log"] is None, seen["on_failure_log"]
+    after = need(scenario, "types-after")["seamless-exec.service"]
+    assert (after["ActiveState"], after["NRestarts"]) == ("active", "0")
+
+
 def test_oneshot_is_active_again(scenario: vm.Scenario) -> None:
     before = need(scenario, "types-before")["seamless-oneshot.service"]
     after = need(scenario, "types-after")["seamless-oneshot.service"]

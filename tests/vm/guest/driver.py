@@ -32,6 +32,7 @@ STATE = "/var/lib/seamless-test"
 PHASE = f"{STATE}/phase"
 SPOIL = f"{STATE}/spoil"
 PMEM = "/dev/pmem0"
+ON_FAILURE_LOG = f"{STATE}/on-failure.log"  # seamless-failed@.service, the OnFailure= of seamless-exec
 DISK_USER = "seamless-diskuser"  # a member of group disk, who must not read the PMEM
 PORTS = (7777, 7778, 7779)
 # The unit-type cases: unit -> TCP port it answers on (None: no port).
@@ -398,6 +399,12 @@ def pmem_access():
     }
 
 
+def stop_was_clean(name):
+    """How UNIT's checkpoint at the kexec looked to systemd: its journal then, and whether OnFailure= ran."""
+    _, prev = sh("journalctl", "-b", "-1", "-u", name, "-o", "cat", "--no-pager")
+    return {"previous_boot": prev.splitlines()[-12:], "on_failure_log": read_or_none(ON_FAILURE_LOG)}
+
+
 def read_or_none(path):
     p = Path(path)
     return p.read_text().strip() if p.exists() else None
@@ -491,6 +498,7 @@ def main():
             sh("systemctl", "poweroff")
             return
         emit("types-after", types_state())
+        emit("stop-was-clean", stop_was_clean("seamless-exec.service"))
         emit("tcp-after", host_client("talk", 3))
         emit("tcp-ctr-after", host_client("talk", 3, "container", 7792))
         emit("resources-after", resources("after"))
