@@ -23,6 +23,9 @@ from typing import Any
 
 from tests.vm import image as vmimage
 
+# Generous: under TCG a kexec can take minutes to reach userspace (PLATFORM.md).
+QEMU_TIMEOUT = float(os.environ.get("SEAMLESS_QEMU_TIMEOUT", "900"))
+
 
 @dataclasses.dataclass(frozen=True)
 class Machine:
@@ -30,15 +33,17 @@ class Machine:
 
     memory: str = "2560M"
     memmap: str = "memmap=512M!1536M"
+    # How long one QEMU run (boot, upgrade, boot after the kexec, checks) may take.
+    timeout: float = QEMU_TIMEOUT
 
 
 DEFAULT = Machine()
-# Eight Debian services at once need more room for their images.
-LARGE = Machine("3072M", "memmap=1G!1536M")
+# The services test: 14 Debian services need more room for their images, and
+# checkpointed, pre-dumped and restored two at a time on two emulated CPUs,
+# more time (its one QEMU run took over 15 min here).
+LARGE = Machine("3072M", "memmap=1G!1536M", QEMU_TIMEOUT * 2)
 # RAM on demand: nothing reserved at boot (docs/ram-on-demand.md).
 NO_RESERVATION = Machine("2560M", "")
-# Generous: under TCG a kexec can take minutes to reach userspace (PLATFORM.md).
-QEMU_TIMEOUT = float(os.environ.get("SEAMLESS_QEMU_TIMEOUT", "900"))
 
 
 @dataclasses.dataclass
@@ -353,7 +358,7 @@ def run_scenario(img: vmimage.Image, out: Path, machine: Machine = DEFAULT) -> S
         sc.consoles.append(console)
         seen = len(sc.events)
         try:
-            boot(img, console, sc.events, set(), clients, machine)
+            boot(img, console, sc.events, set(), clients, machine, timeout=machine.timeout)
         except TimeoutError as e:
             sc.events.append(Event("timeout", {"error": str(e)}, time.time()))
             return sc
