@@ -7,6 +7,7 @@ import fcntl
 import os
 import shutil
 import stat
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,6 +167,8 @@ class HostFacts:
     ram: ram.Facts | None = None
     # The PMEM device's permission bits (None: not a block device, or not looked at).
     pmem_mode: int | None = None
+    # A package manager at work (the PID holding dpkg's lock), or None.
+    package_manager_pid: int | None = None
 
 
 def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) -> HostFacts:
@@ -193,7 +196,31 @@ def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) ->
         units=_plan_all(cfg),
         ram=ram.gather() if cfg.pmem_mode != PmemMode.RESERVED else None,
         pmem_mode=stat.S_IMODE(cfg.pmem_device.stat().st_mode) if is_block else None,
+        package_manager_pid=lock_holder(DPKG_LOCK),
     )
+
+
+DPKG_LOCK = Path("/var/lib/dpkg/lock")
+_FLOCK = "hhqqi4x"  # struct flock on x86-64 and arm64: type, whence, start, len, pid
+
+
+def lock_holder(path: Path) -> int | None:
+    """The PID holding a write lock (fcntl, as dpkg takes it) on PATH; None if none or no such file.
+
+    Asked with F_GETLK: the lock is not taken, not even for a moment.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        kind, _, _, _, pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return pid if kind != fcntl.F_UNLCK and pid > 0 else None
 
 
 def make_plan(cfg: Config, kernel: str | None = None, check_initrd: bool = True) -> Plan:
@@ -223,6 +250,11 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
         problems.append(f.kexec_problem)
     if not f.criu_installed:
         problems.append("criu is not installed (Debian: apt install criu)")
+    if f.package_manager_pid is not None:
+        problems.append(
+            f"a package manager is at work (PID {f.package_manager_pid} holds {DPKG_LOCK}): the kernel, its "
+            "initramfs or seamless-systemd itself may be half installed; run again once it has finished"
+        )
     if not cfg.units and not cfg.containers:
         problems.append(
             "nothing to preserve: list units under 'units:' (or podman containers under 'containers:') "

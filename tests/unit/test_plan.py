@@ -281,3 +281,35 @@ def test_the_checkpoints_sigkill_is_a_clean_stop_while_armed(
     upgrade.state.write_json(upgrade.state.ARMED, {"units": [u.unit for u in units], "mount": str(tmp_path)})
     upgrade.disarm(quiet=True)
     assert not dropin.exists() and reloads == [1]
+
+
+def test_a_package_manager_at_work_is_refused(tmp_path: Path) -> None:
+    """dpkg holds its lock while it installs (perhaps this package, perhaps the kernel): no upgrade then."""
+    import subprocess
+    import sys
+
+    lock = tmp_path / "lock"
+    lock.write_bytes(b"")
+    assert upgrade.lock_holder(lock) is None
+    assert upgrade.lock_holder(tmp_path / "missing") is None
+    # Another process takes the lock the way dpkg does (fcntl, whole file).
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import fcntl,sys; f=open({str(lock)!r},'r+'); fcntl.lockf(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert upgrade.lock_holder(lock) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    assert upgrade.lock_holder(lock) is None
+    plan = decide(CFG, facts(package_manager_pid=4321))
+    assert len(plan.problems) == 1 and "PID 4321 holds /var/lib/dpkg/lock" in plan.problems[0]
