@@ -323,6 +323,18 @@ def test_podman_container_kept(scenario: vm.Scenario) -> None:
     assert rep["outcome"] == "restored" and rep["container"] == "looper"
 
 
+def test_a_unit_restarted_after_arm_is_dumped_as_it_is_then(scenario: vm.Scenario) -> None:
+    """seamless-prefork is restarted between the second arm and its kexec: its new tree is kept."""
+    r = need(scenario, "restarted-while-armed")
+    assert r["after"] != r["before"] and int(r["after"]) in r["pids"] and len(r["pids"]) > 1, r
+    rep = next(
+        u for u in need(scenario, "after2")["report"]["units"] if u["unit"] == "seamless-prefork.service"
+    )
+    assert rep["outcome"] == "restored", rep
+    assert str(rep["main_pid_before"]) == r["after"], rep
+    assert rep["main_pid_after"] == rep["main_pid_before"], rep
+
+
 @pytest.mark.parametrize(
     "unit",
     [

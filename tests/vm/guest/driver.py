@@ -32,6 +32,7 @@ STATE = "/var/lib/seamless-test"
 PHASE = f"{STATE}/phase"
 SPOIL = f"{STATE}/spoil"
 PMEM = "/dev/pmem0"
+RESTARTED = "seamless-prefork.service"  # restarted between the second arm and its kexec
 ON_FAILURE_LOG = f"{STATE}/on-failure.log"  # seamless-failed@.service, the OnFailure= of seamless-exec
 DISK_USER = "seamless-diskuser"  # a member of group disk, who must not read the PMEM
 PORTS = (7777, 7778, 7779)
@@ -523,6 +524,20 @@ def main():
         if rc != 0:
             set_phase("failed")
             raise SystemExit(f"arm failed: {out}")
+        # Restarted after arm: the new tree (new MainPID, new children) is the one to dump.
+        old = unit_state(RESTARTED)
+        sh("systemctl", "restart", RESTARTED)
+        new = unit_state(RESTARTED)
+        _, cg = sh("systemctl", "show", RESTARTED, "-p", "ControlGroup", "--value")
+        emit(
+            "restarted-while-armed",
+            {
+                "before": old["MainPID"],
+                "after": new["MainPID"],
+                "pids": cgroup_pids(cg.strip()),
+                "reply": demo(7784),
+            },
+        )
         rc, out = sh("systemctl", "kexec")
         emit("kexec", {"rc": rc, "out": out})
     elif phase == "armed-kexec":
