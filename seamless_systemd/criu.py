@@ -8,8 +8,10 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -509,6 +511,25 @@ def checksum_tree(images: Path, algorithm: str = "crc32") -> dict[str, Any]:
 _PARENT_LINK = re.compile(r"^(\.\./)?pre-[0-9]+$")
 
 
+def _entries(images: Path) -> Iterator[Path]:
+    """IMAGES and what is below it, but not inside the seamless-* copies (their own modes are kept)."""
+    yield images
+    for top, dirs, files in os.walk(images):
+        names = dirs + files
+        if Path(top) == images:
+            dirs[:] = [d for d in dirs if not d.startswith("seamless-")]
+        for name in names:
+            yield Path(top) / name
+
+
+def seal_modes(images: Path) -> None:
+    """Make the image tree root's only: directories 0700, files 0600 (before the checksums are taken)."""
+    for path in _entries(images):
+        if path.is_symlink():
+            continue
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)
+
+
 def tree_problem(images: Path) -> str | None:
     """Why the image tree IMAGES holds something CRIU never writes; None if it holds only images.
 
@@ -517,18 +538,22 @@ def tree_problem(images: Path) -> str | None:
     device, a FIFO) could make the restore read what is not an image. The
     seamless-* directories are not CRIU's: they hold copies of a unit's tmpfs
     files and private /tmp (see volatile, sandbox), links and FIFOs included.
+    The tree was made root's only when it was sealed (seal_modes): an owner or
+    a mode that changed since means someone else had a hand in it.
     """
-    for top, dirs, files in os.walk(images):
-        if Path(top) == images:
-            dirs[:] = [d for d in dirs if not d.startswith("seamless-") or (images / d).is_symlink()]
-        for name in dirs + files:
-            path = Path(top) / name
-            if path.is_symlink():
-                target = os.readlink(path)
-                if name != "parent" or not _PARENT_LINK.match(target):
-                    return f"unexpected symbolic link {path.relative_to(images)} -> {target}"
-            elif not (path.is_dir() or path.is_file()):
-                return f"{path.relative_to(images)} is not a regular file"
+    for path in _entries(images):
+        rel = path.relative_to(images) if path != images else Path(".")
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(path)
+            if path.name != "parent" or not _PARENT_LINK.match(target):
+                return f"unexpected symbolic link {rel} -> {target}"
+            continue
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            return f"{rel} is not a regular file"
+        if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
+            mode = stat.S_IMODE(st.st_mode)
+            return f"{rel} is owned by UID {st.st_uid} with mode {mode:04o}; it was root's only when sealed"
     return None
 
 

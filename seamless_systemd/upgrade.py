@@ -935,6 +935,7 @@ def _seal(gen: state.Generation, unit: str, record: dict[str, Any]) -> None:
     record["image_bytes"] = criu.tree_size(gen.images(unit))
     t0 = time.monotonic()
     algorithm = state.read_json(gen.manifest).get("checksum", "crc32")
+    criu.seal_modes(gen.images(unit))
     state.write_json(gen.checksums(unit), criu.checksum_tree(gen.images(unit), algorithm))
     record["checksum"] = {"algorithm": algorithm, "seconds": round(time.monotonic() - t0, 3)}
     record["finished_at"] = criu.now()

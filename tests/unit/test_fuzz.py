@@ -160,6 +160,7 @@ def _generation(tmp: Path) -> tuple[Any, str]:
     (images / "pages-1.img").write_bytes(b"\x01" * 4096)
     (images / "pre-0/pages-1.img").write_bytes(b"\x02" * 4096)
     (images / "parent").symlink_to("pre-0")
+    criu.seal_modes(images)
     state.write_json(gen.checksums(unit), criu.checksum_tree(images))
     state.write_json(gen.dump_info(unit), {"pids": [2**22 - 7], "outcome": "checkpointed"})
     state.write_json(gen.complete(unit), {"generation": GEN})
@@ -185,12 +186,29 @@ def test_images_with_what_criu_never_writes_are_refused(tmp_path: Path) -> None:
     (images / "seamless-private-tmp/0").mkdir(parents=True)
     (images / "seamless-private-tmp/0/link").symlink_to("/etc/hostname")
     os.mkfifo(images / "seamless-private-tmp/0/fifo")
+    (images / "seamless-private-tmp/0").chmod(0o1777)
+    criu.seal_modes(images)
     state.write_json(gen.checksums(unit), criu.checksum_tree(images))
+    assert restore.verify_unit(gen, unit) is None
+    assert (images / "seamless-private-tmp/0").stat().st_mode & 0o7777 == 0o1777  # a copy keeps its mode
+    assert (images / "pages-1.img").stat().st_mode & 0o777 == 0o600
+    assert (images / "pre-0").stat().st_mode & 0o777 == 0o700
+    # Root's only since the seal: a mode or an owner that changed means someone else had a hand in it.
+    (images / "pre-0/pages-1.img").chmod(0o644)
+    assert "pre-0/pages-1.img is owned by UID 0 with mode 0644" in str(restore.verify_unit(gen, unit))
+    (images / "pre-0/pages-1.img").chmod(0o600)
+    os.chown(images / "pages-1.img", 1000, 0)
+    assert "pages-1.img is owned by UID 1000" in str(restore.verify_unit(gen, unit))
+    os.chown(images / "pages-1.img", 0, 0)
+    images.chmod(0o755)
+    assert ". is owned by UID 0 with mode 0755" in str(restore.verify_unit(gen, unit))
+    images.chmod(0o700)
     assert restore.verify_unit(gen, unit) is None
     (images / "seamless-tmpfs-files").symlink_to("/etc")
     assert "unexpected symbolic link seamless-tmpfs-files" in str(restore.verify_unit(gen, unit))
     (images / "seamless-tmpfs-files").unlink()
     (images / "extra.img").write_bytes(b"")
+    (images / "extra.img").chmod(0o600)
     assert "checksum mismatch in extra.img" in str(restore.verify_unit(gen, unit))
 
 
