@@ -89,8 +89,11 @@ ExecStart=
 # '+': criu needs full privileges; it still runs in this unit's cgroup.
 ExecStart=+/usr/bin/seamless-upgrade restore-unit {unit}
 # The restore's own limit (restore_timeout), not the one meant for a cold start;
-# past it the restore is stopped and the unit starts afresh.
+# past it the restore is stopped and the unit starts afresh. Stopped with all it
+# made: a unit's KillMode=process (ssh.service's) would leave criu and a
+# half-restored tree beside the fresh start.
 TimeoutStartSec={timeout}s
+KillMode=control-group
 {ident_line}"""
 
 
