@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import os
 import shutil
@@ -872,10 +873,29 @@ def checkpoint(unit: str) -> int:
             record["volatile_files"] = held.save(gen.volatile_files(unit))
         _seal(gen, unit, record)
     except (SeamlessError, OSError) as e:
-        record.update(finished_at=criu.now(), outcome="checkpoint-failed", reason=str(e))
+        reason = str(e)
+        if _out_of_room(gen, unit, e):
+            reason += (
+                f"; the images' file system {gen.mount} ran out of room: the services grew since "
+                "'seamless-upgrade plan' (reserve more memory, or set pmem.size, and run plan again)"
+            )
+        # What the failed dump wrote would take room from the units still dumping.
+        shutil.rmtree(gen.images(unit), ignore_errors=True)
+        record.update(finished_at=criu.now(), outcome="checkpoint-failed", reason=reason)
         state.write_json(gen.dump_info(unit), record)
-        log.error("Checkpoint of %s failed, it will start afresh after the kexec: %s", unit, e)
+        log.error("Checkpoint of %s failed, it will start afresh after the kexec: %s", unit, reason)
     return 0
+
+
+def _out_of_room(gen: state.Generation, unit: str, error: BaseException) -> bool:
+    """Whether UNIT's dump failed because the images' file system is full."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    try:
+        tail = (gen.unit_dir(unit) / "dump.log").read_text(errors="replace")[-20000:]
+    except OSError:
+        tail = ""
+    return "No space left on device" in tail or "No space left on device" in str(error)
 
 
 def _note_warm(

@@ -313,3 +313,17 @@ def test_a_package_manager_at_work_is_refused(tmp_path: Path) -> None:
     assert upgrade.lock_holder(lock) is None
     plan = decide(CFG, facts(package_manager_pid=4321))
     assert len(plan.problems) == 1 and "PID 4321 holds /var/lib/dpkg/lock" in plan.problems[0]
+
+
+def test_a_dump_out_of_room_says_so(tmp_path: Path) -> None:
+    """The images outgrew the PMEM since plan: the reason says what ran out and what to do."""
+    import errno
+
+    gen = upgrade.state.Generation(tmp_path, "G1")
+    gen.unit_dir("app.service").mkdir(parents=True)
+    assert not upgrade._out_of_room(gen, "app.service", RuntimeError("criu dump failed"))
+    assert upgrade._out_of_room(gen, "app.service", OSError(errno.ENOSPC, "No space left on device"))
+    (gen.unit_dir("app.service") / "dump.log").write_text(
+        "(01.20) Error (criu/page-xfer.c:433): Unable to write pages: No space left on device\n"
+    )
+    assert upgrade._out_of_room(gen, "app.service", RuntimeError("criu dump failed"))
