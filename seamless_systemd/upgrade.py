@@ -855,6 +855,13 @@ def checkpoint(unit: str) -> int:
         if manifest.get("pre_dump"):
             parent = predump.parent_for(gen.unit_dir(unit), gen.images(unit), facts.pids)
         record["pre_dump_parent"] = parent
+        if parent is None:
+            # A whole dump: refused before it writes a byte if it cannot fit, so
+            # that the units dumping beside it keep the room (with a pre-dump
+            # round, only what changed is written: the estimate would overstate it).
+            why = room_problem(gen.dir, facts.memory_bytes + IMAGE_OVERHEAD * len(facts.pids))
+            if why:
+                raise CheckpointError(why)
         _note_warm(gen, unit, manifest.get("warm") or {}, facts.pids, record)
         log.info("Checkpointing %s (PID %d, %d process(es))", unit, facts.main_pid, len(facts.pids))
         with volatile.Held(facts.volatile_files) as held:
@@ -885,6 +892,22 @@ def checkpoint(unit: str) -> int:
         state.write_json(gen.dump_info(unit), record)
         log.error("Checkpoint of %s failed, it will start afresh after the kexec: %s", unit, reason)
     return 0
+
+
+def room_problem(where: Path, need: int) -> str | None:
+    """Why images of NEED bytes cannot go to the file system of WHERE now; None if they fit."""
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if need <= free:
+        return None
+    return (
+        f"its images would need about {need >> 20} MiB and the images' file system has {free >> 20} MiB "
+        "free: the services grew since 'seamless-upgrade plan' (reserve more memory, or set pmem.size, "
+        "and run plan again)"
+    )
 
 
 def _out_of_room(gen: state.Generation, unit: str, error: BaseException) -> bool:

@@ -327,3 +327,9 @@ def test_a_dump_out_of_room_says_so(tmp_path: Path) -> None:
         "(01.20) Error (criu/page-xfer.c:433): Unable to write pages: No space left on device\n"
     )
     assert upgrade._out_of_room(gen, "app.service", RuntimeError("criu dump failed"))
+
+
+def test_a_whole_dump_that_cannot_fit_is_refused_before_it_writes(tmp_path: Path) -> None:
+    assert upgrade.room_problem(tmp_path, 1 << 20) is None
+    why = upgrade.room_problem(tmp_path, 1 << 60)
+    assert why is not None and "would need about 1099511627776 MiB" in why and "grew since" in why
