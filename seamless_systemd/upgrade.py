@@ -855,13 +855,14 @@ def checkpoint(unit: str) -> int:
         if manifest.get("pre_dump"):
             parent = predump.parent_for(gen.unit_dir(unit), gen.images(unit), facts.pids)
         record["pre_dump_parent"] = parent
-        if parent is None:
-            # A whole dump: refused before it writes a byte if it cannot fit, so
-            # that the units dumping beside it keep the room (with a pre-dump
-            # round, only what changed is written: the estimate would overstate it).
-            why = room_problem(gen.dir, facts.memory_bytes + IMAGE_OVERHEAD * len(facts.pids))
-            if why:
-                raise CheckpointError(why)
+        # Refused before it writes a byte if it cannot fit, so that the units
+        # dumping beside it keep the room. What is already there (pre-dump
+        # rounds) counts as room: a whole dump removes it first, and a dump on
+        # top of a round writes at least the pages the round does not hold.
+        rounds = criu.tree_size(gen.images(unit)) if gen.images(unit).exists() else 0
+        why = room_problem(gen.dir, facts.memory_bytes + IMAGE_OVERHEAD * len(facts.pids), rounds)
+        if why:
+            raise CheckpointError(why)
         _note_warm(gen, unit, manifest.get("warm") or {}, facts.pids, record)
         log.info("Checkpointing %s (PID %d, %d process(es))", unit, facts.main_pid, len(facts.pids))
         with volatile.Held(facts.volatile_files) as held:
@@ -894,13 +895,13 @@ def checkpoint(unit: str) -> int:
     return 0
 
 
-def room_problem(where: Path, need: int) -> str | None:
-    """Why images of NEED bytes cannot go to the file system of WHERE now; None if they fit."""
+def room_problem(where: Path, need: int, held: int = 0) -> str | None:
+    """Why images of NEED bytes cannot go to the file system of WHERE, which holds HELD bytes of them."""
     try:
         st = os.statvfs(where)
     except OSError:
         return None
-    free = st.f_bavail * st.f_frsize
+    free = st.f_bavail * st.f_frsize + held
     if need <= free:
         return None
     return (

@@ -333,3 +333,4 @@ def test_a_whole_dump_that_cannot_fit_is_refused_before_it_writes(tmp_path: Path
     assert upgrade.room_problem(tmp_path, 1 << 20) is None
     why = upgrade.room_problem(tmp_path, 1 << 60)
     assert why is not None and "would need about 1099511627776 MiB" in why and "grew since" in why
+    assert upgrade.room_problem(tmp_path, 1 << 60, held=1 << 60) is None  # a pre-dump round holds it all

@@ -335,6 +335,19 @@ def test_a_unit_restarted_after_arm_is_dumped_as_it_is_then(scenario: vm.Scenari
     assert rep["main_pid_after"] == rep["main_pid_before"], rep
 
 
+def test_a_unit_that_outgrew_the_pmem_starts_afresh_and_the_others_are_kept(scenario: vm.Scenario) -> None:
+    """seamless-grower grows past the whole PMEM after the second arm: refused, and it alone."""
+    assert any("grew to 528 MiB" in line for line in need(scenario, "grown")["log"])
+    units = {u["unit"]: u for u in need(scenario, "after2")["report"]["units"]}
+    grower = units["seamless-grower.service"]
+    assert grower["outcome"] == "cold-started", grower
+    assert "would need about" in grower["reason"] and "grew since" in grower["reason"], grower
+    # The units dumped beside it had their room: none of them was started afresh.
+    assert [u for u, r in units.items() if r["outcome"] == "cold-started"] == ["seamless-grower.service"], (
+        units
+    )
+
+
 @pytest.mark.parametrize(
     "unit",
     [

@@ -32,7 +32,8 @@ STATE = "/var/lib/seamless-test"
 PHASE = f"{STATE}/phase"
 SPOIL = f"{STATE}/spoil"
 PMEM = "/dev/pmem0"
-RESTARTED = "seamless-prefork.service"  # restarted between the second arm and its kexec
+RESTARTED = "seamless-prefork.service"
+GROWER = "seamless-grower.service"  # grows past the PMEM between the second arm and its kexec  # restarted between the second arm and its kexec
 ON_FAILURE_LOG = f"{STATE}/on-failure.log"  # seamless-failed@.service, the OnFailure= of seamless-exec
 DISK_USER = "seamless-diskuser"  # a member of group disk, who must not read the PMEM
 PORTS = (7777, 7778, 7779)
@@ -538,6 +539,14 @@ def main():
                 "reply": demo(7784),
             },
         )
+        # Outgrows the PMEM after arm: its dump must be refused, the others' must not suffer.
+        sh("systemctl", "kill", "-s", "USR1", "--kill-whom=main", GROWER)
+        for _ in range(120):
+            log = sh("journalctl", "-b", "-u", GROWER, "-o", "cat", "--no-pager")[1]
+            if "grew to" in log:
+                break
+            time.sleep(1)
+        emit("grown", {"log": log.splitlines()[-3:]})
         rc, out = sh("systemctl", "kexec")
         emit("kexec", {"rc": rc, "out": out})
     elif phase == "armed-kexec":

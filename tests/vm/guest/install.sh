@@ -10,7 +10,7 @@ if [ "$SCENARIO" = bench ]; then
 elif [ "$SCENARIO" != workload ]; then
 	systemctl enable seamless-demo@7777.service seamless-demo@7778.service seamless-demo@7779.service
 fi
-TYPES="seamless-exec seamless-notify seamless-forking seamless-forking-nopid seamless-oneshot seamless-prefork seamless-backend seamless-frontend seamless-sandboxed seamless-resources seamless-sysv seamless-chat seamless-sandboxed-rw seamless-dynamic seamless-sysv-private"
+TYPES="seamless-exec seamless-notify seamless-forking seamless-forking-nopid seamless-oneshot seamless-prefork seamless-backend seamless-frontend seamless-sandboxed seamless-resources seamless-sysv seamless-chat seamless-sandboxed-rw seamless-dynamic seamless-sysv-private seamless-grower"
 if [ "$SCENARIO" = full ]; then
 	for u in $TYPES; do systemctl enable "$u.service"; done
 	# Socket-activated: only the sockets are enabled; the first client starts the service.
