@@ -32,8 +32,8 @@ STATE = "/var/lib/seamless-test"
 PHASE = f"{STATE}/phase"
 SPOIL = f"{STATE}/spoil"
 PMEM = "/dev/pmem0"
-RESTARTED = "seamless-prefork.service"
-GROWER = "seamless-grower.service"  # grows past the PMEM between the second arm and its kexec  # restarted between the second arm and its kexec
+RESTARTED = "seamless-prefork.service"  # restarted between the second arm and its kexec
+GROWER = "seamless-grower.service"  # grows past the PMEM between the second arm and its kexec
 ON_FAILURE_LOG = f"{STATE}/on-failure.log"  # seamless-failed@.service, the OnFailure= of seamless-exec
 DISK_USER = "seamless-diskuser"  # a member of group disk, who must not read the PMEM
 PORTS = (7777, 7778, 7779)
