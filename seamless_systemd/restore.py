@@ -120,6 +120,8 @@ def prepare() -> int:
         log.error("No images for generation %s at %s; every unit starts afresh", gen.id, gen.mount)
         return 0
     state.RESTORE_DIR.mkdir(parents=True, exist_ok=True)
+    # Before any restore can change them (see host_cgroup2_options).
+    CGROUP2_OPTIONS.write_text(sandbox.cgroup2_options() + "\n")
     manifest = state.read_json(gen.manifest)
     state.update_json(
         gen.boot,
@@ -238,6 +240,22 @@ def _lock_connections(gen: state.Generation, unit: str) -> None:
 
 
 ADDRESS_TIMEOUT = 120.0
+CGROUP2_OPTIONS = state.RESTORE_DIR / "cgroup2-options"
+
+
+def host_cgroup2_options() -> str:
+    """The host's cgroup2 options as restore-prepare found them, before any restore ran.
+
+    Restores run side by side (RESTORE_SLOTS): one that read the options now
+    could read them while another's CRIU had cleared them, and would then
+    "put back" the cleared ones when it is done.
+    """
+    try:
+        return CGROUP2_OPTIONS.read_text().strip() or sandbox.cgroup2_options()
+    except OSError:
+        return sandbox.cgroup2_options()
+
+
 # systemd starts every unit being restored at once; as many CRIU restores as
 # CPUs run side by side and the others wait for a slot. Under emulation, 14
 # restores at once on 2 CPUs each took longer than a unit's start timeout; in
@@ -323,7 +341,7 @@ def restore_unit(unit: str) -> int:
             sandbox.recreate_private_tmp(dump.get("private_tmp", []), gen.private_tmp(unit))
             outside = sandbox.open_outside_files(dump.get("outside_files", []))
         # Only a sandbox's restore mounts a cgroup2 (see sandbox.keep_cgroup2_options).
-        cgroup_options = sandbox.cgroup2_options() if root is not None else ""
+        cgroup_options = host_cgroup2_options() if root is not None else ""
         segments = dump.get("sysv_shm", [])
         made += sysv.recreate(segments)
         try:
@@ -536,6 +554,9 @@ def finish() -> int:
         return 0
     manifest = state.read_json(gen.manifest)
     state.RESTORE_DIR.mkdir(parents=True, exist_ok=True)
+    # Every restore is over: the host's cgroup2 has its own options, whatever they did.
+    if CGROUP2_OPTIONS.exists():
+        sandbox.keep_cgroup2_options(host_cgroup2_options())
     to_restart = []
     for unit in manifest["units"]:
         info = gen.restore_info(unit)

@@ -150,3 +150,14 @@ def test_restore_takes_only_a_well_formed_generation(
     (tmp_path / "cmdline").write_text(cmdline + "\n")
     gen = restore.current_generation(tmp_path / "cmdline")
     assert (None if gen is None else (str(gen.mount), gen.id)) == expected
+
+
+def test_the_host_cgroup2_options_are_those_before_any_restore(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A restore that starts while another's CRIU cleared them must not take those for the host's."""
+    monkeypatch.setattr(restore, "CGROUP2_OPTIONS", tmp_path / "cgroup2-options")
+    monkeypatch.setattr(restore.sandbox, "cgroup2_options", lambda: "rw")  # as another restore left them
+    assert restore.host_cgroup2_options() == "rw"  # no record: what there is now
+    (tmp_path / "cgroup2-options").write_text("rw,nsdelegate,memory_recursiveprot\n")
+    assert restore.host_cgroup2_options() == "rw,nsdelegate,memory_recursiveprot"
