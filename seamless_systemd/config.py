@@ -93,10 +93,9 @@ class Config:
     pmem_size: int = 0
     kernel: str | None = None
     checkpoint_timeout: int = 120
-    # One unit's restore in the new boot, waiting for its turn included (see
-    # restore.RESTORE_SLOTS); past it systemd stops the restore and the unit
-    # starts afresh. Not the unit's own TimeoutStartSec=, which is meant for a
-    # cold start and is 90 s by default.
+    # One unit's restore in the new boot; past it systemd stops the restore and
+    # the unit starts afresh. Not the unit's own TimeoutStartSec=, which is
+    # meant for a cold start and is 90 s by default.
     restore_timeout: int = 600
     image_checksum: str = "crc32"
     # Copy the memory while the services run (at arm time), see predump.

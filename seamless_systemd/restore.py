@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import fcntl
 import os
 import socket
 import time
@@ -246,7 +245,7 @@ CGROUP2_OPTIONS = state.RESTORE_DIR / "cgroup2-options"
 def host_cgroup2_options() -> str:
     """The host's cgroup2 options as restore-prepare found them, before any restore ran.
 
-    Restores run side by side (RESTORE_SLOTS): one that read the options now
+    Restores run side by side: one that read the options now
     could read them while another's CRIU had cleared them, and would then
     "put back" the cleared ones when it is done.
     """
@@ -254,34 +253,6 @@ def host_cgroup2_options() -> str:
         return CGROUP2_OPTIONS.read_text().strip() or sandbox.cgroup2_options()
     except OSError:
         return sandbox.cgroup2_options()
-
-
-# systemd starts every unit being restored at once; as many CRIU restores as
-# CPUs run side by side and the others wait for a slot. Under emulation, 14
-# restores at once on 2 CPUs each took longer than a unit's start timeout; in
-# turns the first services answer early and none waits for all the others.
-RESTORE_SLOTS = max(2, os.cpu_count() or 1)
-
-
-def _take_slot(slots: int = RESTORE_SLOTS, pause: float = 0.2) -> tuple[int, float]:
-    """Wait for one of SLOTS restore slots; (its descriptor, to close when done; seconds waited)."""
-    where = state.RESTORE_DIR / "slots"
-    where.mkdir(parents=True, exist_ok=True)
-    fds = [os.open(where / str(i), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) for i in range(slots)]
-    t0 = time.monotonic()
-    try:
-        while True:
-            for fd in fds:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue
-                fds.remove(fd)
-                return fd, round(time.monotonic() - t0, 3)
-            time.sleep(pause)
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def restore_unit(unit: str) -> int:
@@ -304,12 +275,10 @@ def restore_unit(unit: str) -> int:
             f"{unit} was already restored or started afresh in this boot; its images are stale. "
             f"Run 'systemctl daemon-reload' and start {unit} again to start it afresh"
         )
-    slot = None
     try:
         if verdict != "ok":
             raise RestoreError(verdict.removeprefix("bad: "))
         dump = state.read_json(gen.dump_info(unit))
-        slot, record["waited_for_slot_seconds"] = _take_slot()
         pidfile = state.RESTORE_DIR / f"{unit}.pid"
         pidfile.unlink(missing_ok=True)
         if dump.get("kind") == "podman":
@@ -386,8 +355,6 @@ def restore_unit(unit: str) -> int:
         record.update(outcome="restore-failed", finished_at=time.time(), reason=str(e))
         raise RestoreError(f"{unit}: restore failed, it will be started afresh: {e}") from e
     finally:
-        if slot is not None:
-            os.close(slot)
         netlock.unlock(unit)
         if record.get("outcome") == "restored" and conns:
             _nudge_peers(unit, record, conns)

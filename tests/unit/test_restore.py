@@ -108,28 +108,6 @@ def test_remount_puts_flags_back_in_the_tree_namespace(tmp_path: Path) -> None:
         ns.wait()
 
 
-def test_restores_take_turns_in_slots(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """With two slots taken, a third restore waits until one is given back."""
-    import threading
-
-    monkeypatch.setattr(restore.state, "RESTORE_DIR", tmp_path)
-    first, waited1 = restore._take_slot(2)
-    second, waited2 = restore._take_slot(2)
-    assert first != second and waited1 < 1 and waited2 < 1
-    got: list[tuple[int, float]] = []
-    third = threading.Thread(target=lambda: got.append(restore._take_slot(2, pause=0.05)))
-    third.start()
-    third.join(0.5)
-    assert third.is_alive() and not got, "a third restore ran beside two"
-    os.close(first)
-    third.join(5)
-    assert got and got[0][1] >= 0.4
-    os.close(second)
-    os.close(got[0][0])
-    again, _ = restore._take_slot(2)
-    os.close(again)
-
-
 @pytest.mark.parametrize(
     ("cmdline", "expected"),
     [

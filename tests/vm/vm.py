@@ -39,8 +39,8 @@ class Machine:
 
 DEFAULT = Machine()
 # The services test: 14 Debian services need more room for their images, and
-# checkpointed, pre-dumped and restored two at a time on two emulated CPUs,
-# more time (its one QEMU run took over 15 min here).
+# checkpointed, pre-dumped and restored on two emulated CPUs, more time (its
+# one QEMU run took over 15 min here).
 LARGE = Machine("3072M", "memmap=1G!1536M", QEMU_TIMEOUT * 2)
 # RAM on demand: nothing reserved at boot (docs/ram-on-demand.md).
 NO_RESERVATION = Machine("2560M", "")
