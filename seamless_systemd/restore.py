@@ -80,7 +80,6 @@ def verify_unit(gen: state.Generation, unit: str) -> str | None:
         if isinstance(data, dict):
             return f"no complete images ({data.get('outcome')}: {data.get('reason', 'unknown')})"
         return "no complete images (dump.json is not a JSON object)"
-        return "no images (the unit was not checkpointed)"
     try:
         marker = state.read_json(gen.complete(unit))
         expected = state.read_json(gen.checksums(unit))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -67,7 +68,7 @@ def update_json(path: Path, **fields: Any) -> dict[str, Any]:
     return data
 
 
-_GENERATION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789T-")
+_GENERATION_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
 def generation_problem(gen: str, mount: str) -> str | None:
@@ -76,7 +77,7 @@ def generation_problem(gen: str, mount: str) -> str | None:
     Standard library only: the generator uses it too. Both come from the boot
     loader's command line; neither may lead out of the images' mount in /run.
     """
-    if not gen or len(gen) > 64 or not set(gen) <= _GENERATION_CHARS:
+    if not _GENERATION_RE.fullmatch(gen):
         return f"malformed seamless.restore={gen!r}"
     if not mount.startswith("/run/") or ".." in mount.split("/"):
         return f"bad seamless.mount={mount!r}"

@@ -47,6 +47,11 @@ PMEM_UDEV_RULE = "/lib/udev/rules.d/60-seamless-pmem.rules"
 IMAGE_OVERHEAD = 256 << 10
 
 
+def image_estimate(facts: criu.TreeFacts) -> int:
+    """What CRIU writes for a tree: its memory and IMAGE_OVERHEAD per process."""
+    return facts.memory_bytes + IMAGE_OVERHEAD * len(facts.pids)
+
+
 # The room the images' file system must have beyond the estimate: its own
 # metadata, and a service that grows between plan and the final dump.
 def images_room(estimate: int) -> int:
@@ -415,7 +420,7 @@ def _plan_unit(unit: str, policy: OnUnsupported = OnUnsupported.REFUSE) -> UnitP
         facts = criu.inspect(info)
     except CheckpointError as e:  # its message names the unit
         return UnitPlan(unit, info.main_pid, (), 0, 0, str(e))
-    estimate = facts.memory_bytes + IMAGE_OVERHEAD * len(facts.pids)
+    estimate = image_estimate(facts)
     up = _judged(unit, facts.main_pid, facts.pids, facts.memory_bytes, estimate, facts.unsupported, policy)
     return dataclasses.replace(up, warnings=facts.warnings)
 
@@ -860,7 +865,7 @@ def checkpoint(unit: str) -> int:
         # rounds) counts as room: a whole dump removes it first, and a dump on
         # top of a round writes at least the pages the round does not hold.
         rounds = criu.tree_size(gen.images(unit)) if gen.images(unit).exists() else 0
-        why = room_problem(gen.dir, facts.memory_bytes + IMAGE_OVERHEAD * len(facts.pids), rounds)
+        why = room_problem(gen.dir, image_estimate(facts), rounds)
         if why:
             raise CheckpointError(why)
         _note_warm(gen, unit, manifest.get("warm") or {}, facts.pids, record)
@@ -883,16 +888,19 @@ def checkpoint(unit: str) -> int:
     except (SeamlessError, OSError) as e:
         reason = str(e)
         if _out_of_room(gen, unit, e):
-            reason += (
-                f"; the images' file system {gen.mount} ran out of room: the services grew since "
-                "'seamless-upgrade plan' (reserve more memory, or set pmem.size, and run plan again)"
-            )
+            reason += f"; the images' file system {gen.mount} ran out of room: {GREW_SINCE_PLAN}"
         # What the failed dump wrote would take room from the units still dumping.
         shutil.rmtree(gen.images(unit), ignore_errors=True)
         record.update(finished_at=criu.now(), outcome="checkpoint-failed", reason=reason)
         state.write_json(gen.dump_info(unit), record)
         log.error("Checkpoint of %s failed, it will start afresh after the kexec: %s", unit, reason)
     return 0
+
+
+GREW_SINCE_PLAN = (
+    "the services grew since 'seamless-upgrade plan' (reserve more memory, or set pmem.size, "
+    "and run plan again)"
+)
 
 
 def room_problem(where: Path, need: int, held: int = 0) -> str | None:
@@ -905,9 +913,8 @@ def room_problem(where: Path, need: int, held: int = 0) -> str | None:
     if need <= free:
         return None
     return (
-        f"its images would need about {need >> 20} MiB and the images' file system has {free >> 20} MiB "
-        "free: the services grew since 'seamless-upgrade plan' (reserve more memory, or set pmem.size, "
-        "and run plan again)"
+        f"its images would need about {need >> 20} MiB and the images' file system has room for "
+        f"{free >> 20} MiB (free, and its pre-dump rounds): {GREW_SINCE_PLAN}"
     )
 
 
