@@ -26,7 +26,7 @@ bench: deps
 
 # Every test: unit tests, generator golden files, and the VM upgrade test.
 test: deps lint
-	$(PYTHON) -m pytest -v -rs tests
+	$(PYTHON) -m pytest -v -rs --durations=12 tests
 
 # Only what runs without root and without a VM.
 unit:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import struct
 from pathlib import Path
 
 from seamless_systemd.errors import SeamlessError
@@ -134,3 +135,128 @@ def memmap_reservations(words: list[str]) -> list[tuple[int, int]]:
             except ValueError:
                 continue
     return out
+
+
+# What the target kernel must have for the images to come back and the
+# services to be restored: (option, its module when built as one, what breaks).
+# x86's memmap=SIZE!OFFSET ranges reach the NVDIMM drivers through nd_e820.
+NEEDED_OPTIONS: tuple[tuple[str, str | None, str], ...] = (
+    ("CONFIG_CHECKPOINT_RESTORE", None, "CRIU cannot restore the services on it"),
+    ("CONFIG_LIBNVDIMM", "libnvdimm", "the images' memory never becomes a /dev/pmemN device"),
+    ("CONFIG_X86_PMEM_LEGACY", "nd_e820", "the memmap=SIZE!OFFSET range is not handed to the PMEM driver"),
+    ("CONFIG_BLK_DEV_PMEM", "nd_pmem", "the images' memory never becomes a /dev/pmemN device"),
+    ("CONFIG_EXT4_FS", "ext4", "the images' ext4 file system cannot be mounted"),
+)
+# RAM on demand also lays the images' ranges end to end with device-mapper.
+ON_DEMAND_OPTIONS: tuple[tuple[str, str | None, str], ...] = (
+    ("CONFIG_BLK_DEV_DM", "dm_mod", "the images' ranges cannot be joined into one device (dm-linear)"),
+)
+# Without these the upgrade works, with less: (option, what is lost).
+WANTED_OPTIONS: tuple[tuple[str, str], ...] = (
+    (
+        "CONFIG_MEM_SOFT_DIRTY",
+        "the next upgrade from it cannot pre-dump (the whole memory is dumped in the freeze)",
+    ),
+)
+_BZIMAGE_MAGIC = b"HdrS"
+
+
+def read_config(
+    version: str, boot: Path = Path("/boot"), modules: Path = Path("/lib/modules")
+) -> dict[str, str] | None:
+    """The build options of kernel VERSION (/boot/config-VERSION, or its modules' config); None if none."""
+    for path in (boot / f"config-{version}", modules / version / "config"):
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        pairs = (ln.split("=", 1) for ln in text.splitlines() if ln.startswith("CONFIG_") and "=" in ln)
+        return {k: v.strip() for k, v in pairs}
+    return None
+
+
+def module_name(path: str) -> str | None:
+    """The module a path names (kernel/drivers/nvdimm/nd_pmem.ko.xz -> nd_pmem), or None."""
+    base = path.rsplit("/", 1)[-1]
+    if ".ko" not in base:
+        return None
+    name, _, rest = base.partition(".ko")
+    return name.replace("-", "_") if rest in ("", ".xz", ".zst", ".gz") else None
+
+
+def modules_of(version: str, modules: Path = Path("/lib/modules")) -> frozenset[str] | None:
+    """The modules installed for kernel VERSION (from its modules.dep); None if that cannot be read."""
+    try:
+        text = (modules / version / "modules.dep").read_text(errors="replace")
+    except OSError:
+        return None
+    names = (module_name(line.split(":", 1)[0]) for line in text.splitlines() if ":" in line)
+    return frozenset(n for n in names if n)
+
+
+def image_problem(image: Path, machine: str) -> str | None:
+    """Why kexec cannot load IMAGE (an x86 bzImage's boot header and length), or None if it looks whole."""
+    if machine not in ("x86_64", "i686", "i386"):
+        return None  # other architectures' image formats are left to kexec itself
+    try:
+        with image.open("rb") as f:
+            head = f.read(0x240)
+        size = image.stat().st_size
+    except OSError as e:
+        return f"cannot read the kernel image {image}: {e.strerror or e}"
+    how = "reinstall the kernel's package (Debian: apt install --reinstall linux-image-VERSION)"
+    if head[:4] == b"\x7fELF":
+        return None
+    if len(head) < 0x206 or head[0x202:0x206] != _BZIMAGE_MAGIC:
+        return f"{image} is not a kernel image kexec can load (no x86 boot header): it is damaged; {how}"
+    setup_sectors = head[0x1F1] or 4
+    need = (setup_sectors + 1) * 512 + struct.unpack_from("<I", head, 0x1F4)[0] * 16
+    if size < need:
+        return f"{image} is cut short ({size} of its {need} bytes): it is damaged; {how}"
+    return None
+
+
+def config_problems(
+    version: str,
+    config: dict[str, str] | None,
+    modules: frozenset[str] | None,
+    initrd_modules: frozenset[str] | None,
+    *,
+    on_demand: bool,
+    machine: str,
+) -> tuple[list[str], list[str]]:
+    """(problems, notes) of kernel VERSION as the upgrade's target, from its build options and modules.
+
+    A module the images need at boot must be installed and in the initramfs
+    (INITRD_MODULES, None: not known), where the images are mounted.
+    """
+    if config is None:
+        return [], [
+            f"cannot tell whether kernel {version} has what the restore needs (no /boot/config-{version}): "
+            "it is assumed to be built like the running one"
+        ]
+    needed = NEEDED_OPTIONS + (ON_DEMAND_OPTIONS if on_demand else ())
+    problems: list[str] = []
+    for option, module, why in needed:
+        if option == "CONFIG_X86_PMEM_LEGACY" and machine != "x86_64":
+            continue
+        value = config.get(option)
+        if value not in ("y", "m"):
+            problems.append(
+                f"kernel {version} is built without {option}, so {why}: choose a kernel that has it "
+                "('seamless-upgrade plan --kernel VERSION')"
+            )
+        elif value == "m" and module and modules is not None and module not in modules:
+            problems.append(
+                f"kernel {version} has {option} as module {module}, which is not installed in "
+                f"/lib/modules/{version}, so {why}: reinstall the kernel's package"
+            )
+        elif value == "m" and module and initrd_modules is not None and module not in initrd_modules:
+            problems.append(
+                f"the initramfs of {version} lacks module {module} ({option}), so {why} at boot: "
+                f"run 'update-initramfs -u -k {version}' (dracut: 'dracut --force --kver {version}')"
+            )
+    notes = [
+        f"kernel {version} is built without {o}: {lost}" for o, lost in WANTED_OPTIONS if config.get(o) != "y"
+    ]
+    return problems, notes

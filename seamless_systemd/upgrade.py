@@ -138,16 +138,15 @@ def _kexec_supported() -> str | None:
     return None
 
 
-def _initrd_has_hook(initrd: Path) -> bool | None:
-    """Whether INITRD carries our initramfs script; None if that cannot be told."""
+def _initrd_listing(initrd: Path) -> list[str] | None:
+    """The paths INITRD holds; None if that cannot be told."""
     lister = shutil.which("lsinitramfs") or shutil.which("lsinitrd")
     if lister is None:
         return None
     try:
-        out = run([lister, str(initrd)], timeout=120).stdout
+        return run([lister, str(initrd)], timeout=120).stdout.split()
     except CommandError:
         return None
-    return "seamless" in out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +174,13 @@ class HostFacts:
     pmem_mode: int | None = None
     # A package manager at work (the PID holding dpkg's lock), or None.
     package_manager_pid: int | None = None
+    # The target kernel: why kexec cannot load its image (None: it looks whole),
+    # its build options, its installed modules and those in its initramfs (None: not known).
+    image_problem: str | None = None
+    target_config: dict[str, str] | None = None
+    target_modules: frozenset[str] | None = None
+    initrd_modules: frozenset[str] | None = None
+    machine: str = "x86_64"
 
 
 def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) -> HostFacts:
@@ -186,10 +192,11 @@ def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) ->
         # Old generations are removed when arming: count the whole file system.
         capacity = pmem.capacity_bytes(cfg.pmem_mountpoint) if pmem.is_mounted(cfg.pmem_mountpoint) else None
         capacity = capacity if capacity is not None else int(size * 0.95)
+    listing = _initrd_listing(target.initrd) if check_initrd and target.initrd else None
     return HostFacts(
         running_kernel=os.uname().release,
         target=target,
-        initrd_has_hook=_initrd_has_hook(target.initrd) if check_initrd and target.initrd else None,
+        initrd_has_hook=None if listing is None else any("seamless" in p for p in listing),
         kexec_problem=_kexec_supported(),
         criu_installed=shutil.which(criu.CRIU) is not None,
         cmdline_words=tuple(kernels.split_cmdline(Path("/proc/cmdline").read_text())),
@@ -203,6 +210,13 @@ def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) ->
         ram=ram.gather() if cfg.pmem_mode != PmemMode.RESERVED else None,
         pmem_mode=stat.S_IMODE(cfg.pmem_device.stat().st_mode) if is_block else None,
         package_manager_pid=lock_holder(DPKG_LOCK),
+        image_problem=kernels.image_problem(target.image, os.uname().machine),
+        target_config=kernels.read_config(target.version),
+        target_modules=kernels.modules_of(target.version),
+        machine=os.uname().machine,
+        initrd_modules=None
+        if listing is None
+        else frozenset(filter(None, map(kernels.module_name, listing))),
     )
 
 
@@ -252,6 +266,8 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
             f"{target.initrd} lacks the seamless-systemd hook that mounts the images at boot; "
             f"run 'update-initramfs -u -k {target.version}'"
         )
+    if f.image_problem:
+        problems.append(f.image_problem)
     if f.kexec_problem:
         problems.append(f.kexec_problem)
     if not f.criu_installed:
@@ -320,6 +336,16 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
             problems += p
             notes += n
 
+    kp, kn = kernels.config_problems(
+        target.version,
+        f.target_config,
+        f.target_modules,
+        f.initrd_modules,
+        on_demand=mode == PmemMode.ON_DEMAND,
+        machine=f.machine,
+    )
+    problems += kp
+    notes += kn
     problems += [u.problem for u in f.units if u.problem]
     notes += [f"{u.unit} will be restarted afresh, not preserved: {u.restart}" for u in f.units if u.restart]
     notes += [w for u in f.units if u.preserved and not u.problem for w in u.warnings]
@@ -727,9 +753,16 @@ def _kexec_load(kernel: kernels.Kernel, cmdline: str, window: hugemem.Range | No
         return
     try:
         run(argv)
-    except CommandError:
+    except CommandError as e:
         # Kernels in lockdown only take signed images through kexec_file_load.
-        run([*argv[:1], "--kexec-file-syscall", *argv[1:]])
+        try:
+            run([*argv[:1], "--kexec-file-syscall", *argv[1:]])
+        except CommandError as e2:
+            raise SeamlessError(
+                f"kexec could not load kernel {kernel.version} ({kernel.image}): {e}; with kexec_file_load: "
+                f"{e2}. Nothing was stopped. If the image or its initramfs is damaged, reinstall the "
+                "kernel's package and run 'update-initramfs -u -k VERSION'"
+            ) from e2
 
 
 def hook_unit(unit: str) -> str:

@@ -35,6 +35,8 @@ def facts(**changes: object) -> HostFacts:
         last_pid=5900,
         pid_base=4096,
         units=(UnitPlan("app.service", 5812, (5812, 5813), 40 * MiB, 52 * MiB, None),),
+        target_config={o: "y" for o, _, _ in kernels.NEEDED_OPTIONS + kernels.ON_DEMAND_OPTIONS}
+        | {o: "y" for o, _ in kernels.WANTED_OPTIONS},
     )
     return dataclasses.replace(good, **changes)  # type: ignore[arg-type]
 
@@ -334,3 +336,10 @@ def test_a_whole_dump_that_cannot_fit_is_refused_before_it_writes(tmp_path: Path
     why = upgrade.room_problem(tmp_path, 1 << 60)
     assert why is not None and "would need about 1099511627776 MiB" in why and "grew since" in why
     assert upgrade.room_problem(tmp_path, 1 << 60, held=1 << 60) is None  # a pre-dump round holds it all
+
+
+def test_a_damaged_target_image_or_a_kernel_without_pmem_is_refused() -> None:
+    assert "reinstall" in only_problem(image_problem="/boot/vmlinuz-x is cut short (1 of 2 bytes): reinstall")
+    config = {k: v for k, v in facts().target_config.items() if k != "CONFIG_BLK_DEV_PMEM"}  # type: ignore[union-attr]
+    assert "CONFIG_BLK_DEV_PMEM" in only_problem(RESERVED, target_config=config)
+    assert decide(RESERVED, facts(target_config=config | {"CONFIG_BLK_DEV_PMEM": "y"})).problems == ()

@@ -20,7 +20,7 @@ def scenario() -> vm.Scenario:
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: run tests/vm/host-deps.sh (make test does)")
     img = vmimage.build_image("full")
-    return vm.run_scenario(img, vmimage.BUILD / "vm" / "run")
+    return vm.run_scenario(img, vmimage.BUILD / "vm" / "run", vm.FULL)
 
 
 def need(sc: vm.Scenario, event: str) -> dict[str, Any]:

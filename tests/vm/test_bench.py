@@ -51,7 +51,10 @@ def test_quick_benchmark() -> None:
         for when in whens:
             assert run["page_cache"].get(when, {}).get("n") == bench.CACHE_READS, (when, run["page_cache"])
     warmed = (seamless["guest"]["warm"] or {}).get("page_cache") or {}
-    assert warmed.get("read_bytes", 0) >= 256 << 20, seamless["guest"]["warm"]
+    # What the re-warm read, with what it found already resident (the prober's reads after the kexec,
+    # the restores' libraries), covers the probe's 256 MiB file.
+    back = warmed.get("read_bytes", 0) + warmed.get("already_cached_bytes", 0)
+    assert back >= 256 << 20, seamless["guest"]["warm"]
     assert floor["kept"] is False
     assert cold["kept"] is False and cold["reloaded"] is True, cold
     assert cold["full_state"]["blocks"] == 64 and cold["full_state"]["bad"] == 0, cold["full_state"]

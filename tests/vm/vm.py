@@ -44,6 +44,10 @@ DEFAULT = Machine()
 # checkpointed, pre-dumped and restored on two emulated CPUs, more time (its
 # one QEMU run took over 15 min here).
 LARGE = Machine("3072M", "memmap=1G!1536M", 1800)
+# The full scenario: its first QEMU run boots A, refuses, upgrades to B and back
+# to A2 and arms again; in one CI run boot A took 8.5 min, B 8 and A2 more than
+# 6, and 1500 s cut it off during the last arm.
+FULL = Machine(timeout=2400)
 # RAM on demand: nothing reserved at boot (docs/ram-on-demand.md).
 NO_RESERVATION = Machine("2560M", "")
 
