@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import __version__, config, log, ram, report, restore, state, upgrade
+from seamless_systemd import __version__, config, inflight, log, ram, report, restore, state, upgrade
 from seamless_systemd.errors import CommandError, PreflightError, SeamlessError
 
 
@@ -169,6 +169,7 @@ INTERNAL = {
     "restore-finish": "seamless-restore-finish.service",
     "warm-page-cache": "seamless-warm.service",
     "ram-serve": "seamless-ram.service",
+    "boot-check": "seamless-boot-check.service",
 }
 
 
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("restore-finish", help=argparse.SUPPRESS)
     sub.add_parser("warm-page-cache", help=argparse.SUPPRESS)
     sub.add_parser("ram-serve", help=argparse.SUPPRESS)
+    sub.add_parser("boot-check", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     log.setup(args.debug)
     try:
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             return restore.warm_page_cache()
         if args.command == "ram-serve":
             return ram.serve()
+        if args.command == "boot-check":
+            return inflight.check()
         cfg = config.load(args.config_dir)
         handler = {
             "plan": cmd_plan,

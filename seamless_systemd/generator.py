@@ -4,6 +4,9 @@ A systemd generator (systemd.generator(7)): standard library only, no D-Bus,
 quick, and it never fails the boot — problems are logged to /dev/kmsg and the
 units then simply start afresh.
 
+On any other boot it pulls in seamless-boot-check.service, which does
+something only if an upgrade is still recorded as in flight (inflight).
+
 On a boot whose command line carries seamless.restore=GEN, with the images
 file system mounted by the initramfs, each unit named in GEN's manifest whose
 images are complete gets a drop-in that replaces its start with a CRIU
@@ -24,6 +27,8 @@ from pathlib import Path
 from seamless_systemd.state import generation_problem, units_with_images  # standard library only
 
 NAME = "seamless-generator"
+# Reports an upgrade whose restore boot never came (pulled in when nothing is restored).
+BOOT_CHECK = "seamless-boot-check.service"
 UNIT_DIR = "/lib/systemd/system"
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.service$")
 _SOCKET_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.socket$")
@@ -114,6 +119,8 @@ def generate(normal: Path, root: Path, cmdline: str) -> int:
     gen = p.get("seamless.restore")
     decision: dict[str, object] = {"generation": gen, "units": []}
     if gen is None:
+        # An ordinary boot: an upgrade still in flight did not come back (inflight).
+        _want(normal, "multi-user.target", BOOT_CHECK)
         return 0
     run_dir = root / "run/seamless"
     try:
@@ -126,6 +133,7 @@ def generate(normal: Path, root: Path, cmdline: str) -> int:
         if why is not None:
             log(f"{why}; units start afresh", root)
             decision["skipped"] = "malformed generation" if why.startswith("malformed") else "bad mount"
+            _want(normal, "multi-user.target", BOOT_CHECK)
             return 0
         gdir = root / mount.lstrip("/") / gen
         try:
@@ -138,6 +146,7 @@ def generate(normal: Path, root: Path, cmdline: str) -> int:
                 root,
             )
             decision["skipped"] = "no manifest"
+            _want(normal, "multi-user.target", BOOT_CHECK)
             if p.get("seamless.ram") == "on-demand":
                 # Nothing to restore, but the RAM that was to carry the images
                 # goes back to the kernel all the same (restore-finish does it).

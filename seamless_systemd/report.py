@@ -96,13 +96,19 @@ def build(gen: state.Generation) -> dict[str, Any]:
 
 def render(rep: dict[str, Any]) -> str:
     lines = [f"Upgrade {rep['generation']}: kernel {rep['kernel']['from']} -> {rep['kernel']['to']}"]
+    if rep.get("reason"):
+        # It did not come back (inflight): what is known, and what this boot did.
+        lines.append(f"  {rep.get('outcome', 'failed')}: {rep['reason']}")
     for u in rep["units"]:
         pids = f"PID {u['main_pid_before']} -> {u['main_pid_after']}" if u["main_pid_after"] else ""
+        if u["main_pid_after"] and u.get("main_pid_before") is None:
+            pids = f"PID {u['main_pid_after']}"
         why = f" ({u['reason']})" if u.get("reason") and u["outcome"] != "restored" else ""
         ctr = f" (container {u['container']})" if u.get("container") else ""
         lines.append(f"  {u['unit']}{ctr}: {u['outcome']} {pids}{why}".rstrip())
     secs = ", ".join(f"{k} {v:.1f} s" for k, v in rep["seconds"].items() if v is not None)
-    lines.append(f"  phases: {secs}")
+    if secs:
+        lines.append(f"  phases: {secs}")
     warmed = rep.get("warm") or {}
     looked = warmed.get("dentries")
     if looked:

@@ -22,6 +22,7 @@ from typing import Any
 
 from seamless_systemd import (
     criu,
+    inflight,
     kernels,
     netlock,
     podman,
@@ -118,6 +119,7 @@ def prepare() -> int:
         log.error("No images for generation %s at %s; every unit starts afresh", gen.id, gen.mount)
         return 0
     state.RESTORE_DIR.mkdir(parents=True, exist_ok=True)
+    inflight.arrived(gen)
     # Before any restore can change them (see host_cgroup2_options).
     CGROUP2_OPTIONS.write_text(sandbox.cgroup2_options() + "\n")
     manifest = state.read_json(gen.manifest)
@@ -568,6 +570,7 @@ def finish() -> int:
     state.REPORT_DIR.mkdir(parents=True, exist_ok=True)
     state.write_json(state.REPORT_DIR / f"{gen.id}.json", rep)
     state.write_json(state.REPORT_DIR / "last.json", rep)
+    inflight.end(gen)
     log.info(
         "Upgrade %s finished: %s", gen.id, ", ".join(f"{u['unit']} {u['outcome']}" for u in rep["units"])
     )

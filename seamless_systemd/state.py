@@ -12,7 +12,8 @@ On the PMEM file system (survives kexec):
     MOUNT/GEN/boot.json               the new boot's times
     MOUNT/GEN/report.json             the upgrade report
 In /run (this boot only): armed.json, restore/UNIT.{verdict,done,pid,log}.
-On disk: /var/lib/seamless/reports/GEN.json and last.json.
+On disk: /var/lib/seamless/reports/GEN.json and last.json; in-flight.json from
+the kexec shutdown to the upgrade's report (inflight).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any
 RUN_DIR = Path(os.environ.get("SEAMLESS_RUN_DIR", "/run/seamless"))
 ARMED = RUN_DIR / "armed.json"
 RESTORE_DIR = RUN_DIR / "restore"
-REPORT_DIR = Path(os.environ.get("SEAMLESS_STATE_DIR", "/var/lib/seamless")) / "reports"
+STATE_DIR = Path(os.environ.get("SEAMLESS_STATE_DIR", "/var/lib/seamless"))
+REPORT_DIR = STATE_DIR / "reports"
 
 
 def new_generation() -> str:

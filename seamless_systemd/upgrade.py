@@ -19,6 +19,7 @@ from seamless_systemd import (
     config,
     criu,
     hugemem,
+    inflight,
     kernels,
     pmem,
     podman,
@@ -853,6 +854,8 @@ def checkpoint(unit: str) -> int:
         log.info("Not a kexec shutdown; %s stops normally, the upgrade stays armed", unit)
         return 0
     manifest = state.read_json(gen.manifest)
+    # On disk, before any dump: if the new kernel never gets to the restore, the next boot says so.
+    inflight.begin(gen, manifest)
     record: dict[str, Any] = {"unit": unit, "started_at": criu.now()}
     try:
         info = systemd.unit_info(unit)

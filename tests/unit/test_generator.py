@@ -130,7 +130,11 @@ def test_generator_never_fails(tmp_path: Path) -> None:
     proc = run_generator(root, tmp_path / "out", f"{BASE} seamless.restore={GEN}")
     assert proc.returncode == 0
     assert "no readable manifest" in proc.stderr
-    assert listing(tmp_path / "out") == {}
+    # Nothing is restored; the boot check reports the upgrade that did not come back.
+    check = "seamless-boot-check.service"
+    assert listing(tmp_path / "out") == {
+        f"multi-user.target.wants/{check}": f"-> /lib/systemd/system/{check}"
+    }
 
 
 @pytest.mark.parametrize(("value", "expected"), [(900, "900s"), (0, "600s"), ("900", "600s"), (True, "600s")])

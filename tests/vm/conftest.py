@@ -12,15 +12,19 @@ from tests.vm import image as vmimage
 from tests.vm import vm
 
 
-@pytest.fixture(scope="session")
-def scenario() -> vm.Scenario:
+def scenario_image(name: str) -> vmimage.Image:
+    """The image of scenario NAME, or a skip (not root) or a failure (a tool missing) that says why."""
     if os.geteuid() != 0:
         pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
     for tool in ("qemu-system-x86_64", "debootstrap", "dpkg-buildpackage"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: run tests/vm/host-deps.sh (make test does)")
-    img = vmimage.build_image("full")
-    return vm.run_scenario(img, vmimage.BUILD / "vm" / "run", vm.FULL)
+    return vmimage.build_image(name)
+
+
+@pytest.fixture(scope="session")
+def scenario() -> vm.Scenario:
+    return vm.run_scenario(scenario_image("full"), vmimage.BUILD / "vm" / "run", vm.FULL)
 
 
 def need(sc: vm.Scenario, event: str) -> dict[str, Any]:

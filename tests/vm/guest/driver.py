@@ -17,6 +17,12 @@ full (the test):
   boot 4, kernel A   all started afresh; power off
 demo:
   boot 1 -> 'seamless-upgrade run' -> boot 2: report, power off
+faults (the fault rows that need a kernel of their own):
+  boot 1, kernel A   a damaged kernel is refused before anything stops; then
+                     'seamless-upgrade run' into a kernel whose initramfs
+                     fails: it panics, and panic=-1 resets the machine
+  boot 2, kernel A   an ordinary boot: the units started normally, the
+                     report says the upgrade did not come back; power off
 bench:
   the benchmark's runs, see bench.py
 """
@@ -37,6 +43,10 @@ GROWER = "seamless-grower.service"  # grows past the PMEM between the second arm
 ON_FAILURE_LOG = f"{STATE}/on-failure.log"  # seamless-failed@.service, the OnFailure= of seamless-exec
 DISK_USER = "seamless-diskuser"  # a member of group disk, who must not read the PMEM
 PORTS = (7777, 7778, 7779)
+# Kernels the faults scenario installs beside A and B, made from B: one damaged
+# (image cut in half, built without the PMEM driver), one whose initramfs fails.
+DAMAGED_KERNEL = "6.1.0-99-cloud-amd64"
+PANICKING_KERNEL = "6.1.0-98-cloud-amd64"
 # The unit-type cases: unit -> TCP port it answers on (None: no port).
 TYPES = {
     "seamless-exec.service": 7780,
@@ -318,9 +328,14 @@ def report():
 
 
 def other_kernel():
+    return other_kernel_than()
+
+
+def other_kernel_than(*also):
+    """An installed kernel other than the running one and ALSO."""
     mine = os.uname().release
     versions = [n.removeprefix("vmlinuz-") for n in os.listdir("/boot") if n.startswith("vmlinuz-")]
-    return next(v for v in versions if v != mine)
+    return next(v for v in versions if v != mine and v not in also)
 
 
 def debug_dump():
@@ -412,6 +427,120 @@ def read_or_none(path):
     return p.read_text().strip() if p.exists() else None
 
 
+def newc_archive(files):
+    """An uncompressed cpio archive (newc) of FILES, {name: (mode, bytes)}, as the kernel unpacks them."""
+    out = bytearray()
+    entries = [*files.items(), ("TRAILER!!!", (0, b""))]
+    for ino, (name, (mode, data)) in enumerate(entries, 1):
+        raw = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0)
+        out += b"070701" + "".join(f"{x:08x}" for x in fields).encode() + raw
+        out += b"\0" * (-len(out) % 4) + data
+        out += b"\0" * (-len(out) % 4)
+    return bytes(out)
+
+
+def install_kernel_copy(version, source, cut=False, without=(), failing_init=False):
+    """Kernel VERSION in /boot and /lib/modules, made from SOURCE (see DAMAGED_KERNEL)."""
+    boot = Path("/boot")
+    image = (boot / f"vmlinuz-{source}").read_bytes()
+    (boot / f"vmlinuz-{version}").write_bytes(image[: len(image) // 2] if cut else image)
+    config = (boot / f"config-{source}").read_text()
+    for option in without:
+        config = config.replace(f"\n{option}=m\n", f"\n# {option} is not set\n")
+    (boot / f"config-{version}").write_text(config)
+    initrd = (boot / f"initrd.img-{source}").read_bytes()
+    if failing_init:
+        # A last archive whose /init replaces the real one and exits: "Attempted to kill init!"
+        script = b"#!/bin/sh\necho 'seamless-test: this initramfs fails on purpose'\nexit 1\n"
+        cpio = newc_archive({"init": (0o100755, script)})
+        initrd += subprocess.run(["zstd", "-q", "-c"], input=cpio, capture_output=True, check=True).stdout
+    (boot / f"initrd.img-{version}").write_bytes(initrd)
+    modules = Path("/lib/modules") / version
+    if not modules.exists():
+        modules.symlink_to(f"/lib/modules/{source}")
+
+
+def remove_kernel_copy(version):
+    for path in (f"/boot/vmlinuz-{version}", f"/boot/config-{version}", f"/boot/initrd.img-{version}"):
+        Path(path).unlink(missing_ok=True)
+    Path(f"/lib/modules/{version}").unlink(missing_ok=True)
+
+
+def damaged_kernel(source):
+    """A kernel kexec cannot load and that lacks the PMEM driver: refused, nothing stopped."""
+    install_kernel_copy(DAMAGED_KERNEL, source, cut=True, without=("CONFIG_BLK_DEV_PMEM",))
+    pids = {p: demo(p)["pid"] for p in PORTS}
+    rc, out = sh("seamless-upgrade", "run", "--kernel", DAMAGED_KERNEL)
+    result = {
+        "rc": rc,
+        "out": out,
+        "pids_before": pids,
+        "pids_after": {p: demo(p)["pid"] for p in PORTS},
+        "kexec_loaded": kexec_loaded(),
+        "armed": os.path.exists("/run/seamless/armed.json"),
+    }
+    remove_kernel_copy(DAMAGED_KERNEL)
+    return result
+
+
+def wait_for(unit_name):
+    """UNIT's properties once it ran (or its conditions said no), within five minutes."""
+    props = {}
+    for _ in range(300):
+        _, out = sh(
+            "systemctl",
+            "show",
+            unit_name,
+            "-p",
+            "ActiveState,Result,ConditionResult,ConditionTimestampMonotonic",
+        )
+        props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        skipped = (
+            props.get("ConditionTimestampMonotonic", "0") != "0" and props.get("ConditionResult") == "no"
+        )
+        if props.get("ActiveState") in ("active", "failed") or skipped:
+            return props
+        time.sleep(1)
+    return props
+
+
+def faults(phase):
+    if phase == "":
+        for _ in range(3):
+            demo(7777, "INC")
+        emit("before", all_states())
+        emit("damaged-kernel", damaged_kernel(other_kernel()))
+        install_kernel_copy(PANICKING_KERNEL, other_kernel_than(PANICKING_KERNEL), failing_init=True)
+        set_phase("panicked")
+        rc, out = sh("seamless-upgrade", "run", "--kernel", PANICKING_KERNEL)
+        emit("panic-run", {"rc": rc, "out": out})
+        if rc != 0:
+            set_phase("failed")
+            raise SystemExit(f"the upgrade did not start: {out}")
+    elif phase == "panicked":
+        check = wait_for("seamless-boot-check.service")
+        _, journal = sh("journalctl", "-b", "-u", "seamless-boot-check.service", "-o", "cat", "--no-pager")
+        emit(
+            "after-panic",
+            {
+                "states": all_states(),
+                "uname": os.uname().release,
+                "cmdline": Path("/proc/cmdline").read_text().strip(),
+                "boot_check": check.get("ActiveState"),
+                "journal": journal.splitlines()[-10:],
+                "report": report(),
+                "in_flight": os.path.exists("/var/lib/seamless/in-flight.json"),
+                "restore_ran": unit_state("seamless-restore.service").get("ActiveState"),
+            },
+        )
+        remove_kernel_copy(PANICKING_KERNEL)
+        debug_dump()
+        emit("done", {})
+        set_phase("done")
+        sh("systemctl", "poweroff")
+
+
 def main():
     os.makedirs(STATE, exist_ok=True)
     scenario = Path("/etc/seamless-test/scenario").read_text().strip()
@@ -440,6 +569,9 @@ def main():
         emit("lab", {"rc": p.returncode, "out": (p.stdout + p.stderr)[-20000:]})
         emit("done", {})
         sh("systemctl", "poweroff")
+        return
+    if scenario == "faults":
+        faults(phase)
         return
     if phase == "" and scenario == "workload":
         emit("before", {"workload": run_scripts("before.sh"), "units": workload_units()})
