@@ -513,8 +513,10 @@ def faults(phase):
         emit("damaged-kernel", damaged_kernel(other_kernel()))
         install_kernel_copy(PANICKING_KERNEL, other_kernel_than(PANICKING_KERNEL), failing_init=True)
         set_phase("panicked")
+        emit("panic-run", {"kernel": PANICKING_KERNEL})
         rc, out = sh("seamless-upgrade", "run", "--kernel", PANICKING_KERNEL)
-        emit("panic-run", {"rc": rc, "out": out})
+        # Seen only if the shutdown it queued leaves this process the time to say it.
+        emit("panic-run-returned", {"rc": rc, "out": out})
         if rc != 0:
             set_phase("failed")
             raise SystemExit(f"the upgrade did not start: {out}")
