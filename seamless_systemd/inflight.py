@@ -91,7 +91,8 @@ def what_happened(data: dict[str, Any], kernel_now: str, skipped: str | None) ->
     started = _when(data.get("kexec_started_at"))
     if skipped is not None:
         return "not-restored", (
-            f"kernel {kernel_now} came up after the kexec of {started} but restored nothing ({skipped})"
+            f"kernel {kernel_now} came up after the kexec shutdown of {started} "
+            f"but restored nothing ({skipped})"
         )
     if data.get("arrived_at"):
         return "interrupted", (
@@ -100,9 +101,10 @@ def what_happened(data: dict[str, Any], kernel_now: str, skipped: str | None) ->
             f"this boot, of kernel {kernel_now}, is an ordinary one"
         )
     return "not-arrived", (
-        f"kernel {to} never reached its restore after the kexec of {started} (it panicked or hung and "
-        "the machine was reset, the power was cut, or the kexec failed and the machine rebooted); "
-        f"this boot, of kernel {kernel_now}, is an ordinary one and the images were not used"
+        f"kernel {to} never reached its restore: the kexec shutdown began at {started}, then the machine "
+        "was reset or lost power (during the checkpoints or the kexec, or the new kernel panicked or hung), "
+        f"or the kexec failed and it rebooted; this boot, of kernel {kernel_now}, is an ordinary one and "
+        "the images were not used"
     )
 
 

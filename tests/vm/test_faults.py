@@ -2,7 +2,8 @@
 
 Boot 1 (kernel A): the demo services hold state; a damaged kernel (its image
 cut in half, built without the PMEM block driver) is refused before anything
-stops; then 'seamless-upgrade run' into a kernel whose initramfs fails: the
+stops, and so is a run while dpkg installs a package; then 'seamless-upgrade
+run' into a kernel whose initramfs fails (a second run beside it is refused): the
 services are checkpointed, the kexec happens, the new kernel panics and
 panic=-1 resets the machine (QEMU exits; the host boots it again on kernel A,
 as firmware would boot the default entry). Boot 2: an ordinary boot; the
@@ -37,6 +38,23 @@ def test_damaged_kernel_is_refused_before_anything_stops(faults: vm.Scenario) ->
     assert "CONFIG_BLK_DEV_PMEM" in got["out"], got["out"]
     assert got["pids_after"] == got["pids_before"]
     assert got["kexec_loaded"] == "0" and not got["armed"]
+
+
+def test_run_during_a_package_upgrade_is_refused(faults: vm.Scenario) -> None:
+    got = need(faults, "package-upgrade")
+    assert got["dpkg_locked"], got
+    assert got["rc"] != 0 and f"a package manager is at work (PID {got['dpkg_pid']}" in got["out"], got
+    assert got["pids_after"] == got["pids_before"] and got["kexec_loaded"] == "0"
+    # dpkg itself was not disturbed.
+    assert got["dpkg_rc"] == 0, got
+
+
+def test_second_run_beside_the_first_is_refused(faults: vm.Scenario) -> None:
+    got = need(faults, "second-run")
+    assert got["first_held_the_lock"], got
+    assert got["rc"] != 0 and "another seamless-upgrade is running" in got["out"], got
+    # ...and the first one went on: the kexec came (test_kernel_that_panics_...).
+    assert need(faults, "after-panic")["report"]["generation"]
 
 
 def test_kernel_that_panics_comes_back_on_the_old_one(faults: vm.Scenario) -> None:

@@ -307,6 +307,8 @@ def boot(
     pos = 0
     partial = ""
     reader = ConsoleEvents()
+    # The guest's 'cut-power' event: kill QEMU (a power cut) at the first console line holding all of these.
+    cut: list[str] | None = None
     try:
         while True:
             if console.exists():
@@ -319,10 +321,18 @@ def boot(
                 for line in lines:
                     if on_line is not None:
                         on_line(line, time.time())
+                    if cut is not None and all(s in line for s in cut):
+                        proc.kill()
+                        proc.wait()
+                        events.append(Event("power-cut", {"when": cut, "line": line[-300:]}, time.time()))
+                        print(f"[vm] power cut at: {line[-200:]}", file=sys.stderr, flush=True)
+                        return
                     got = reader.feed(line)
                     if got is None:
                         continue
                     name, data = got
+                    if name == "cut-power":
+                        cut = [str(x) for x in data["when"]]
                     events.append(Event(name, data, time.time()))
                     print(f"[vm] {name}: {json.dumps(data)[:300]}", file=sys.stderr, flush=True)
                     if on_event is not None:
@@ -350,7 +360,8 @@ def boot(
 
 
 def run_scenario(img: vmimage.Image, out: Path, machine: Machine = DEFAULT) -> Scenario:
-    """Boot 1 (upgrade) + boot 2 (after kexec) in one QEMU run, then boot 3 (after reboot)."""
+    """Boot 1 (upgrade) + boot 2 (after kexec) in one QEMU run, then the next QEMU runs (after a reboot,
+    a reset or a power cut), until the guest is done."""
     out.mkdir(parents=True, exist_ok=True)
     sc = Scenario([], [])
     # The container's client only reads: the counter stays what the driver made it.
@@ -359,7 +370,7 @@ def run_scenario(img: vmimage.Image, out: Path, machine: Machine = DEFAULT) -> S
         HostClient(CONTAINER_GUEST_PORT, "container", b"GET"),
         SshClient(),
     ]
-    for n in (1, 2, 3):
+    for n in range(1, 8):
         console = out / f"console-{n}.log"
         sc.consoles.append(console)
         seen = len(sc.events)

@@ -18,11 +18,19 @@ full (the test):
 demo:
   boot 1 -> 'seamless-upgrade run' -> boot 2: report, power off
 faults (the fault rows that need a kernel of their own):
-  boot 1, kernel A   a damaged kernel is refused before anything stops; then
+  boot 1, kernel A   a damaged kernel is refused before anything stops, and
+                     so is a run while dpkg installs a package; then
                      'seamless-upgrade run' into a kernel whose initramfs
-                     fails: it panics, and panic=-1 resets the machine
+                     fails (a second run beside it is refused): it panics,
+                     and panic=-1 resets the machine
   boot 2, kernel A   an ordinary boot: the units started normally, the
                      report says the upgrade did not come back; power off
+power (power cuts: the host kills QEMU when the console shows the moment):
+  boot 1, kernel A   'seamless-upgrade run', cut as the kexec starts the new kernel
+  boot 2, kernel A   units started afresh, report 'not-arrived'; run, cut in the restore
+  boot 3, kernel A   report 'interrupted'; run, cut in the dump of demo 7778
+  boot 4, kernel A   units afresh; run: an upgrade that works (the PMEM reused)
+  boot 5, kernel B   the state kept; power off
 bench:
   the benchmark's runs, see bench.py
 """
@@ -484,6 +492,68 @@ def damaged_kernel(source):
     return result
 
 
+def held(path, how):
+    """Whether another process holds a lock on PATH (HOW: 'flock', or 'fcntl' as dpkg takes it)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        if how == "flock":
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def wait_held(path, how, proc):
+    for _ in range(600):
+        if held(path, how) or proc.poll() is not None:
+            return held(path, how)
+        time.sleep(0.1)
+    return False
+
+
+def during_package_upgrade():
+    """'seamless-upgrade run' while dpkg installs a package (its postinst waits): refused, nothing stopped."""
+    pkg = Path("/tmp/seamless-slow")
+    (pkg / "DEBIAN").mkdir(parents=True, exist_ok=True)
+    (pkg / "DEBIAN/control").write_text(
+        "Package: seamless-slow\nVersion: 1\nArchitecture: all\nMaintainer: test <t@example.org>\n"
+        "Description: a package whose postinst waits for /run/seamless-slow-go\n"
+    )
+    (pkg / "DEBIAN/postinst").write_text(
+        "#!/bin/sh\nfor i in $(seq 300); do [ -e /run/seamless-slow-go ] && exit 0; sleep 1; done\n"
+    )
+    (pkg / "DEBIAN/postinst").chmod(0o755)
+    sh("dpkg-deb", "--build", str(pkg), "/tmp/seamless-slow.deb")
+    dpkg = subprocess.Popen(
+        ["dpkg", "-i", "/tmp/seamless-slow.deb"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    locked = wait_held("/var/lib/dpkg/lock", "fcntl", dpkg)
+    pids = {p: demo(p)["pid"] for p in PORTS}
+    rc, out = sh("seamless-upgrade", "run")
+    result = {
+        "dpkg_locked": locked,
+        "dpkg_pid": dpkg.pid,
+        "rc": rc,
+        "out": out,
+        "pids_before": pids,
+        "pids_after": {p: demo(p)["pid"] for p in PORTS},
+        "kexec_loaded": kexec_loaded(),
+    }
+    Path("/run/seamless-slow-go").touch()
+    result["dpkg_rc"] = dpkg.wait(timeout=300)
+    sh("dpkg", "--purge", "seamless-slow")
+    return result
+
+
 def wait_for(unit_name):
     """UNIT's properties once it ran (or its conditions said no), within five minutes."""
     props = {}
@@ -505,6 +575,73 @@ def wait_for(unit_name):
     return props
 
 
+def after_upgrade(event):
+    """The restore boot: once the finish step is over, the demos' state, the report, the kernel."""
+    finish = wait_for_finish()
+    emit(event, {"states": all_states(), "finish": finish, "report": report(), "uname": os.uname().release})
+    debug_dump()
+
+
+def came_back():
+    """An ordinary boot after an upgrade that did not come back: the units, the boot check, the report."""
+    check = wait_for("seamless-boot-check.service")
+    _, journal = sh("journalctl", "-b", "-u", "seamless-boot-check.service", "-o", "cat", "--no-pager")
+    return {
+        "states": all_states(),
+        "uname": os.uname().release,
+        "cmdline": Path("/proc/cmdline").read_text().strip(),
+        "boot_check": check.get("ActiveState"),
+        "journal": journal.splitlines()[-10:],
+        "report": report(),
+        "in_flight": os.path.exists("/var/lib/seamless/in-flight.json"),
+        "restore_ran": unit_state("seamless-restore.service").get("ActiveState"),
+    }
+
+
+# The power scenario: phase -> (what the host waits for on the console to cut the power, next phase).
+POWER_CUTS = {
+    "": (["kexec_core: Starting new kernel"], "cut-kexec"),
+    "cut-kexec": (["Finished", "seamless-restore.", "before restoring"], "cut-restore"),
+    # The checkpoint's own log line, on the console through journald (see power).
+    "cut-restore": (["Checkpointing seamless-demo@7778.service"], "cut-dump"),
+}
+
+
+def power(phase):
+    """Power cuts during the kexec, the restore and the dump; then an upgrade that must work."""
+    if phase in POWER_CUTS:
+        if phase:
+            emit(f"after-{phase}", came_back())
+        for _ in range(2):
+            demo(7777, "INC")
+        emit(f"before-{phase or 'start'}", all_states())
+        when, nxt = POWER_CUTS[phase]
+        emit("cut-power", {"when": when})
+        if phase == "cut-restore":
+            # This boot only (/run): journald shows the services' messages on the serial console.
+            conf = Path("/run/systemd/journald.conf.d/50-console.conf")
+            conf.parent.mkdir(parents=True, exist_ok=True)
+            conf.write_text("[Journal]\nForwardToConsole=yes\nMaxLevelConsole=info\nTTYPath=/dev/ttyS0\n")
+            sh("systemctl", "restart", "systemd-journald.service")
+        set_phase(nxt)
+        sh("seamless-upgrade", "run")
+    elif phase == "cut-dump":
+        emit("after-cut-dump", came_back())
+        for _ in range(3):
+            demo(7777, "INC")
+        emit("before-upgrade", all_states())
+        set_phase("upgraded")
+        rc, out = sh("seamless-upgrade", "run")
+        emit("run", {"rc": rc, "out": out})
+        if rc != 0:
+            set_phase("failed")
+    elif phase == "upgraded":
+        after_upgrade("after")
+        emit("done", {})
+        set_phase("done")
+        sh("systemctl", "poweroff")
+
+
 def faults(phase):
     if phase == "":
         for _ in range(3):
@@ -512,30 +649,27 @@ def faults(phase):
         emit("before", all_states())
         emit("damaged-kernel", damaged_kernel(other_kernel()))
         install_kernel_copy(PANICKING_KERNEL, other_kernel_than(PANICKING_KERNEL), failing_init=True)
+        emit("package-upgrade", during_package_upgrade())
         set_phase("panicked")
         emit("panic-run", {"kernel": PANICKING_KERNEL})
+        first = subprocess.Popen(
+            ["seamless-upgrade", "run", "--kernel", PANICKING_KERNEL],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        # A second run while the first one works: refused, the first goes on.
+        locked = wait_held("/run/seamless/lock", "flock", first)
         rc, out = sh("seamless-upgrade", "run", "--kernel", PANICKING_KERNEL)
+        emit("second-run", {"first_held_the_lock": locked, "rc": rc, "out": out})
+        out, _ = first.communicate()
         # Seen only if the shutdown it queued leaves this process the time to say it.
-        emit("panic-run-returned", {"rc": rc, "out": out})
-        if rc != 0:
+        emit("panic-run-returned", {"rc": first.returncode, "out": out})
+        if first.returncode != 0:
             set_phase("failed")
             raise SystemExit(f"the upgrade did not start: {out}")
     elif phase == "panicked":
-        check = wait_for("seamless-boot-check.service")
-        _, journal = sh("journalctl", "-b", "-u", "seamless-boot-check.service", "-o", "cat", "--no-pager")
-        emit(
-            "after-panic",
-            {
-                "states": all_states(),
-                "uname": os.uname().release,
-                "cmdline": Path("/proc/cmdline").read_text().strip(),
-                "boot_check": check.get("ActiveState"),
-                "journal": journal.splitlines()[-10:],
-                "report": report(),
-                "in_flight": os.path.exists("/var/lib/seamless/in-flight.json"),
-                "restore_ran": unit_state("seamless-restore.service").get("ActiveState"),
-            },
-        )
+        emit("after-panic", came_back())
         remove_kernel_copy(PANICKING_KERNEL)
         debug_dump()
         emit("done", {})
@@ -574,6 +708,9 @@ def main():
         return
     if scenario == "faults":
         faults(phase)
+        return
+    if scenario == "power":
+        power(phase)
         return
     if phase == "" and scenario == "workload":
         emit("before", {"workload": run_scripts("before.sh"), "units": workload_units()})
@@ -684,12 +821,7 @@ def main():
         rc, out = sh("systemctl", "kexec")
         emit("kexec", {"rc": rc, "out": out})
     elif phase == "armed-kexec":
-        finish = wait_for_finish()
-        emit(
-            "after2",
-            {"states": all_states(), "finish": finish, "report": report(), "uname": os.uname().release},
-        )
-        debug_dump()
+        after_upgrade("after2")
         emit("sockact-tcp-again", sockact_again(SOCKACT_TCP, "seamless-sockact-tcp"))
         emit("sockact-udp-again", sockact_again(SOCKACT_UDP, "seamless-sockact-udp"))
         rc, out = sh("seamless-upgrade", "arm")
