@@ -25,6 +25,7 @@ from seamless_systemd import (
     inflight,
     kernels,
     netlock,
+    openfiles,
     podman,
     procs,
     ram,
@@ -107,7 +108,7 @@ def verify_unit(gen: state.Generation, unit: str) -> str | None:
     if taken:
         who = ", ".join(f"{p} ({procs.comm(p)})" for p in taken)
         return f"PIDs already taken in this boot: {who}"
-    return None
+    return openfiles.problem(dump.get("open_files"))
 
 
 def prepare() -> int:

@@ -21,6 +21,7 @@ from seamless_systemd import (
     hugemem,
     inflight,
     kernels,
+    openfiles,
     pmem,
     podman,
     predump,
@@ -918,8 +919,10 @@ def checkpoint(unit: str) -> int:
             )
             record["dumped_at"] = criu.now()
             record["dump_stats"] = predump.dump_stats(gen.images(unit))
-            # The tree is gone now: its tmpfs files hold their last contents.
+            # The tree is gone now: its tmpfs files hold their last contents,
+            # and its other files are as the restore must find them.
             record["volatile_files"] = held.save(gen.volatile_files(unit))
+            record["open_files"] = openfiles.identities(facts.open_files)
         _seal(gen, unit, record)
     except (SeamlessError, OSError) as e:
         reason = str(e)

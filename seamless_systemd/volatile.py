@@ -29,7 +29,7 @@ VOLATILE_FS = frozenset(["tmpfs", "ramfs"])
 DELETED = " (deleted)"
 
 
-def _volatile_devices() -> dict[int, str]:
+def volatile_devices() -> dict[int, str]:
     """st_dev -> mount point of every tmpfs/ramfs mount in our mount namespace."""
     out = {}
     for m in procs.mounts("self"):
@@ -53,7 +53,7 @@ def _mapped(pid: int) -> Iterable[str]:
 
 def find(pids: Iterable[int]) -> tuple[list[str], int]:
     """The regular tmpfs files PIDS use, and the bytes of deleted files they hold open."""
-    devices = _volatile_devices()
+    devices = volatile_devices()
     found: set[str] = set()
     deleted_bytes = 0
     for pid in pids:
@@ -198,7 +198,7 @@ class Held:
 
     def __init__(self, paths: Iterable[str]) -> None:
         self._items: list[tuple[int, dict[str, Any]]] = []
-        devices = _volatile_devices()
+        devices = volatile_devices()
         for name in sorted(paths):
             path = Path(name)
             try:

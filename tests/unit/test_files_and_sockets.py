@@ -19,7 +19,7 @@ SHM = Path("/dev/shm")
 
 @pytest.fixture
 def shm_dir() -> Iterator[Path]:
-    if not any(mp == str(SHM) for mp in volatile._volatile_devices().values()):
+    if not any(mp == str(SHM) for mp in volatile.volatile_devices().values()):
         pytest.skip("/dev/shm is not a tmpfs here")
     d = SHM / f"seamless-unit-{uuid.uuid4().hex[:8]}"
     d.mkdir()

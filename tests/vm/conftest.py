@@ -1,15 +1,74 @@
-"""One run of the full VM scenario serves every VM test module."""
+"""One run of the full VM scenario serves every VM test module; the fault table of the run.
+
+A test marked @pytest.mark.fault(ROW, OUTCOME) is a row of the fault matrix:
+after the run, build/faults.md lists each row, what its test asserts and how
+it went. SEAMLESS_FAULT_TABLE=PATH writes it there too (docs/faults.md is a
+run's table, committed).
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.vm import image as vmimage
 from tests.vm import vm
+
+# nodeid -> (row, outcome, result)
+FAULT_ROWS: dict[str, tuple[str, str, str]] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    got = yield
+    rep = got.get_result()  # type: ignore[attr-defined]
+    mark = item.get_closest_marker("fault")
+    if mark is None or (rep.when != "call" and rep.passed):
+        return
+    row, outcome = mark.args
+    result = "passed" if rep.passed else ("skipped" if rep.skipped else "FAILED")
+    if FAULT_ROWS.get(item.nodeid, ("", "", "passed"))[2] == "passed":
+        FAULT_ROWS[item.nodeid] = (row, outcome, result)
+
+
+def fault_table(rows: dict[str, tuple[str, str, str]], commit: str, day: str) -> str:
+    lines = [
+        "# Fault matrix: what was injected in the VM, and what came of it",
+        "",
+        f"Written by the VM tests (tests/vm/conftest.py) in the run of {day} on commit {commit}; each",
+        "row is a test marked `fault`, with the outcome it asserts. The design's side of it is in",
+        "docs/design.md (When something fails).",
+        "",
+        "| fault injected | outcome asserted | test | result |",
+        "|---|---|---|---|",
+    ]
+    for nodeid, (row, outcome, result) in rows.items():
+        test = nodeid.split("/")[-1]
+        lines.append(f"| {row} | {outcome} | `{test}` | {result} |")
+    return "\n".join(lines) + "\n"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not FAULT_ROWS:
+        return
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(vmimage.REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        commit = "?"
+    text = fault_table(FAULT_ROWS, commit or "?", time.strftime("%Y-%m-%d", time.gmtime()))
+    vmimage.BUILD.mkdir(parents=True, exist_ok=True)
+    (vmimage.BUILD / "faults.md").write_text(text)
+    if os.environ.get("SEAMLESS_FAULT_TABLE"):
+        Path(os.environ["SEAMLESS_FAULT_TABLE"]).write_text(text)
 
 
 def scenario_image(name: str) -> vmimage.Image:

@@ -31,6 +31,10 @@ def console_of(sc: vm.Scenario, n: int) -> str:
     return sc.consoles[n].read_text(errors="replace")
 
 
+@pytest.mark.fault(
+    "the target kernel's image cut in half, its config without CONFIG_BLK_DEV_PMEM",
+    "run refused, both reasons named; nothing stopped, no kernel loaded",
+)
 def test_damaged_kernel_is_refused_before_anything_stops(faults: vm.Scenario) -> None:
     got = need(faults, "damaged-kernel")
     assert got["rc"] != 0, got["out"]
@@ -40,6 +44,10 @@ def test_damaged_kernel_is_refused_before_anything_stops(faults: vm.Scenario) ->
     assert got["kexec_loaded"] == "0" and not got["armed"]
 
 
+@pytest.mark.fault(
+    "seamless-upgrade run while dpkg installs a package",
+    "refused with dpkg's PID; nothing stopped; dpkg finishes",
+)
 def test_run_during_a_package_upgrade_is_refused(faults: vm.Scenario) -> None:
     got = need(faults, "package-upgrade")
     assert got["dpkg_locked"], got
@@ -49,6 +57,10 @@ def test_run_during_a_package_upgrade_is_refused(faults: vm.Scenario) -> None:
     assert got["dpkg_rc"] == 0, got
 
 
+@pytest.mark.fault(
+    "two seamless-upgrade run at once",
+    "the second is refused (the lock); the first goes on",
+)
 def test_second_run_beside_the_first_is_refused(faults: vm.Scenario) -> None:
     got = need(faults, "second-run")
     assert got["first_held_the_lock"], got
@@ -57,6 +69,10 @@ def test_second_run_beside_the_first_is_refused(faults: vm.Scenario) -> None:
     assert need(faults, "after-panic")["report"]["generation"]
 
 
+@pytest.mark.fault(
+    "the new kernel panics (its initramfs fails); panic=-1 resets the machine",
+    "an ordinary boot on the old kernel; the services run afresh; nothing restored",
+)
 def test_kernel_that_panics_comes_back_on_the_old_one(faults: vm.Scenario) -> None:
     need(faults, "panic-run")
     after = need(faults, "after-panic")
@@ -80,6 +96,10 @@ def test_kernel_that_panics_comes_back_on_the_old_one(faults: vm.Scenario) -> No
         assert st["state"]["counter"] == 0 and st["unit"]["fresh_starts"] == 1, st
 
 
+@pytest.mark.fault(
+    "(the same)",
+    "the report says not-arrived, with the reason; the journal says it",
+)
 def test_report_says_the_upgrade_did_not_come_back(faults: vm.Scenario) -> None:
     after = need(faults, "after-panic")
     assert after["boot_check"] == "active", after

@@ -25,6 +25,10 @@ pytestmark = pytest.mark.integration
 WORKLOAD = vmimage.REPO / "tests/workloads/ram-on-demand"
 
 
+@pytest.mark.fault(
+    "RAM on demand: one unit's range overwritten below the file system in the new boot",
+    "that unit starts afresh ('checksum mismatch'); the other is restored; the RAM goes back",
+)
 def test_upgrade_with_ram_taken_at_arm_time() -> None:
     if os.geteuid() != 0:
         pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")

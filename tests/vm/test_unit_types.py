@@ -98,6 +98,10 @@ def test_stdout_to_file_keeps_flowing(scenario: vm.Scenario) -> None:
     assert after["log_tail"][-1] == "GET: counter=2"
 
 
+@pytest.mark.fault(
+    "a dumped unit with OnFailure= and Restart=",
+    "the checkpoint is a clean stop: OnFailure= never ran, no failed state",
+)
 def test_the_checkpoint_is_a_clean_stop_to_systemd(scenario: vm.Scenario) -> None:
     """seamless-exec has OnFailure= and Restart=on-failure: the checkpoint's SIGKILL must trigger neither."""
     seen = need(scenario, "stop-was-clean")
@@ -323,6 +327,10 @@ def test_podman_container_kept(scenario: vm.Scenario) -> None:
     assert rep["outcome"] == "restored" and rep["container"] == "looper"
 
 
+@pytest.mark.fault(
+    "a preserved unit restarted between arm and the kexec",
+    "its new tree (new MainPID, new children) is the one dumped and restored",
+)
 def test_a_unit_restarted_after_arm_is_dumped_as_it_is_then(scenario: vm.Scenario) -> None:
     """seamless-prefork is restarted between the second arm and its kexec: its new tree is kept."""
     r = need(scenario, "restarted-while-armed")
@@ -336,6 +344,10 @@ def test_a_unit_restarted_after_arm_is_dumped_as_it_is_then(scenario: vm.Scenari
     assert rep["main_pid_after"] == rep["main_pid_before"], rep
 
 
+@pytest.mark.fault(
+    "a service grows past the PMEM after arm",
+    "its dump is refused before it writes; it starts afresh with the reason; the others are restored",
+)
 def test_a_unit_that_outgrew_the_pmem_starts_afresh_and_the_others_are_kept(scenario: vm.Scenario) -> None:
     """seamless-grower grows past the whole PMEM after the second arm: refused, and it alone."""
     assert any("grew to 528 MiB" in line for line in need(scenario, "grown")["log"])

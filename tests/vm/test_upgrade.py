@@ -26,6 +26,11 @@ def unit_report(rep: dict[str, Any], port: str) -> dict[str, Any]:
     return next(u for u in rep["units"] if u["unit"] == f"seamless-demo@{port}.service")
 
 
+@pytest.mark.fault(
+    "plan/run with a unit CRIU cannot dump (a D-Bus client), a container started from a shell, "
+    "a container that does not exist",
+    "refused with the reasons; every service keeps its PID; no kernel loaded, not armed",
+)
 def test_refused_upgrade_leaves_everything_running(scenario: vm.Scenario) -> None:
     r = need(scenario, "refused")
     assert r["plan_rc"] == 3, r["plan_out"]
@@ -40,6 +45,10 @@ def test_refused_upgrade_leaves_everything_running(scenario: vm.Scenario) -> Non
     assert r["blocker"] == "active"
 
 
+@pytest.mark.fault(
+    "a member of group disk reads /dev/pmem0",
+    "permission denied (udev rule: root only), while it can read /dev/vda",
+)
 def test_a_disk_group_member_cannot_read_the_pmem(scenario: vm.Scenario) -> None:
     """The images hold the services' memory: the package's udev rule makes /dev/pmem0 root's only."""
     acc = need(scenario, "pmem-access")
@@ -92,6 +101,10 @@ def test_report(scenario: vm.Scenario) -> None:
         assert isinstance(rep["seconds"][phase], float) and rep["seconds"][phase] >= 0, phase
 
 
+@pytest.mark.fault(
+    "the images of two units overwritten between the dump and the restore",
+    "those two start afresh with 'checksum mismatch' in the report; the others are restored",
+)
 def test_damaged_images_start_afresh(scenario: vm.Scenario) -> None:
     before, after = need(scenario, "before"), need(scenario, "after")
     rep = after["report"]
@@ -119,6 +132,10 @@ def test_arm_then_plain_systemctl_kexec(scenario: vm.Scenario) -> None:
         assert after2["states"][port]["unit"]["fresh_starts"] == 0
 
 
+@pytest.mark.fault(
+    "armed, then an ordinary reboot",
+    "no restore: every unit starts afresh; no report for it",
+)
 def test_armed_but_ordinary_reboot_starts_fresh(scenario: vm.Scenario) -> None:
     arm2, rb = need(scenario, "arm2"), need(scenario, "rebooted")
     assert arm2["rc"] == 0, arm2["out"]

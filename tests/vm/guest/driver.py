@@ -607,14 +607,30 @@ POWER_CUTS = {
 }
 
 
+WRITER = 7796  # seamless-writer.service
+WRITER_LOG = "/var/lib/seamless-writer/log"
+
+
+def writer_log():
+    """How much of the writer's log is whole: the numbers 1..N in order, N as long as it goes."""
+    text = Path(WRITER_LOG).read_text(errors="replace") if os.path.exists(WRITER_LOG) else ""
+    numbers = [int(x) for x in text.split("\n") if x.isdigit()]
+    whole = next((i for i, n in enumerate(numbers) if n != i + 1), len(numbers))
+    return {"lines": len(numbers), "whole_up_to": whole}
+
+
+def power_states():
+    return {**all_states(), "writer": {"state": demo(WRITER), "unit": unit_state("seamless-writer.service")}}
+
+
 def power(phase):
     """Power cuts during the kexec, the restore and the dump; then an upgrade that must work."""
     if phase in POWER_CUTS:
         if phase:
-            emit(f"after-{phase}", came_back())
+            emit(f"after-{phase}", {**came_back(), "writer_log": writer_log(), "writer": demo(WRITER)})
         for _ in range(2):
             demo(7777, "INC")
-        emit(f"before-{phase or 'start'}", all_states())
+        emit(f"before-{phase or 'start'}", power_states())
         when, nxt = POWER_CUTS[phase]
         emit("cut-power", {"when": when})
         if phase == "cut-restore":
@@ -626,10 +642,12 @@ def power(phase):
         set_phase(nxt)
         sh("seamless-upgrade", "run")
     elif phase == "cut-dump":
-        emit("after-cut-dump", came_back())
+        emit("after-cut-dump", {**came_back(), "writer_log": writer_log(), "writer": demo(WRITER)})
         for _ in range(3):
             demo(7777, "INC")
-        emit("before-upgrade", all_states())
+        # In the restore boot, a new file is put where the writer's data file was (seamless-replacer).
+        Path(f"{STATE}/replace-at-restore").touch()
+        emit("before-upgrade", power_states())
         set_phase("upgraded")
         rc, out = sh("seamless-upgrade", "run")
         emit("run", {"rc": rc, "out": out})
@@ -637,6 +655,7 @@ def power(phase):
             set_phase("failed")
     elif phase == "upgraded":
         after_upgrade("after")
+        emit("writer-after", {"state": demo(WRITER), "unit": unit_state("seamless-writer.service")})
         emit("done", {})
         set_phase("done")
         sh("systemctl", "poweroff")

@@ -44,6 +44,11 @@ fi
 if [ "$SCENARIO" = full ]; then
 	cp types.yaml /etc/seamless/conf.d/60-types.yaml
 fi
+if [ "$SCENARIO" = power ]; then
+	# A service writing to disk all the time, and the unit that replaces its data file at one restore.
+	systemctl enable seamless-writer.service seamless-replacer.service
+	printf 'units:\n  - seamless-writer.service\n' >/etc/seamless/conf.d/60-writer.yaml
+fi
 # QEMU's user-mode network, configured statically: the host reaches the guest's
 # chat service through it (a TCP client outside the VM).
 mkdir -p /etc/systemd/network
