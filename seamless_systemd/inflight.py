@@ -72,7 +72,10 @@ def end(gen: state.Generation, path: Path = PATH) -> None:
     """Upgrade GEN's report is written: nothing is in flight any more."""
     data = _read(path)
     if data is not None and data.get("generation") == gen.id:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("Cannot remove %s (%s): the next boot will report the upgrade again", path, e)
 
 
 def _when(t: Any) -> str:

@@ -221,10 +221,33 @@ def warm_page_cache() -> int:
         result["seconds"],
         result["skipped_files"],
     )
-    state.REPORT_DIR.mkdir(parents=True, exist_ok=True)
-    state.write_json(state.REPORT_DIR / f"{data.get('generation')}.page-cache.json", result)
+    keep_report(f"{data.get('generation')}.page-cache.json", result)
     PAGE_CACHE.unlink(missing_ok=True)
     return 0
+
+
+def keep_report(name: str, data: Any, last: bool = False) -> bool:
+    """Write report DATA as NAME (and last.json) in /var/lib/seamless/reports; False if /var cannot take it.
+
+    A full or read-only /var never fails a restore boot: the services are
+    restored all the same, and this boot's report stays on the images' file
+    system (what 'seamless-upgrade report' shows in this boot).
+    """
+    try:
+        state.REPORT_DIR.mkdir(parents=True, exist_ok=True)
+        state.write_json(state.REPORT_DIR / name, data)
+        if last:
+            state.write_json(state.REPORT_DIR / "last.json", data)
+    except OSError as e:
+        log.error(
+            "Cannot keep the report %s in %s (%s); free some room there: this boot's report is still on "
+            "the images' file system ('seamless-upgrade report' shows it until the next boot)",
+            name,
+            state.REPORT_DIR,
+            e.strerror or e,
+        )
+        return False
+    return True
 
 
 def _lock_connections(gen: state.Generation, unit: str) -> None:
@@ -568,9 +591,8 @@ def finish() -> int:
     if ranges:
         # RAM on demand: the images are used up; their RAM goes back to this kernel.
         rep["ram"] = {**(manifest.get("ram") or {}), "given_back": ram.give_back(ranges, gen.mount)}
-    state.REPORT_DIR.mkdir(parents=True, exist_ok=True)
-    state.write_json(state.REPORT_DIR / f"{gen.id}.json", rep)
-    state.write_json(state.REPORT_DIR / "last.json", rep)
+    keep_report(f"{gen.id}.json", rep, last=True)
+    # Even if /var could not take the report: the upgrade did come back.
     inflight.end(gen)
     log.info(
         "Upgrade %s finished: %s", gen.id, ", ".join(f"{u['unit']} {u['outcome']}" for u in rep["units"])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import types
 from pathlib import Path
 
 import pytest
 
-from seamless_systemd import procs, restore, systemd
+from seamless_systemd import procs, restore, state, systemd
 from seamless_systemd.errors import RestoreError
 from seamless_systemd.systemd import UnitInfo
 
@@ -139,3 +140,13 @@ def test_the_host_cgroup2_options_are_those_before_any_restore(
     assert restore.host_cgroup2_options() == "rw"  # no record: what there is now
     (tmp_path / "cgroup2-options").write_text("rw,nsdelegate,memory_recursiveprot\n")
     assert restore.host_cgroup2_options() == "rw,nsdelegate,memory_recursiveprot"
+
+
+def test_a_full_var_never_fails_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocked = tmp_path / "var-is-a-file"
+    blocked.write_text("")
+    monkeypatch.setattr(state, "REPORT_DIR", blocked / "reports")
+    assert restore.keep_report("g.json", {"generation": "g"}, last=True) is False
+    monkeypatch.setattr(state, "REPORT_DIR", tmp_path / "reports")
+    assert restore.keep_report("g.json", {"generation": "g"}, last=True) is True
+    assert json.loads((tmp_path / "reports/last.json").read_text()) == {"generation": "g"}
