@@ -13,8 +13,6 @@ that says it did not come back, nothing was restored.
 
 from __future__ import annotations
 
-import errno
-
 import pytest
 
 from tests.vm import image as vmimage
@@ -114,27 +112,3 @@ def test_report_says_the_upgrade_did_not_come_back(faults: vm.Scenario) -> None:
     assert set(units) == {f"seamless-demo@{p}.service" for p in (7777, 7778, 7779)}
     assert all(u["outcome"] == "cold-started" and u["active_state"] == "active" for u in units.values())
     assert any("did not come back" in line for line in after["journal"]), after["journal"]
-
-
-@pytest.mark.fault(
-    "/var full (every block taken) from before the kexec to after the restore",
-    "the services are restored; the report is on the images' file system, the journal says why it "
-    "is not on disk",
-)
-def test_var_full_during_the_restore_boot(faults: vm.Scenario) -> None:
-    filled, after = need(faults, "var-filled"), need(faults, "after-var-full")
-    # Still full when the restore boot is looked at: a write of 64 KiB fails.
-    assert after["probe_errno"] == errno.ENOSPC, (filled, after["free_blocks"])
-    assert after["uname"] == vmimage.KERNEL_B and after["finish"] == "active"
-    before = need(faults, "before-var-full")
-    for port in ("7777", "7778", "7779"):
-        was, now = before[port]["state"], after["states"][port]["state"]
-        assert (now["pid"], now["counter"], now["blob_sha256"]) == (
-            was["pid"],
-            was["counter"],
-            was["blob_sha256"],
-        )
-    units = {u["unit"]: u["outcome"] for u in after["report"]["units"]}
-    assert set(units.values()) == {"restored"}, after["report"]
-    assert not after["kept_on_disk"]
-    assert any("Cannot keep the report" in line for line in after["finish_log"]), after["finish_log"]

@@ -24,10 +24,7 @@ faults (the fault rows that need a kernel of their own):
                      fails (a second run beside it is refused): it panics,
                      and panic=-1 resets the machine
   boot 2, kernel A   an ordinary boot: the units started normally, the
-                     report says the upgrade did not come back; then /var
-                     is filled and 'seamless-upgrade run'
-  boot 3, kernel B   restored all the same, the report on the PMEM only;
-                     /var freed, power off
+                     report says the upgrade did not come back; power off
 power (power cuts: the host kills QEMU when the console shows the moment):
   boot 1, kernel A   'seamless-upgrade run', cut as the kexec starts the new kernel
   boot 2, kernel A   units started afresh, report 'not-arrived'; run, cut in the restore
@@ -664,32 +661,6 @@ def power(phase):
         sh("systemctl", "poweroff")
 
 
-FILLER = f"{STATE}/filler"
-
-
-def fill_var():
-    """Take every free block of the root file system (/var is on it), as root can: fallocate."""
-    free = os.statvfs(STATE).f_bfree * os.statvfs(STATE).f_frsize
-    fd = os.open(FILLER, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        size = free
-        while size > 0:
-            try:
-                os.posix_fallocate(fd, 0, size)
-                break
-            except OSError:
-                size -= 1 << 20
-        # The last bits, 4 KiB at a time.
-        for _ in range(512):
-            try:
-                os.posix_fallocate(fd, 0, os.fstat(fd).st_size + 4096)
-            except OSError:
-                break
-    finally:
-        os.close(fd)
-    return {"free_before": free, "filler": os.stat(FILLER).st_size, "free_after": os.statvfs(STATE).f_bfree}
-
-
 def faults(phase):
     if phase == "":
         for _ in range(3):
@@ -720,48 +691,6 @@ def faults(phase):
         emit("after-panic", came_back())
         remove_kernel_copy(PANICKING_KERNEL)
         debug_dump()
-        # Last: an upgrade (to B) with /var full from before the kexec to after the restore.
-        for _ in range(2):
-            demo(7777, "INC")
-        emit("before-var-full", all_states())
-        set_phase("var-full")
-        emit("var-filled", fill_var())
-        rc, out = sh("seamless-upgrade", "run")
-        emit("var-full-run", {"rc": rc, "out": out})
-        if rc != 0:
-            os.unlink(FILLER)
-            set_phase("failed")
-    elif phase == "var-full":
-        finish = wait_for_finish()
-        free_before = os.statvfs(STATE).f_bfree
-        try:  # is /var still full? (a report is a few KiB)
-            with open(f"{STATE}/probe", "wb") as f:
-                f.write(b"x" * 65536)
-                f.flush()
-                os.fsync(f.fileno())
-            probe = 0
-        except OSError as e:
-            probe = e.errno
-        Path(f"{STATE}/probe").unlink(missing_ok=True)
-        _, rep = sh("seamless-upgrade", "report", "--json")
-        _, finish_log = sh(
-            "journalctl", "-b", "-u", "seamless-restore-finish.service", "-o", "cat", "--no-pager"
-        )
-        gen = json.loads(rep).get("generation") if rep.strip().startswith("{") else None
-        emit(
-            "after-var-full",
-            {
-                "states": all_states(),
-                "finish": finish,
-                "uname": os.uname().release,
-                "free_blocks": free_before,
-                "probe_errno": probe,
-                "report": json.loads(rep) if gen else {"unparsed": rep},
-                "kept_on_disk": bool(gen) and os.path.exists(f"/var/lib/seamless/reports/{gen}.json"),
-                "finish_log": finish_log.splitlines()[-15:],
-            },
-        )
-        os.unlink(FILLER)
         emit("done", {})
         set_phase("done")
         sh("systemctl", "poweroff")
