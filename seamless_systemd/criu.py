@@ -8,7 +8,9 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import stat
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from typing import Any
 from seamless_systemd import kobjects, netlock, openfiles, procs, sandbox, sockets, sysv, volatile
 from seamless_systemd.config import CHECKSUMS
 from seamless_systemd.errors import CheckpointError, CommandError, RestoreError
-from seamless_systemd.log import journal
+from seamless_systemd.log import journal, log
 from seamless_systemd.run import run
 from seamless_systemd.systemd import UnitInfo
 
@@ -418,11 +420,44 @@ def dump(
     if parent:
         # Pages not dirtied since PARENT stay there; those written again are punched out of it.
         argv += ["--prev-images-dir", parent, "--auto-dedup"]
+    probe_kernel()
     with sockets.bound_names_linked(facts.main_pid, facts.renamed_sockets):
         try:
             run(argv, timeout=timeout, env=env)
         except CommandError as e:
-            raise CheckpointError(failed("dump", log)) from e
+            raise CheckpointError(failed("dump", log, e, timeout)) from e
+
+
+# CRIU probes the kernel once per boot and keeps what it found on /run
+# (kerndat.c); one probe makes a directory in /tmp, which a full root file
+# system refuses, and then every dump and restore fails before it starts.
+KERNDAT_CACHES = (Path("/run/criu/criu.kdat"), Path("/run/criu.kdat"))
+
+
+def probe_kernel() -> None:
+    """Have CRIU's kernel probe done even when /tmp takes no new directory (a full root file system)."""
+    if any(p.exists() for p in KERNDAT_CACHES):
+        return
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".seamless-probe.", dir="/tmp"))
+        return  # CRIU can probe for itself
+    except OSError as e:
+        why = e.strerror
+    log.warning("/tmp takes no new directory (%s): CRIU probes the kernel with a /tmp of its own", why)
+    # A private mount namespace with a small tmpfs on /tmp; /run, where the result goes, is shared.
+    script = 'mount -t tmpfs -o size=1M,mode=1777 seamless-criu-probe /tmp && exec "$0" check'
+    try:
+        run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, CRIU],
+            timeout=120,
+            check=False,
+        )
+    except CommandError as e:
+        log.warning("CRIU's kernel probe could not run: %s", e)
+    if not any(p.exists() for p in KERNDAT_CACHES):
+        log.warning(
+            "CRIU kept no kernel probe (%s); it will try again itself", " or ".join(map(str, KERNDAT_CACHES))
+        )
 
 
 GHOST_LIMIT = 256 << 20
@@ -462,6 +497,7 @@ def restore(
             env = {**os.environ, **sandbox.remount_env(remount)}
     for fd, what in inherit:
         argv += ["--inherit-fd", f"fd[{fd}]:{what}"]
+    probe_kernel()
     try:
         run(
             argv,
@@ -471,12 +507,21 @@ def restore(
             env=env,
         )
     except CommandError as e:
-        raise RestoreError(failed("restore", log)) from e
+        raise RestoreError(failed("restore", log, e, timeout)) from e
 
 
-def failed(what: str, log: Path) -> str:
+def failed(what: str, log: Path, e: CommandError | None = None, timeout: float | None = None) -> str:
     """The reason for a failed criu WHAT, in words; CRIU's own last lines go to the journal."""
     journal.error("criu %s failed, the end of its log %s:\n%s", what, log, log_tail(log))
+    if e is not None and e.returncode == -1:
+        limit = f" within {timeout:.0f} s" if timeout is not None else ""
+        return f"criu {what} did not finish{limit} and was stopped (CRIU's log: {log})"
+    if e is not None and e.returncode < 0:
+        try:
+            name = signal.Signals(-e.returncode).name
+        except ValueError:
+            name = f"signal {-e.returncode}"
+        return f"criu {what} was killed ({name}) before it finished (CRIU's log: {log})"
     return f"criu {what} failed: {kobjects.explain(log)}"
 
 

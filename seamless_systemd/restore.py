@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -377,13 +378,51 @@ def restore_unit(unit: str) -> int:
         return 0
     except (SeamlessError, OSError, ValueError) as e:
         sysv.remove(made)
-        record.update(outcome="restore-failed", finished_at=time.time(), reason=str(e))
+        reason = str(e)
+        killed = stop_half_restored(unit)
+        if killed:
+            reason += f"; {len(killed)} half-restored process(es) it left in the unit were killed"
+            log.warning("%s: killed the half-restored process(es) %s", unit, ", ".join(map(str, killed)))
+        record.update(outcome="restore-failed", finished_at=time.time(), reason=reason)
         raise RestoreError(f"{unit}: restore failed, it will be started afresh: {e}") from e
     finally:
         netlock.unlock(unit)
         if record.get("outcome") == "restored" and conns:
             _nudge_peers(unit, record, conns)
         state.write_json(gen.restore_info(unit), record)
+
+
+def own_cgroup() -> str | None:
+    """This process's cgroup (v2), e.g. /system.slice/ssh.service."""
+    try:
+        return Path("/proc/self/cgroup").read_text().strip().split("::", 1)[-1]
+    except OSError:
+        return None
+
+
+def stop_half_restored(unit: str, wait: float = 10.0) -> list[int]:
+    """SIGKILL what a failed restore left in UNIT's cgroup (all but this process); their PIDs.
+
+    A criu restore that dies midway (killed, out of memory, past its limit)
+    leaves tasks that are neither the old tree nor a new one, with their
+    signals blocked: systemd's SIGTERM would wait out the unit's stop timeout.
+    Only when this process runs as UNIT (its ExecStart=+), never elsewhere.
+    """
+    group = own_cgroup()
+    if group is None or Path(group).name != unit:
+        return []
+    me, killed = os.getpid(), set()
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        left = [p for p in procs.cgroup_pids(group) if p != me]
+        if not left:
+            break
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed.update(left)
+        time.sleep(0.1)
+    return sorted(killed)
 
 
 def _nudge_peers(unit: str, record: dict[str, Any], conns: list[list[Any]]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from seamless_systemd import criu, kobjects
+from seamless_systemd.errors import CommandError
 from tests.unit.test_inspect import Spawn, spawn, unit_for  # noqa: F401  (spawn: a fixture)
 
 IO_URING = """
@@ -134,3 +135,41 @@ def test_a_mapping_whose_page_map_outgrows_the_machine_is_refused(spawn: Spawn) 
 def test_an_ordinary_process_has_no_mapping_problem(spawn: Spawn) -> None:  # noqa: F811
     pid = spawn(HUGE.format(size=1 << 30))  # 1 GiB reserved: a 2 MiB buffer
     assert criu._mapping_problems([pid]) == []
+
+
+def test_a_criu_killed_midway_or_past_its_limit_is_said_so(tmp_path: Path) -> None:
+    log = tmp_path / "restore.log"
+    log.write_text("(00.1) Restoring memory of 4711\n")
+    killed = criu.failed("restore", log, CommandError(["criu"], -9, "", ""), 300)
+    assert killed == f"criu restore was killed (SIGKILL) before it finished (CRIU's log: {log})"
+    late = criu.failed("dump", log, CommandError(["criu"], -1, "", "timed out after 120 s"), 120)
+    assert late.startswith("criu dump did not finish within 120 s and was stopped"), late
+
+
+def test_criu_probes_the_kernel_with_its_own_tmp_when_tmp_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "criu.kdat"
+    monkeypatch.setattr(criu, "KERNDAT_CACHES", (cache,))
+    ran: list[list[str]] = []
+    monkeypatch.setattr(criu, "run", lambda argv, **kw: ran.append(list(argv)) or cache.write_bytes(b"k"))
+
+    # /tmp takes a directory: CRIU probes for itself.
+    def makes(**kw: object) -> str:
+        (tmp_path / "d").mkdir()
+        return str(tmp_path / "d")
+
+    monkeypatch.setattr(criu.tempfile, "mkdtemp", makes)
+    criu.probe_kernel()
+    assert ran == [] and not (tmp_path / "d").exists()
+
+    def full(**kw: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(criu.tempfile, "mkdtemp", full)
+    criu.probe_kernel()
+    assert ran and ran[0][:4] == ["unshare", "--mount", "--propagation", "private"], ran
+    assert "mount -t tmpfs" in ran[0][6] and ran[0][-1] == criu.CRIU
+    # Once probed (the cache on /run), never again.
+    criu.probe_kernel()
+    assert len(ran) == 1

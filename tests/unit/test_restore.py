@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import types
 from pathlib import Path
 
@@ -150,3 +152,23 @@ def test_a_full_var_never_fails_the_report(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(state, "REPORT_DIR", tmp_path / "reports")
     assert restore.keep_report("g.json", {"generation": "g"}, last=True) is True
     assert json.loads((tmp_path / "reports/last.json").read_text()) == {"generation": "g"}
+
+
+def test_a_failed_restore_kills_what_it_left_in_the_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    left = subprocess.Popen(["sleep", "60"])
+    me = os.getpid()
+    monkeypatch.setattr(restore, "own_cgroup", lambda: "/system.slice/x.slice/demo@1.service")
+    monkeypatch.setattr(procs, "cgroup_pids", lambda g: [me] + ([left.pid] if left.poll() is None else []))
+    try:
+        assert restore.stop_half_restored("demo@1.service", wait=5) == [left.pid]
+        assert left.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        left.kill()
+        left.wait()
+
+
+def test_killing_leftovers_only_inside_the_unit_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Run anywhere else (a shell, a test runner), its cgroup holds other things: never touched.
+    monkeypatch.setattr(restore, "own_cgroup", lambda: "/user.slice/user-0.slice/session-3.scope")
+    monkeypatch.setattr(procs, "cgroup_pids", lambda g: pytest.fail("looked at the cgroup"))
+    assert restore.stop_half_restored("demo@1.service") == []

@@ -8,10 +8,17 @@ services are checkpointed, the kexec happens, the new kernel panics and
 panic=-1 resets the machine (QEMU exits; the host boots it again on kernel A,
 as firmware would boot the default entry). Boot 2: an ordinary boot; the
 services were started normally, the upgrade's record on disk became a report
-that says it did not come back, nothing was restored.
+that says it did not come back, nothing was restored. Then an upgrade to B in
+which CRIU is killed midway through the dump of 7779 (at the shutdown) and
+through the restore of 7778, and the root file system is full from before the
+restore. Boot 3 (kernel B): 7777 restored, 7778 and 7779 afresh, nothing
+half-restored left behind, the report on the PMEM only.
 """
 
 from __future__ import annotations
+
+import errno
+from typing import Any
 
 import pytest
 
@@ -112,3 +119,67 @@ def test_report_says_the_upgrade_did_not_come_back(faults: vm.Scenario) -> None:
     assert set(units) == {f"seamless-demo@{p}.service" for p in (7777, 7778, 7779)}
     assert all(u["outcome"] == "cold-started" and u["active_state"] == "active" for u in units.values())
     assert any("did not come back" in line for line in after["journal"]), after["journal"]
+
+
+def kills(sc: vm.Scenario) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+    """The last upgrade's boot: what it found, its report, the report's units by name."""
+    after = need(sc, "after-kills")
+    rep = after["report"]
+    assert after["uname"] == vmimage.KERNEL_B and rep.get("kernel", {}).get("to") == vmimage.KERNEL_B, after
+    return after, rep, {u["unit"]: u for u in rep["units"]}
+
+
+@pytest.mark.fault(
+    "criu dump killed (SIGKILL) midway through one of three units at the kexec shutdown",
+    "that unit starts afresh with the reason; the other units are restored with their state",
+)
+def test_a_dump_killed_midway_starts_that_unit_afresh(faults: vm.Scenario) -> None:
+    killed = need(faults, "criu-killed-dump")
+    assert killed["unit"] == "seamless-demo@7779.service" and killed["held"], killed
+    after, _, units = kills(faults)
+    before = need(faults, "before-kills")
+    u = units["seamless-demo@7779.service"]
+    assert u["outcome"] == "cold-started" and "criu dump was killed (SIGKILL)" in u["reason"], u
+    st = after["states"]["7779"]
+    assert st["unit"]["ActiveState"] == "active" and st["state"]["counter"] == 0, st
+    # 7777 came back as it was: the same blob, the same counter, the same process.
+    kept, was = after["states"]["7777"], before["7777"]
+    assert units["seamless-demo@7777.service"]["outcome"] == "restored", units
+    assert kept["state"]["counter"] == was["state"]["counter"] == 5, (kept, was)
+    assert kept["state"]["blob_sha256"] == was["state"]["blob_sha256"]
+    assert kept["state"]["pid"] == was["state"]["pid"]
+
+
+@pytest.mark.fault(
+    "criu restore killed (SIGKILL) once it has forked the unit's tree",
+    "no half-restored process left in the unit; it starts afresh with the reason",
+)
+def test_a_restore_killed_midway_leaves_nothing_behind(faults: vm.Scenario) -> None:
+    killed = need(faults, "criu-killed-restore")
+    assert killed["unit"] == "seamless-demo@7778.service" and killed["held"], killed
+    after, _, units = kills(faults)
+    u = units["seamless-demo@7778.service"]
+    assert u["outcome"] == "cold-started" and "criu restore was killed (SIGKILL)" in u["reason"], u
+    st = after["states"]["7778"]
+    assert st["unit"]["ActiveState"] == "active" and st["state"]["counter"] == 0, st
+    # The unit holds one process: the fresh one systemd started, none of the half-restored tree.
+    group = after["groups"]["7778"]
+    assert [p["pid"] for p in group] == [int(st["unit"]["MainPID"])], group
+    assert "demo.py 7778" in group[0]["cmdline"] and not set(killed["held"]) & {p["pid"] for p in group}
+
+
+@pytest.mark.fault(
+    "the root file system (/var with it) full in the restore boot, from before the restore",
+    "the units are restored all the same; the report stays on the PMEM for that boot, the journal says why",
+)
+def test_a_full_var_in_the_restore_boot(faults: vm.Scenario) -> None:
+    filled = need(faults, "var-filled")
+    assert filled["filler"] > 0 and filled["free_blocks_after"] == 0, filled
+    after, _, units = kills(faults)
+    assert after["filler"] and after["probe_errno"] == errno.ENOSPC, after
+    assert after["finish"] == "active", after
+    assert units["seamless-demo@7777.service"]["outcome"] == "restored", units
+    assert all(s["unit"]["ActiveState"] == "active" for s in after["states"].values()), after["states"]
+    # 'seamless-upgrade report' shows this boot's report from the PMEM; /var never got it.
+    assert not after["kept_on_disk"], after
+    assert any("Cannot keep the report" in line for line in after["finish_log"]), after["finish_log"]

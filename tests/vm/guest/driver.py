@@ -24,7 +24,12 @@ faults (the fault rows that need a kernel of their own):
                      fails (a second run beside it is refused): it panics,
                      and panic=-1 resets the machine
   boot 2, kernel A   an ordinary boot: the units started normally, the
-                     report says the upgrade did not come back; power off
+                     report says the upgrade did not come back; then an
+                     upgrade to B in which CRIU is killed midway through the
+                     dump of 7779 (at the shutdown) and the restore of 7778,
+                     and the root file system is full before the restore
+  boot 3, kernel B   7777 restored, 7778 and 7779 afresh, nothing half-restored
+                     left; the report on the PMEM only; /var freed, power off
 power (power cuts: the host kills QEMU when the console shows the moment):
   boot 1, kernel A   'seamless-upgrade run', cut as the kexec starts the new kernel
   boot 2, kernel A   units started afresh, report 'not-arrived'; run, cut in the restore
@@ -661,6 +666,55 @@ def power(phase):
         sh("systemctl", "poweroff")
 
 
+KILL_CRIU = f"{STATE}/kill-criu"  # seamless-criu-killer.service
+FILL_VAR = f"{STATE}/fill-var"  # seamless-var-filler.service
+FILLER = f"{STATE}/filler"  # the file that takes the root file system's free blocks
+
+
+def write_probe():
+    """0 if /var takes 64 KiB now, else the errno."""
+    try:
+        with open(f"{STATE}/probe", "wb") as f:
+            f.write(b"x" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+        return 0
+    except OSError as e:
+        return e.errno
+    finally:
+        Path(f"{STATE}/probe").unlink(missing_ok=True)
+
+
+def after_kills():
+    """The restore boot with CRIU killed twice and /var full: the units, the leftovers, the report."""
+    finish = wait_for_finish()
+    probe = write_probe()
+    rep = report()
+    gen = rep.get("generation")
+    _, finish_log = sh("journalctl", "-b", "-u", "seamless-restore-finish.service", "-o", "cat", "--no-pager")
+    _, restore_log = sh("journalctl", "-b", "-u", unit(7778), "-o", "cat", "--no-pager")
+    groups = {}
+    for port in (7778, 7779):
+        _, cg = sh("systemctl", "show", unit(port), "-p", "ControlGroup", "--value")
+        groups[str(port)] = [
+            {"pid": p, "cmdline": Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ").strip()}
+            for p in cgroup_pids(cg.strip())
+            if os.path.exists(f"/proc/{p}")
+        ]
+    return {
+        "states": all_states(),
+        "finish": finish,
+        "uname": os.uname().release,
+        "probe_errno": probe,
+        "report": rep,
+        "kept_on_disk": bool(gen) and os.path.exists(f"/var/lib/seamless/reports/{gen}.json"),
+        "finish_log": finish_log.splitlines()[-15:],
+        "restore_log": restore_log.splitlines()[-15:],
+        "groups": groups,
+        "filler": os.path.exists(FILLER),
+    }
+
+
 def faults(phase):
     if phase == "":
         for _ in range(3):
@@ -690,6 +744,26 @@ def faults(phase):
     elif phase == "panicked":
         emit("after-panic", came_back())
         remove_kernel_copy(PANICKING_KERNEL)
+        debug_dump()
+        # Last: an upgrade to B in which CRIU is killed midway through one dump and one restore,
+        # with the root file system full from before the restore (the killer and the filler).
+        for _ in range(2):
+            demo(7777, "INC")
+        emit("before-kills", all_states())
+        Path(KILL_CRIU).write_text(json.dumps({"dump": unit(7779), "restore": unit(7778)}))
+        Path(FILL_VAR).touch()
+        sh("systemctl", "start", "seamless-criu-killer.service")
+        set_phase("killed")
+        rc, out = sh("seamless-upgrade", "run", "--kernel", other_kernel())
+        emit("kills-run", {"rc": rc, "out": out})
+        if rc != 0:
+            set_phase("failed")
+    elif phase == "killed":
+        emit("after-kills", after_kills())
+        os.unlink(FILLER)
+        for flag in (KILL_CRIU, FILL_VAR):
+            Path(flag).unlink(missing_ok=True)
+        sh("journalctl", "--flush")
         debug_dump()
         emit("done", {})
         set_phase("done")

@@ -44,6 +44,10 @@ fi
 if [ "$SCENARIO" = full ]; then
 	cp types.yaml /etc/seamless/conf.d/60-types.yaml
 fi
+if [ "$SCENARIO" = faults ]; then
+	# CRIU killed midway through a dump and a restore; /var full in the restore boot (flag files).
+	systemctl enable seamless-criu-killer.service seamless-var-filler.service
+fi
 if [ "$SCENARIO" = power ]; then
 	# A service writing to disk all the time, and the unit that replaces its data file at one restore.
 	systemctl enable seamless-writer.service seamless-replacer.service
