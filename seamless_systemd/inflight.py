@@ -151,12 +151,7 @@ def check(path: Path = PATH) -> int:
             continue
         entry: dict[str, Any] = {"unit": unit, "main_pid_before": None, "container": None}
         try:
-            info = systemd.unit_info(unit)
-            if info.active_state not in ("active", "activating", "reloading"):
-                # It ran before the upgrade, so it runs after it.
-                log.warning("Starting %s afresh: upgrade %s did not come back", unit, data["generation"])
-                systemd.restart_unit(unit)
-                info = systemd.unit_info(unit)
+            info = systemd.start_if_stopped(unit, f"upgrade {data['generation']} did not come back")
             stateless = unit in (data.get("stateless") or [])
             entry.update(
                 outcome="rerun" if stateless else "cold-started",

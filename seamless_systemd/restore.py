@@ -609,8 +609,7 @@ def finish() -> int:
             elif outcome is None:
                 data = {"outcome": "cold-started", "reason": verify_unit(gen, unit) or "not restored"}
             state.write_json(info, data)
-            # It ran before the upgrade, so it runs after it.
-            if u.active_state not in ("active", "activating", "reloading"):
+            if u.active_state not in systemd.RUNNING:
                 to_restart.append(unit)
         _done_path(unit).write_text("finished\n")
     sandbox.unmount_root()
@@ -619,9 +618,8 @@ def finish() -> int:
         netlock.remove_chain(name)
     systemd.daemon_reload()
     for unit in to_restart:
-        log.warning("Starting %s afresh: it was not restored", unit)
         try:
-            systemd.restart_unit(unit)
+            systemd.start_if_stopped(unit, "it was not restored")
         except SeamlessError as e:
             log.error("Could not start %s: %s", unit, e)
     state.update_json(gen.boot, finished_at=time.time())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from seamless_systemd.errors import SeamlessError
+from seamless_systemd.log import log
 
 PRIVATE_SOCKET = Path("/run/systemd/private")
 
@@ -214,6 +215,19 @@ def restart_unit(name: str) -> None:
         m.load()
         m.Manager.ResetFailedUnit(name.encode())
         m.Manager.RestartUnit(name.encode(), b"replace")
+
+
+RUNNING = ("active", "activating", "reloading")
+
+
+def start_if_stopped(name: str, why: str) -> UnitInfo:
+    """Start NAME afresh unless it runs (it ran before the upgrade, so it runs after it); its state then."""
+    info = unit_info(name)
+    if info.active_state in RUNNING:
+        return info
+    log.warning("Starting %s afresh: %s", name, why)
+    restart_unit(name)
+    return unit_info(name)
 
 
 def daemon_reload() -> None:
