@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import kobjects, netlock, openfiles, procs, sandbox, sockets, sysv, volatile
+from seamless_systemd import kobjects, netlock, procs, sandbox, sockets, sysv, volatile
 from seamless_systemd.config import CHECKSUMS
 from seamless_systemd.errors import CheckpointError, CommandError, RestoreError
 from seamless_systemd.log import journal, log
@@ -63,8 +63,6 @@ class TreeFacts:
     renamed_sockets: tuple[tuple[str, str], ...] = ()
     # System V segments of the host's IPC namespace the tree maps (see sysv): dumped with --ext-sysv-shm.
     sysv_segments: tuple[dict[str, Any], ...] = ()
-    # Regular files on persistent file systems it holds open, by host path (openfiles).
-    open_files: tuple[str, ...] = ()
 
 
 def inspect(info: UnitInfo) -> TreeFacts:
@@ -161,7 +159,6 @@ def inspect(info: UnitInfo) -> TreeFacts:
         tuple(f"{info.name} {w}" for w in warnings),
         tuple(renamed),
         tuple(segments),
-        tuple(openfiles.held(pids)),
     )
 
 

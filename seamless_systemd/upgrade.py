@@ -906,6 +906,8 @@ def checkpoint(unit: str) -> int:
         if why:
             raise CheckpointError(why)
         _note_warm(gen, unit, manifest.get("warm") or {}, facts.pids, record)
+        # Regular files on persistent file systems it holds open: looked at again before the restore.
+        open_files = openfiles.held(facts.pids)
         log.info("Checkpointing %s (PID %d, %d process(es))", unit, facts.main_pid, len(facts.pids))
         with volatile.Held(facts.volatile_files) as held:
             criu.dump(
@@ -922,7 +924,7 @@ def checkpoint(unit: str) -> int:
             # The tree is gone now: its tmpfs files hold their last contents,
             # and its other files are as the restore must find them.
             record["volatile_files"] = held.save(gen.volatile_files(unit))
-            record["open_files"] = openfiles.identities(facts.open_files)
+            record["open_files"] = openfiles.identities(open_files)
         _seal(gen, unit, record)
     except (SeamlessError, OSError) as e:
         reason = str(e)
