@@ -145,7 +145,7 @@ def test_a_dump_killed_midway_starts_that_unit_afresh(faults: vm.Scenario) -> No
     # 7777 came back as it was: the same blob, the same counter, the same process.
     kept, was = after["states"]["7777"], before["7777"]
     assert units["seamless-demo@7777.service"]["outcome"] == "restored", units
-    assert kept["state"]["counter"] == was["state"]["counter"] == 5, (kept, was)
+    assert kept["state"]["counter"] == was["state"]["counter"] > 0, (kept, was)
     assert kept["state"]["blob_sha256"] == was["state"]["blob_sha256"]
     assert kept["state"]["pid"] == was["state"]["pid"]
 
@@ -174,7 +174,8 @@ def test_a_restore_killed_midway_leaves_nothing_behind(faults: vm.Scenario) -> N
 )
 def test_a_full_var_in_the_restore_boot(faults: vm.Scenario) -> None:
     filled = need(faults, "var-filled")
-    assert filled["filler"] > 0 and filled["free_blocks_after"] == 0, filled
+    assert filled["filler"] > 0, filled
+    # Full for root too (ext4 keeps a few blocks even from root: f_bfree is not 0).
     after, _, units = kills(faults)
     assert after["filler"] and after["probe_errno"] == errno.ENOSPC, after
     assert after["finish"] == "active", after

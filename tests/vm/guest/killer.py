@@ -84,12 +84,11 @@ def main():
                 if not held:
                     continue
                 os.kill(criu, signal.SIGKILL)
-                time.sleep(0.5)
-                alive = [p for p in held if os.path.exists(f"/proc/{p}")]
-                say(f"criu-killed-{kind}", {"unit": ORDERS[kind], "criu": criu, "held": held, "alive": alive})
+                # At once: at the shutdown this unit is stopped right after the checkpoint.
+                say(f"criu-killed-{kind}", {"unit": ORDERS[kind], "criu": criu, "held": held})
                 del where[kind]
                 break
-        time.sleep(0.002 if any(files.values()) else 0.01)
+        time.sleep(0.002 if any(files.values()) else 0.02)
 
 
 main()
