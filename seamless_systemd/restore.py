@@ -112,6 +112,23 @@ def verify_unit(gen: state.Generation, unit: str) -> str | None:
     return openfiles.problem(dump.get("open_files"))
 
 
+def _manifest(gen: state.Generation) -> dict[str, Any] | None:
+    """GEN's manifest, or None (said in the journal) if it is unreadable or not a JSON object with units."""
+    try:
+        manifest = state.read_json(gen.manifest)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("units"), list):
+            raise ValueError("not a JSON object with a list of units")
+    except (OSError, ValueError) as e:
+        log.error(
+            "The manifest of upgrade %s (%s) is unreadable: %s; nothing is restored, the units start afresh",
+            gen.id,
+            gen.manifest,
+            e,
+        )
+        return None
+    return manifest
+
+
 def prepare() -> int:
     gen = current_generation()
     if gen is None:
@@ -120,11 +137,14 @@ def prepare() -> int:
     if not gen.manifest.exists():
         log.error("No images for generation %s at %s; every unit starts afresh", gen.id, gen.mount)
         return 0
+    manifest = _manifest(gen)
+    if manifest is None:
+        # The generator found it so too: no unit has a restore drop-in, seamless-boot-check reports it.
+        return 0
     state.RESTORE_DIR.mkdir(parents=True, exist_ok=True)
     inflight.arrived(gen)
     # Before any restore can change them (see host_cgroup2_options).
     CGROUP2_OPTIONS.write_text(sandbox.cgroup2_options() + "\n")
-    manifest = state.read_json(gen.manifest)
     state.update_json(
         gen.boot,
         kernel_started_at=kernel_started_at(),
@@ -578,12 +598,12 @@ def finish() -> int:
     """Cold-start what was not restored, drop the restore drop-ins, write the report."""
     gen = current_generation()
     ranges = ram.this_boot_ranges()
-    if gen is None or not gen.manifest.exists():
+    manifest = _manifest(gen) if gen is not None and gen.manifest.exists() else None
+    if gen is None or manifest is None:
         if gen is not None and ranges:
             # No images to restore from: their RAM is of no use any more.
             ram.give_back(ranges, gen.mount)
         return 0
-    manifest = state.read_json(gen.manifest)
     state.RESTORE_DIR.mkdir(parents=True, exist_ok=True)
     # Every restore is over: the host's cgroup2 has its own options, whatever they did.
     if CGROUP2_OPTIONS.exists():

@@ -228,3 +228,29 @@ def test_garbled_image_metadata_is_a_reason_not_a_crash(which: str, doc: Any) ->
         assert why is None or isinstance(why, str)
         if why is None:  # still a well-formed record: only a harmless change went through
             assert isinstance(json.loads((gen.unit_dir(unit) / which).read_text()), dict)
+
+
+@SETTINGS
+@given(text=st.text(max_size=120) | json_values.map(json.dumps))
+def test_restore_prepare_and_finish_on_a_garbled_manifest(text: str) -> None:
+    """A manifest that is not one (the generator skipped the boot): both say so and exit 0, restore nothing."""
+    from seamless_systemd import ram, restore
+
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("units"), list):
+        return  # a manifest: the other tests' business
+    with tempfile.TemporaryDirectory() as d:
+        gen, _ = _generation(Path(d))
+        gen.manifest.write_text(text)
+        saved = restore.current_generation, ram.this_boot_ranges
+        restore.current_generation = lambda *a: gen  # type: ignore[assignment]
+        ram.this_boot_ranges = lambda *a: []  # type: ignore[assignment]
+        try:
+            assert restore.prepare() == 0
+            assert restore.finish() == 0
+        finally:
+            restore.current_generation, ram.this_boot_ranges = saved
+        assert not gen.report.exists()

@@ -184,3 +184,49 @@ def test_a_full_var_in_the_restore_boot(faults: vm.Scenario) -> None:
     # 'seamless-upgrade report' shows this boot's report from the PMEM; /var never got it.
     assert not after["kept_on_disk"], after
     assert any("Cannot keep the report" in line for line in after["finish_log"]), after["finish_log"]
+
+
+@pytest.mark.fault(
+    "a user other than root runs plan, run, arm, disarm, restore-prepare, restore-unit",
+    "each refused with a message that says root is needed; nothing armed, no kernel loaded",
+)
+def test_every_entry_point_refuses_a_user_other_than_root(faults: vm.Scenario) -> None:
+    got = need(faults, "non-root")
+    for call, res in got["calls"].items():
+        assert res["rc"] != 0 and "root" in res["out"], (call, res)
+        assert "Traceback" not in res["out"], (call, res)
+    assert not got["armed"] and got["kexec_loaded"] == "0", got
+
+
+@pytest.mark.fault(
+    "the upgrade's manifest on the PMEM cut in half at the shutdown",
+    "nothing restored, no unit failed; every unit starts afresh; the report says not-restored (no manifest)",
+)
+def test_a_garbled_manifest_restores_nothing_and_breaks_nothing(faults: vm.Scenario) -> None:
+    assert need(faults, "garble-run")["rc"] == 0
+    after = need(faults, "after-garbled")
+    assert after["uname"] == vmimage.KERNEL_A and "seamless.restore=" in after["cmdline"], after["cmdline"]
+    assert after["generator"]["skipped"] == "no manifest", after["generator"]
+    assert after["failed_units"] == [], after["failed_units"]
+    assert after["prepare"]["Result"] == "success", after["prepare"]
+    for port in ("7777", "7778", "7779"):
+        st = after["states"][port]
+        assert st["unit"]["ActiveState"] == "active" and st["state"]["counter"] == 0, st
+    rep = after["report"]
+    assert rep["outcome"] == "not-restored" and "no manifest" in rep["reason"], rep
+    assert any("no readable manifest" in line for line in after["kernel_log"]), after["kernel_log"]
+
+
+@pytest.mark.fault(
+    "seamless.* words no upgrade wrote on a kernel command line (a generation '../../etc', a mount '/etc')",
+    "an ordinary boot: nothing restored, no unit failed, every unit runs; the generator says why",
+)
+def test_malformed_words_on_the_command_line_break_nothing(faults: vm.Scenario) -> None:
+    words = need(faults, "malformed-kexec")["words"]
+    after = need(faults, "after-malformed")
+    assert after["uname"] == vmimage.KERNEL_B, after
+    assert all(w in after["cmdline"].split() for w in words), after["cmdline"]
+    assert after["generator"]["skipped"] == "malformed generation", after["generator"]
+    assert after["failed_units"] == [], after["failed_units"]
+    assert all(s["unit"]["ActiveState"] == "active" for s in after["states"].values()), after["states"]
+    assert not after["in_flight"], after

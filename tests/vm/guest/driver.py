@@ -29,7 +29,13 @@ faults (the fault rows that need a kernel of their own):
                      dump of 7779 (at the shutdown) and the restore of 7778,
                      and the root file system is full before the restore
   boot 3, kernel B   7777 restored, 7778 and 7779 afresh, nothing half-restored
-                     left; the report on the PMEM only; /var freed, power off
+                     left; the report on the PMEM only; /var freed. A user
+                     other than root is refused; then an upgrade to A whose
+                     manifest is cut in half at the shutdown
+  boot 4, kernel A   nothing restored, every unit afresh, the report says why;
+                     then a plain kexec into B with seamless.* words that are
+                     not ours (a generation '../../etc', a mount '/etc')
+  boot 5, kernel B   an ordinary boot, nothing failed; power off
 power (power cuts: the host kills QEMU when the console shows the moment):
   boot 1, kernel A   'seamless-upgrade run', cut as the kexec starts the new kernel
   boot 2, kernel A   units started afresh, report 'not-arrived'; run, cut in the restore
@@ -715,6 +721,32 @@ def after_kills():
     }
 
 
+GARBLE = f"{STATE}/garble"  # seamless-spoiler.service cuts the manifest in half
+MALFORMED = ["seamless.restore=../../etc", "seamless.mount=/etc", "seamless.ram=sometimes"]
+
+
+def non_root():
+    """Each entry point run as nobody: refused, nothing armed, nothing loaded."""
+    out = {}
+    for argv in (["plan"], ["run"], ["arm"], ["disarm"], ["restore-prepare"], ["restore-unit", unit(7777)]):
+        rc, text = sh("runuser", "-u", "nobody", "--", "seamless-upgrade", *argv)
+        out[" ".join(argv)] = {"rc": rc, "out": text}
+    return {"calls": out, "armed": os.path.exists("/run/seamless/armed.json"), "kexec_loaded": kexec_loaded()}
+
+
+def bad_input_boot():
+    """A boot that had bad input from before: the units, what failed, what the generator decided."""
+    _, failed = sh("systemctl", "--failed", "--plain", "--no-legend")
+    _, gen_log = sh("journalctl", "-b", "-k", "-g", "seamless", "-o", "cat", "--no-pager")
+    return {
+        **came_back(),
+        "failed_units": [ln.split()[0] for ln in failed.splitlines() if ln.strip()],
+        "prepare": unit_state("seamless-restore.service"),
+        "generator": json.loads(read_or_none("/run/seamless/generator.json") or "null"),
+        "kernel_log": gen_log.splitlines()[-10:],
+    }
+
+
 def faults(phase):
     if phase == "":
         for _ in range(3):
@@ -764,6 +796,38 @@ def faults(phase):
         for flag in (KILL_CRIU, FILL_VAR):
             Path(flag).unlink(missing_ok=True)
         sh("journalctl", "--flush")
+        debug_dump()
+        emit("non-root", non_root())
+        # An upgrade whose manifest the spoiler cuts in half once the checkpoints are done.
+        for _ in range(2):
+            demo(7777, "INC")
+        Path(GARBLE).touch()
+        set_phase("garbled")
+        rc, out = sh("seamless-upgrade", "run", "--kernel", other_kernel())
+        emit("garble-run", {"rc": rc, "out": out})
+        if rc != 0:
+            set_phase("failed")
+    elif phase == "garbled":
+        emit("after-garbled", bad_input_boot())
+        # A kexec by hand, nothing armed, with seamless.* words no upgrade wrote.
+        target = other_kernel()
+        words = [w for w in Path("/proc/cmdline").read_text().split() if not w.startswith("seamless")]
+        words += MALFORMED
+        set_phase("malformed")
+        rc, out = sh(
+            "kexec",
+            "-l",
+            f"/boot/vmlinuz-{target}",
+            f"--initrd=/boot/initrd.img-{target}",
+            f"--command-line={' '.join(words)}",
+        )
+        emit("malformed-kexec", {"rc": rc, "out": out, "words": MALFORMED})
+        if rc != 0:
+            set_phase("failed")
+            return
+        sh("systemctl", "kexec")
+    elif phase == "malformed":
+        emit("after-malformed", bad_input_boot())
         debug_dump()
         emit("done", {})
         set_phase("done")

@@ -6,6 +6,8 @@ seamless-demo@7778: a flipped byte, checksums left alone  -> the restore service
 seamless-demo@7779: core image truncated, checksums redone -> CRIU itself fails
                     at restore; the unit must still come up afresh.
 Runs as ExecStop= of seamless-spoiler.service, only if /var/lib/seamless-test/spoil exists.
+If /var/lib/seamless-test/garble exists instead, the upgrade's manifest is cut in half:
+the new boot must restore nothing, start every unit and say why.
 """
 
 import hashlib
@@ -14,6 +16,16 @@ import os
 import sys
 from pathlib import Path
 
+GARBLE = "/var/lib/seamless-test/garble"
+if os.path.exists(GARBLE):
+    armed = json.loads(Path("/run/seamless/armed.json").read_text())
+    manifest = Path(armed["mount"]) / armed["generation"] / "manifest.json"
+    text = manifest.read_bytes()
+    manifest.write_bytes(text[: len(text) // 2])
+    os.unlink(GARBLE)
+    os.sync()
+    print(f"cut {manifest} to {len(text) // 2} of {len(text)} bytes", flush=True)
+    sys.exit(0)
 if not os.path.exists("/var/lib/seamless-test/spoil"):
     sys.exit(0)
 armed = json.loads(Path("/run/seamless/armed.json").read_text())
