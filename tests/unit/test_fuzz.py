@@ -233,7 +233,7 @@ def test_garbled_image_metadata_is_a_reason_not_a_crash(which: str, doc: Any) ->
 @SETTINGS
 @given(text=st.text(max_size=120) | json_values.map(json.dumps))
 def test_restore_prepare_and_finish_on_a_garbled_manifest(text: str) -> None:
-    """A manifest that is not one (the generator skipped the boot): both say so and exit 0, restore nothing."""
+    """A manifest that is not one (the generator skipped the boot): both say so, exit 0, restore nothing."""
     from seamless_systemd import ram, restore
 
     try:
