@@ -140,11 +140,12 @@ def generate(normal: Path, root: Path, cmdline: str) -> int:
             manifest = json.loads((gdir / "manifest.json").read_text())
             units = units_with_images(manifest)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            log(
-                f"no readable manifest for upgrade {gen} in {mount} ({e}); is the initramfs hook "
-                "installed? Units start afresh",
-                root,
+            hint = (
+                "is the initramfs hook installed (it mounts the images)?"
+                if isinstance(e, FileNotFoundError)
+                else "it was changed or damaged after the checkpoint."
             )
+            log(f"no readable manifest for upgrade {gen} in {mount} ({e}); {hint} Units start afresh", root)
             decision["skipped"] = "no manifest"
             _want(normal, "multi-user.target", BOOT_CHECK)
             if p.get("seamless.ram") == "on-demand":

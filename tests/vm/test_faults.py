@@ -203,7 +203,9 @@ def test_every_entry_point_refuses_a_user_other_than_root(faults: vm.Scenario) -
     "nothing restored, no unit failed; every unit starts afresh; the report says not-restored (no manifest)",
 )
 def test_a_garbled_manifest_restores_nothing_and_breaks_nothing(faults: vm.Scenario) -> None:
-    assert need(faults, "garble-run")["rc"] == 0
+    # Seen only if the shutdown the run queued leaves it the time to say it.
+    ran = faults.get("garble-run")
+    assert ran is None or ran["rc"] == 0, ran
     after = need(faults, "after-garbled")
     assert after["uname"] == vmimage.KERNEL_A and "seamless.restore=" in after["cmdline"], after["cmdline"]
     assert after["generator"]["skipped"] == "no manifest", after["generator"]
@@ -214,7 +216,10 @@ def test_a_garbled_manifest_restores_nothing_and_breaks_nothing(faults: vm.Scena
         assert st["unit"]["ActiveState"] == "active" and st["state"]["counter"] == 0, st
     rep = after["report"]
     assert rep["outcome"] == "not-restored" and "no manifest" in rep["reason"], rep
-    assert any("no readable manifest" in line for line in after["kernel_log"]), after["kernel_log"]
+    assert any(
+        "no readable manifest" in line and "damaged after the checkpoint" in line
+        for line in after["kernel_log"]
+    ), after["kernel_log"]
 
 
 @pytest.mark.fault(
