@@ -31,6 +31,7 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "kernel": (str, type(None)),
     "checkpoint_timeout": int,
     "restore_timeout": int,
+    "panic_reboot": int,
     "images": dict,
     "warm": dict,
 }
@@ -97,6 +98,10 @@ class Config:
     # the unit starts afresh. Not the unit's own TimeoutStartSec=, which is
     # meant for a cold start and is 90 s by default.
     restore_timeout: int = 600
+    # panic=SECONDS on the new kernel's command line when it has no panic= of
+    # its own: a new kernel that panics reboots instead of waiting at the
+    # message (the kernel's default, 0). 0 here: the command line as it is.
+    panic_reboot: int = 30
     image_checksum: str = "crc32"
     # Copy the memory while the services run (at arm time), see predump.
     pre_dump: bool = True
@@ -244,6 +249,11 @@ def _read_fragment(path: Path) -> dict[str, Any]:
         timeout = data.get(key)
         if timeout is not None and timeout <= 0:
             raise ConfigError(f"{path}: '{key}' must be a positive number of seconds")
+    panic = data.get("panic_reboot")
+    if panic is not None and panic < 0:
+        raise ConfigError(
+            f"{path}: 'panic_reboot' must be a number of seconds (0: leave the new kernel's panic= as it is)"
+        )
     return data
 
 
@@ -262,6 +272,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
     kernel: str | None = None
     timeout = Config.checkpoint_timeout
     restore_timeout = Config.restore_timeout
+    panic_reboot = Config.panic_reboot
     images: dict[str, Any] = {}
     warm: dict[str, Any] = {}
     warm_paths: dict[str, list[str]] = {}
@@ -284,6 +295,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
             kernel = data["kernel"]
         timeout = data.get("checkpoint_timeout", timeout)
         restore_timeout = data.get("restore_timeout", restore_timeout)
+        panic_reboot = data.get("panic_reboot", panic_reboot)
         images.update(data.get("images", {}))
         warm.update(data.get("warm", {}))
     device = Path(pmem.get("device", str(DEFAULT_DEVICE)))
@@ -301,6 +313,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         kernel=kernel,
         checkpoint_timeout=timeout,
         restore_timeout=restore_timeout,
+        panic_reboot=panic_reboot,
         image_checksum=images.get("checksum", Config.image_checksum),
         pre_dump=images.get("pre_dump", Config.pre_dump),
         warm_page_cache=warm.get("page_cache", Config.warm_page_cache),

@@ -79,6 +79,26 @@ def mounts(pid: int | str) -> list[Mount]:
     return out
 
 
+def unmount_below(path: Path) -> list[str]:
+    """Detach every mount at or below PATH in our mount namespace, deepest first; the points detached.
+
+    A criu killed midway leaves the mounts it makes in its working directory
+    (the images directory), e.g. its cgroup yard (.criu.cgyard.*): they would
+    keep the images' files from being removed, and the file system from
+    being unmounted.
+    """
+    import ctypes
+
+    top = str(path).rstrip("/")
+    points = [m.point for m in mounts("self") if m.point == top or m.point.startswith(top + "/")]
+    libc = ctypes.CDLL(None, use_errno=True)
+    done = []
+    for point in sorted(set(points), key=lambda p: p.count("/"), reverse=True):
+        if libc.umount2(point.encode(), 2) == 0:  # MNT_DETACH
+            done.append(point)
+    return done
+
+
 def _unescape(s: str) -> str:
     return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 

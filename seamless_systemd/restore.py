@@ -403,6 +403,9 @@ def restore_unit(unit: str) -> int:
         if killed:
             reason += f"; {len(killed)} half-restored process(es) it left in the unit were killed"
             log.warning("%s: killed the half-restored process(es) %s", unit, ", ".join(map(str, killed)))
+        left = procs.unmount_below(gen.images(unit))
+        if left:
+            log.warning("%s: detached the mounts the restore left in its images: %s", unit, ", ".join(left))
         record.update(outcome="restore-failed", finished_at=time.time(), reason=reason)
         raise RestoreError(f"{unit}: restore failed, it will be started afresh: {e}") from e
     finally:

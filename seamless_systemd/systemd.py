@@ -230,6 +230,16 @@ def start_if_stopped(name: str, why: str) -> UnitInfo:
     return unit_info(name)
 
 
+def manager_property(name: str) -> Any:
+    """A property of PID 1's Manager object, e.g. 'KExecWatchdogUSec'."""
+    from pystemd.systemd1 import Manager
+
+    with _bus() as bus:
+        m = Manager(bus=bus)
+        m.load()
+        return getattr(m.Manager, name)
+
+
 def daemon_reload() -> None:
     from pystemd.systemd1 import Manager
 

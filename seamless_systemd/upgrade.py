@@ -18,6 +18,7 @@ from typing import Any
 from seamless_systemd import (
     config,
     criu,
+    guard,
     hugemem,
     inflight,
     kernels,
@@ -183,6 +184,8 @@ class HostFacts:
     target_modules: frozenset[str] | None = None
     initrd_modules: frozenset[str] | None = None
     machine: str = "x86_64"
+    # The hardware watchdog and systemd's KExecWatchdogSec= (None: not looked at).
+    watchdog: guard.Watchdog | None = None
 
 
 def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) -> HostFacts:
@@ -216,6 +219,7 @@ def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) ->
         target_config=kernels.read_config(target.version),
         target_modules=kernels.modules_of(target.version),
         machine=os.uname().machine,
+        watchdog=guard.watchdog_facts(),
         initrd_modules=None
         if listing is None
         else frozenset(filter(None, map(kernels.module_name, listing))),
@@ -298,6 +302,8 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
     if mode == PmemMode.AUTO:
         mode = PmemMode.RESERVED if memmap_kept else PmemMode.ON_DEMAND
     estimate = sum(u.estimate_bytes for u in f.units)
+    # The new kernel's command line before the upgrade's own words.
+    cmdline = guard.with_panic(kernels.new_cmdline(" ".join(f.cmdline_words), {}), cfg.panic_reboot)
     ram_bytes = ram_available = None
     ram_host = None
     if mode == PmemMode.RESERVED:
@@ -326,8 +332,7 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
             problems.append("RAM on demand: the host's memory was not looked at")
         else:
             ram_available = f.ram.mem_available
-            words = " ".join(f.cmdline_words)
-            longest = kernels.new_cmdline(words, _restore_params(cfg, mode, "X" * 22, 10**9))
+            longest = kernels.new_cmdline(cmdline, _restore_params(cfg, mode, "X" * 22, 10**9))
             ram_host = {
                 "page_sizes": list(f.ram.page_sizes),
                 "free_2m_blocks": f.ram.free_blocks,
@@ -369,7 +374,8 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
                 f"{up.unit}: PIDs {low} are in the range the kernel and initramfs use at boot (up to "
                 f"{kept_free}); {how}"
             )
-    cmdline = kernels.new_cmdline(" ".join(f.cmdline_words), {})
+    if f.watchdog is not None:
+        notes += guard.notes(cmdline, f.watchdog)
     return Plan(
         f.running_kernel,
         target,
@@ -676,10 +682,21 @@ def _order_hooks_after_containers(plan: Plan) -> bool:
 
 
 def _clean_old_generations(mount: Path) -> None:
+    """Remove the generations of earlier upgrades: their room is this one's.
+
+    What cannot be removed is left with a warning (the room check before each
+    dump still stands), never a reason to refuse the upgrade.
+    """
     for entry in mount.iterdir():
         if entry.is_dir() and (entry / "manifest.json").exists():
             log.debug("Removing old generation %s", entry.name)
-            shutil.rmtree(entry)
+            left = procs.unmount_below(entry)
+            if left:
+                log.warning("Detached mounts left in old generation %s: %s", entry.name, ", ".join(left))
+            try:
+                shutil.rmtree(entry)
+            except OSError as e:
+                log.warning("Could not remove all of old generation %s on %s: %s", entry.name, mount, e)
 
 
 def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan, pre_dump: bool) -> None:

@@ -41,7 +41,7 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
         (
             "unit: [a.service]\n",
             "unknown key 'unit' (allowed: checkpoint_timeout, containers, images, kernel, on_unsupported, "
-            "pmem, restore_timeout, units, warm)",
+            "panic_reboot, pmem, restore_timeout, units, warm)",
         ),
         ("images: {checksum: md5}\n", "'images.checksum' must be one of crc32, sha256, not 'md5'"),
         ("images: {hash: crc32}\n", "unknown key 'images.hash' (allowed: images.checksum, images.pre_dump)"),
@@ -68,6 +68,8 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
         ("checkpoint_timeout: yes\n", "'checkpoint_timeout' must be an integer"),
         ("checkpoint_timeout: 0\n", "positive number of seconds"),
         ("restore_timeout: -5\n", "'restore_timeout' must be a positive number of seconds"),
+        ("panic_reboot: -1\n", "'panic_reboot' must be a number of seconds (0: leave"),
+        ("panic_reboot: yes\n", "'panic_reboot' must be an integer, not True"),
         ("restore_timeout: 10 min\n", "'restore_timeout' must be an integer"),
         ("pmem: {device: pmem0}\n", "device path under /dev"),
         ("- a.service\n", "top level must be a mapping"),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -172,3 +174,33 @@ def test_killing_leftovers_only_inside_the_unit_itself(monkeypatch: pytest.Monke
     monkeypatch.setattr(restore, "own_cgroup", lambda: "/user.slice/user-0.slice/session-3.scope")
     monkeypatch.setattr(procs, "cgroup_pids", lambda g: pytest.fail("looked at the cgroup"))
     assert restore.stop_half_restored("demo@1.service") == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_mounts_a_killed_criu_left_do_not_block_removal(tmp_path: Path) -> None:
+    """A cgroup yard (or any mount) left in a generation's images: detached, then the generation goes."""
+    child = f"""
+import os, subprocess, sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from seamless_systemd import procs, upgrade
+mount = Path({str(tmp_path)!r})
+gen = mount / "20261206T000000-abcdef"
+yard = gen / "units/a.service/images/.criu.cgyard.x1Y2z3"
+yard.mkdir(parents=True)
+(gen / "manifest.json").write_text("{{}}")
+subprocess.run(["mount", "-t", "tmpfs", "yard", str(yard)], check=True)
+(yard / "unified").mkdir()
+subprocess.run(["mount", "-t", "cgroup2", "none", str(yard / "unified")], check=True)
+assert (yard / "unified/cgroup.procs").exists()
+upgrade._clean_old_generations(mount)
+assert not gen.exists(), list(gen.rglob("*"))
+assert not [m for m in procs.mounts("self") if m.point.startswith(str(mount) + "/")]
+print("ok")
+"""
+    p = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", child],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stdout + p.stderr

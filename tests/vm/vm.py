@@ -37,6 +37,9 @@ class Machine:
     memmap: str = "memmap=512M!1536M"
     # How long one QEMU run (boot, upgrade, boot after the kexec, checks) may take.
     timeout: float = QEMU_TIMEOUT
+    # What a panic does: reset at once (QEMU exits, -no-reboot). "" leaves it to
+    # the kernel's default (wait forever) or to the panic= the upgrade adds.
+    panic: str = "panic=-1"
 
 
 DEFAULT = Machine()
@@ -50,6 +53,9 @@ LARGE = Machine("3072M", "memmap=1G!1536M", 1800)
 FULL = Machine(timeout=2400)
 # RAM on demand: nothing reserved at boot (docs/ram-on-demand.md).
 NO_RESERVATION = Machine("2560M", "")
+# The faults scenario: no panic= of the machine's own, so that the new kernel
+# that panics reboots by the panic= the upgrade put on its command line.
+FAULTS = Machine(panic="")
 
 
 @dataclasses.dataclass
@@ -110,7 +116,8 @@ def qemu_argv(
 
     KERNEL_B: boot kernel B (a cold boot into the new kernel), not A.
     """
-    cmdline = f"root=/dev/vda rw console=ttyS0 {machine.memmap} panic=-1 {append}".strip()
+    words = ("root=/dev/vda rw console=ttyS0", machine.memmap, machine.panic, append)
+    cmdline = " ".join(w for w in words if w)
     fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in (forwards or {}).items())
     return [
         "qemu-system-x86_64",

@@ -62,6 +62,12 @@ GROWER = "seamless-grower.service"  # grows past the PMEM between the second arm
 ON_FAILURE_LOG = f"{STATE}/on-failure.log"  # seamless-failed@.service, the OnFailure= of seamless-exec
 DISK_USER = "seamless-diskuser"  # a member of group disk, who must not read the PMEM
 PORTS = (7777, 7778, 7779)
+# The faults scenario's fourth demo, whose images the spoiler makes readable by
+# others (owner and mode) after its checkpoint: it must start afresh.
+LOOSE = 7798
+LOOSEN = f"{STATE}/loosen"
+# The demos whose state each step reports (the faults scenario adds LOOSE).
+STATE_PORTS = list(PORTS)
 # Kernels the faults scenario installs beside A and B, made from B: one damaged
 # (image cut in half, built without the PMEM driver), one whose initramfs fails.
 DAMAGED_KERNEL = "6.1.0-99-cloud-amd64"
@@ -155,7 +161,7 @@ def unit_state(name):
 
 
 def all_states():
-    return {str(p): {"state": demo(p), "unit": unit_state(unit(p))} for p in PORTS}
+    return {str(p): {"state": demo(p), "unit": unit_state(unit(p))} for p in STATE_PORTS}
 
 
 def cgroup_pids(cgroup):
@@ -630,6 +636,11 @@ def writer_log():
     return {"lines": len(numbers), "whole_up_to": whole}
 
 
+def writer_now():
+    """The writer's word (how far it has fsync'ed) and how much of its log is whole."""
+    return {"state": demo(WRITER), "unit": unit_state("seamless-writer.service"), "log": writer_log()}
+
+
 def power_states():
     return {**all_states(), "writer": {"state": demo(WRITER), "unit": unit_state("seamless-writer.service")}}
 
@@ -718,6 +729,12 @@ def after_kills():
         "restore_log": restore_log.splitlines()[-15:],
         "groups": groups,
         "filler": os.path.exists(FILLER),
+        # What a criu killed midway mounted in its working directory (the images): its cgroup yard.
+        "mounts_in_images": [
+            line.split()[4]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4].startswith("/run/seamless/pmem/")
+        ],
     }
 
 
@@ -747,14 +764,28 @@ def bad_input_boot():
     }
 
 
+def plan_json():
+    p = subprocess.run(["seamless-upgrade", "plan", "--json"], capture_output=True, text=True)
+    try:
+        return json.loads(p.stdout)
+    except ValueError:
+        return {"rc": p.returncode, "unparsed": p.stdout + p.stderr}
+
+
 def faults(phase):
+    STATE_PORTS.append(LOOSE)
     if phase == "":
         for _ in range(3):
             demo(7777, "INC")
+        demo(LOOSE, "INC")
         emit("before", all_states())
+        # What plan says would bring the machine back if the new kernel panicked or hung.
+        plan = plan_json()
+        emit("plan-guard", {"notes": plan.get("notes"), "cmdline": plan.get("cmdline"), "plan": plan})
         emit("damaged-kernel", damaged_kernel(other_kernel()))
         install_kernel_copy(PANICKING_KERNEL, other_kernel_than(PANICKING_KERNEL), failing_init=True)
         emit("package-upgrade", during_package_upgrade())
+        emit("writer-before-panic", writer_now())
         set_phase("panicked")
         emit("panic-run", {"kernel": PANICKING_KERNEL})
         first = subprocess.Popen(
@@ -775,15 +806,20 @@ def faults(phase):
             raise SystemExit(f"the upgrade did not start: {out}")
     elif phase == "panicked":
         emit("after-panic", came_back())
+        emit("writer-after-panic", writer_now())
         remove_kernel_copy(PANICKING_KERNEL)
         debug_dump()
         # Last: an upgrade to B in which CRIU is killed midway through one dump and one restore,
         # with the root file system full from before the restore (the killer and the filler).
         for _ in range(2):
             demo(7777, "INC")
+        demo(LOOSE, "INC")
         emit("before-kills", all_states())
+        emit("writer-before-kills", writer_now())
         Path(KILL_CRIU).write_text(json.dumps({"dump": unit(7779), "restore": unit(7778)}))
         Path(FILL_VAR).touch()
+        # The spoiler makes one image of LOOSE readable by others once it is checkpointed.
+        Path(LOOSEN).touch()
         sh("systemctl", "start", "seamless-criu-killer.service")
         set_phase("killed")
         rc, out = sh("seamless-upgrade", "run", "--kernel", other_kernel())
@@ -792,6 +828,7 @@ def faults(phase):
             set_phase("failed")
     elif phase == "killed":
         emit("after-kills", after_kills())
+        emit("writer-after-kills", writer_now())
         os.unlink(FILLER)
         for flag in (KILL_CRIU, FILL_VAR):
             Path(flag).unlink(missing_ok=True)
@@ -802,6 +839,7 @@ def faults(phase):
         for _ in range(2):
             demo(7777, "INC")
         Path(GARBLE).touch()
+        emit("writer-before-garbled", writer_now())
         set_phase("garbled")
         rc, out = sh("seamless-upgrade", "run", "--kernel", other_kernel())
         emit("garble-run", {"rc": rc, "out": out})
@@ -809,10 +847,12 @@ def faults(phase):
             set_phase("failed")
     elif phase == "garbled":
         emit("after-garbled", bad_input_boot())
+        emit("writer-after-garbled", writer_now())
         # A kexec by hand, nothing armed, with seamless.* words no upgrade wrote.
         target = other_kernel()
         words = [w for w in Path("/proc/cmdline").read_text().split() if not w.startswith("seamless")]
         words += MALFORMED
+        emit("writer-before-malformed", writer_now())
         set_phase("malformed")
         rc, out = sh(
             "kexec",
@@ -828,6 +868,7 @@ def faults(phase):
         sh("systemctl", "kexec")
     elif phase == "malformed":
         emit("after-malformed", bad_input_boot())
+        emit("writer-after-malformed", writer_now())
         debug_dump()
         emit("done", {})
         set_phase("done")

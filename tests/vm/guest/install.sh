@@ -47,11 +47,18 @@ fi
 if [ "$SCENARIO" = faults ]; then
 	# CRIU killed midway through a dump and a restore; /var full in the restore boot (flag files).
 	systemctl enable seamless-criu-killer.service seamless-var-filler.service
+	# A fourth demo, whose images the spoiler gives another owner and mode in one upgrade.
+	systemctl enable seamless-demo@7798.service
+	printf 'units:\n  - seamless-demo@7798.service\n' >/etc/seamless/conf.d/55-loose.yaml
+fi
+if [ "$SCENARIO" = faults ] || [ "$SCENARIO" = power ]; then
+	# A service writing to disk all the time: no line it fsync'ed may be lost, whatever fails.
+	systemctl enable seamless-writer.service
+	printf 'units:\n  - seamless-writer.service\n' >/etc/seamless/conf.d/60-writer.yaml
 fi
 if [ "$SCENARIO" = power ]; then
-	# A service writing to disk all the time, and the unit that replaces its data file at one restore.
-	systemctl enable seamless-writer.service seamless-replacer.service
-	printf 'units:\n  - seamless-writer.service\n' >/etc/seamless/conf.d/60-writer.yaml
+	# The unit that replaces the writer's data file at one restore.
+	systemctl enable seamless-replacer.service
 fi
 # QEMU's user-mode network, configured statically: the host reaches the guest's
 # chat service through it (a TCP client outside the VM).

@@ -7,7 +7,9 @@ seamless-demo@7779: core image truncated, checksums redone -> CRIU itself fails
                     at restore; the unit must still come up afresh.
 Runs as ExecStop= of seamless-spoiler.service, only if /var/lib/seamless-test/spoil exists.
 If /var/lib/seamless-test/garble exists instead, the upgrade's manifest is cut in half:
-the new boot must restore nothing, start every unit and say why.
+the new boot must restore nothing, start every unit and say why. If
+/var/lib/seamless-test/loosen exists, one image of seamless-demo@7798 gets another
+owner and mode 0644: that unit must start afresh.
 """
 
 import hashlib
@@ -25,6 +27,19 @@ if os.path.exists(GARBLE):
     os.unlink(GARBLE)
     os.sync()
     print(f"cut {manifest} to {len(text) // 2} of {len(text)} bytes", flush=True)
+    sys.exit(0)
+LOOSEN = "/var/lib/seamless-test/loosen"
+if os.path.exists(LOOSEN):
+    # seamless-demo@7798: one image file handed to nobody and opened to all (0644):
+    # the restore must refuse the tree and start the unit afresh.
+    armed = json.loads(Path("/run/seamless/armed.json").read_text())
+    imgs = Path(armed["mount"]) / armed["generation"] / "units/seamless-demo@7798.service/images"
+    pages = max(imgs.rglob("pages-*.img"), key=lambda p: p.stat().st_size)
+    os.chown(pages, 65534, 65534)
+    os.chmod(pages, 0o644)
+    os.unlink(LOOSEN)
+    os.sync()
+    print(f"gave {pages} to nobody, mode 0644", flush=True)
     sys.exit(0)
 if not os.path.exists("/var/lib/seamless-test/spoil"):
     sys.exit(0)
