@@ -278,11 +278,11 @@ def test_images_whose_owner_or_mode_changed_are_not_restored(faults: vm.Scenario
     "(every row above) a service appends numbered lines to a file on disk, fsync'ing each",
     "after each of the four upgrades, its log holds every line it had said was fsync'ed before the upgrade",
 )
-@pytest.mark.parametrize("row", ["panic", "kills", "garbled", "malformed"])
-def test_no_fsynced_line_is_lost(faults: vm.Scenario, row: str) -> None:
-    before, after = need(faults, f"writer-before-{row}"), need(faults, f"writer-after-{row}")
-    synced = before["state"]["synced"]
-    assert synced > 0 and after["log"]["whole_up_to"] >= synced, (before, after)
-    # Numbered 1..N with no line missing or repeated in between.
-    assert after["log"]["whole_up_to"] == after["log"]["lines"] or row == "kills", after["log"]
-    assert after["unit"]["ActiveState"] == "active", after["unit"]
+def test_no_fsynced_line_is_lost(faults: vm.Scenario) -> None:
+    for row in ("panic", "kills", "garbled", "malformed"):
+        before, after = need(faults, f"writer-before-{row}"), need(faults, f"writer-after-{row}")
+        synced = before["state"]["synced"]
+        assert synced > 0 and after["log"]["whole_up_to"] >= synced, (row, before, after)
+        # Numbered 1..N with no line missing or repeated in between (with / full, a last line may be torn).
+        assert after["log"]["whole_up_to"] == after["log"]["lines"] or row == "kills", (row, after["log"])
+        assert after["unit"]["ActiveState"] == "active", (row, after["unit"])
