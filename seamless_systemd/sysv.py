@@ -98,13 +98,51 @@ def mapped(pids: Iterable[int]) -> dict[int, int]:
     return out
 
 
+def clashes(pids: Iterable[int]) -> list[str]:
+    """Segments whose id is also the inode number of another shared memory mapping of PIDS.
+
+    System V segments and anonymous shared memory (and memfds) are files of
+    the kernel's one internal tmpfs; a segment's inode number is its id, the
+    others' are small numbers the same tmpfs hands out. CRIU files all of them
+    under the inode number alone (criu/shmem.c, add_shmem_area), so a segment
+    and a mapping with the same number become one object: the dump fails
+    ("Can't open 0/map_files/…", seen with PostgreSQL) or, worse, one is
+    restored with the other's memory. A restart gives the service other numbers.
+    """
+    segs: dict[tuple[str, int], str] = {}
+    other: dict[tuple[str, int], str] = {}
+    for pid in pids:
+        try:
+            lines = (PROC / str(pid) / "maps").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split(maxsplit=5)
+            if len(f) < 6 or not f[4].isdigit() or int(f[4]) == 0:
+                continue
+            key = (f[3], int(f[4]))
+            if _SYSV_NAME.match(f[5]):
+                segs[key] = f[5]
+            elif f[1].endswith("s"):
+                other.setdefault(key, f[5])
+    return [
+        f"maps System V segment {ino} and a shared memory mapping ({other[(dev, ino)]}) whose inode "
+        f"number is the same, {ino}: CRIU keeps shared memory by that number alone and would take one "
+        "for the other (criu/shmem.c, add_shmem_area); restart the service before the upgrade, which "
+        "gives its shared memory other numbers"
+        for dev, ino in sorted(segs)
+        if (dev, ino) in other
+    ]
+
+
 def segments(pids: Iterable[int]) -> tuple[list[dict[str, Any]], list[str]]:
     """What the checkpoint must record of the segments PIDS map, and what cannot be carried."""
+    pids = list(pids)
     maps = mapped(pids)
     if not maps:
         return [], []
     known = table()
-    found, problems = [], []
+    found, problems = [], clashes(pids)
     for shmid, page in sorted(maps.items()):
         seg = known.get(shmid)
         if seg is None:

@@ -120,3 +120,43 @@ def test_table_parses_the_kernel_listing(tmp_path: Path) -> None:
     assert seg["id"] == 32769 and seg["key"] == 5432001 and seg["size"] == 56
     assert seg["mode"] == 0o600 and seg["removed"] and not seg["locked"]
     assert (seg["uid"], seg["gid"], seg["cuid"], seg["cgid"], seg["nattch"]) == (104, 110, 104, 110, 6)
+
+
+# A segment made with the id the kernel's internal tmpfs gave an anonymous shared
+# mapping as its inode number: CRIU would file both under one key.
+CLASH = r"""
+import ctypes, json, mmap, os
+from seamless_systemd import sysv
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+anon = mmap.mmap(-1, 1 << 20, mmap.MAP_SHARED)
+anon[0:1] = b"x"
+ino = next(int(l.split()[4]) for l in open("/proc/self/maps") if "/dev/zero" in l and "rw-s" in l)
+seen = {"before": sysv.clashes([os.getpid()])}
+open("/proc/sys/kernel/shm_next_id", "w").write(str(ino))
+shmid = libc.shmget(0, 4096, 0o1600)
+assert shmid == ino, (shmid, ino)
+assert libc.shmat(shmid, None, 0) not in (None, ctypes.c_void_p(-1).value)
+seen["after"] = sysv.clashes([os.getpid()])
+seen["ino"] = ino
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_a_segment_whose_id_is_another_mappings_inode_is_named() -> None:
+    p = subprocess.run(
+        ["unshare", "--ipc", sys.executable, "-c", CLASH],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert p.returncode == 0, p.stderr
+    seen = json.loads(p.stdout)
+    assert seen["before"] == []
+    (why,) = seen["after"]
+    assert f"maps System V segment {seen['ino']} and a shared memory mapping (/dev/zero (deleted))" in why
+    assert "restart the service" in why

@@ -60,7 +60,23 @@ def memory() -> dict:
     }
 
 
+def follow_plans_advice() -> None:
+    """Restart the cluster if plan says its System V segment and its shared memory share a number.
+
+    The kernel hands out both numbers; when they meet, CRIU would take one for
+    the other, plan refuses and says to restart (seamless_systemd/sysv.py,
+    clashes). A sysadmin would do just that before the upgrade.
+    """
+    p = subprocess.run(["seamless-upgrade", "plan"], capture_output=True, text=True)
+    clash = [x for x in (p.stdout + p.stderr).splitlines() if "whose inode" in x and "postgresql" in x]
+    if clash:
+        print(f"plan says: {clash[0].strip()}; restarting the cluster")
+        subprocess.run(["systemctl", "restart", "postgresql@15-main.service"], check=True)
+        time.sleep(5)
+
+
 if sys.argv[1] == "save":
+    follow_plans_advice()
     token = secrets.token_hex(16)
     sql("CREATE EXTENSION IF NOT EXISTS pg_buffercache")
     sql(f"CREATE TABLE IF NOT EXISTS kept (v text); INSERT INTO kept VALUES ('{token}')")
