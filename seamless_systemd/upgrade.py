@@ -32,6 +32,7 @@ from seamless_systemd import (
     sockets,
     state,
     systemd,
+    sysv,
     volatile,
     warm,
 )
@@ -881,6 +882,10 @@ def checkpoint(unit: str) -> int:
             _checkpoint_container(gen, unit, info, manifest, record)
             return 0
         facts = criu.inspect(info)
+        # Numbers the kernel handed out since plan (a new shared mapping) may meet a segment's id.
+        clash = sysv.clashes(facts.pids)
+        if clash:
+            raise CheckpointError(clash[0])
         above = [p for p in facts.pids if p > manifest["pid_floor"]]
         if above:
             raise CheckpointError(
