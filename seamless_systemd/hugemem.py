@@ -284,7 +284,8 @@ def take(
             raise RamError(
                 f"only {got} of {count} hugepages of {page >> 20} MiB could be taken now "
                 f"({got * page >> 20} of {count * page >> 20} MiB): free memory or compact it "
-                "(echo 1 > /proc/sys/vm/compact_memory), or boot with hugetlb_cma= for a guarantee"
+                "(echo 1 > /proc/sys/vm/compact_memory), or boot with movablecore=SIZE, which keeps "
+                "that much memory movable so that compaction can make 2 MiB pages there"
             )
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:

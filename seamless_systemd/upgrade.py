@@ -610,7 +610,9 @@ def _take_ram(cfg: Config, plan: Plan, cmdline: str) -> tuple[list[hugemem.Range
                 f"the {taken['bytes'] >> 20} MiB of RAM for the images came in {len(ranges)} ranges, "
                 f"and the new kernel's command line has room to name {room}: memory is too fragmented now. "
                 "Try again later or after 'echo 1 > /proc/sys/vm/compact_memory'; for a guarantee, boot "
-                "with hugetlb_cma=SIZE (a contiguous area kept for hugepages) or reserve the RAM for good "
+                "with movablecore=SIZE (memory the kernel keeps for movable pages, which compaction can "
+                "always turn into 2 MiB pages; hugetlb_cma= serves 1 GiB pages only) or reserve the RAM for "
+                "good "
                 "(pmem.mode: reserved)"
             ]
         )

@@ -235,7 +235,7 @@ def test_arm_refuses_ram_in_more_ranges_than_the_command_line_can_name(
     with pytest.raises(PreflightError) as e:
         upgrade._take_ram(CFG, plan, "root=/dev/vda quiet")
     why = str(e.value)
-    assert "came in 200 ranges" in why and "hugetlb_cma=" in why and "pmem.mode: reserved" in why
+    assert "came in 200 ranges" in why and "movablecore=" in why and "pmem.mode: reserved" in why
     assert mounted == []  # nothing made on RAM that cannot be handed over
 
 
