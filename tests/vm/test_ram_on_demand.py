@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from typing import Any
 
 import pytest
 
@@ -25,17 +26,22 @@ pytestmark = pytest.mark.integration
 WORKLOAD = vmimage.REPO / "tests/workloads/ram-on-demand"
 
 
-@pytest.mark.fault(
-    "RAM on demand: one unit's range overwritten below the file system in the new boot",
-    "that unit starts afresh ('checksum mismatch'); the other is restored; the RAM goes back",
-)
-def test_upgrade_with_ram_taken_at_arm_time() -> None:
+@pytest.fixture(scope="module")
+def ram_demo() -> tuple[int, dict[str, Any]]:
     if os.geteuid() != 0:
         pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
     out = vmimage.BUILD / "demo-ram-on-demand"
     shutil.rmtree(out, ignore_errors=True)
     rc = vm.demo(out, [WORKLOAD], vm.NO_RESERVATION)
-    rep = json.loads((out / "report.json").read_text())
+    return rc, json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.fault(
+    "RAM on demand: one unit's range overwritten below the file system in the new boot",
+    "that unit starts afresh ('checksum mismatch'); the other is restored; the RAM goes back",
+)
+def test_upgrade_with_ram_taken_at_arm_time(ram_demo: tuple[int, dict[str, Any]]) -> None:
+    rc, rep = ram_demo
     scripts = rep["workload"]["scripts"]
     assert scripts["ram-on-demand/before.sh"]["rc"] == 0, scripts["ram-on-demand/before.sh"]
     assert scripts["ram-on-demand/after.sh"]["rc"] == 0, scripts["ram-on-demand/after.sh"]
@@ -52,3 +58,18 @@ def test_upgrade_with_ram_taken_at_arm_time() -> None:
     assert ram["given_back"]["returned_bytes"] >= 128 << 20, ram
     # (demo's status is 1 here: not every unit was restored, by design.)
     assert rc == 1
+
+
+@pytest.mark.fault(
+    "RAM on demand: more RAM asked (pmem.size: 64G) than the machine has, at plan and at arm",
+    "both refused, naming MemAvailable; no hugepage taken; then arm and disarm give every page back",
+)
+def test_too_much_ram_is_refused_and_disarm_gives_it_all_back(ram_demo: tuple[int, dict[str, Any]]) -> None:
+    _, rep = ram_demo
+    before = rep["workload"]["scripts"]["ram-on-demand/before.sh"]
+    # check.py save asserts it all (too_much_is_refused, arm_then_disarm); its lines say what it saw.
+    assert before["rc"] == 0, before
+    tail = "\n".join(before["tail"])
+    assert "64G refused:" in tail and "MiB is available (MemAvailable" in tail, tail
+    nothing_held = "{'hugepages': 0, 'mounted': False, 'nbd_attached': [], 'ram_service': 'inactive'}"
+    assert f"disarmed: {nothing_held}" in tail, tail
