@@ -63,6 +63,8 @@ class TreeFacts:
     renamed_sockets: tuple[tuple[str, str], ...] = ()
     # System V segments of the host's IPC namespace the tree maps (see sysv): dumped with --ext-sysv-shm.
     sysv_segments: tuple[dict[str, Any], ...] = ()
+    # Segments whose id is another shared mapping's inode number (sysv.clashes): CRIU would mix them up.
+    shmem_clashes: tuple[str, ...] = ()
 
 
 def inspect(info: UnitInfo) -> TreeFacts:
@@ -129,6 +131,8 @@ def inspect(info: UnitInfo) -> TreeFacts:
     unsupported += _container_problems(info.main_pid, pids)
     segments, problems = _sysv(pids)
     unsupported += problems
+    clashes = sysv.clashes(pids)
+    unsupported += clashes
     unsupported += kobjects.problems(pids, version())
     unsupported += _mapping_problems(pids)
     for pid in pids:
@@ -159,6 +163,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
         tuple(f"{info.name} {w}" for w in warnings),
         tuple(renamed),
         tuple(segments),
+        tuple(clashes),
     )
 
 

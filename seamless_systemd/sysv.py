@@ -137,12 +137,11 @@ def clashes(pids: Iterable[int]) -> list[str]:
 
 def segments(pids: Iterable[int]) -> tuple[list[dict[str, Any]], list[str]]:
     """What the checkpoint must record of the segments PIDS map, and what cannot be carried."""
-    pids = list(pids)
     maps = mapped(pids)
     if not maps:
         return [], []
     known = table()
-    found, problems = [], clashes(pids)
+    found, problems = [], []
     for shmid, page in sorted(maps.items()):
         seg = known.get(shmid)
         if seg is None:

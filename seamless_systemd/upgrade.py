@@ -32,7 +32,6 @@ from seamless_systemd import (
     sockets,
     state,
     systemd,
-    sysv,
     volatile,
     warm,
 )
@@ -612,8 +611,7 @@ def _take_ram(cfg: Config, plan: Plan, cmdline: str) -> tuple[list[hugemem.Range
                 "Try again later or after 'echo 1 > /proc/sys/vm/compact_memory'; for a guarantee, boot "
                 "with movablecore=SIZE (memory the kernel keeps for movable pages, which compaction can "
                 "always turn into 2 MiB pages; hugetlb_cma= serves 1 GiB pages only) or reserve the RAM for "
-                "good "
-                "(pmem.mode: reserved)"
+                "good (pmem.mode: reserved)"
             ]
         )
     ram.mount(taken["device"], cfg.pmem_mountpoint)
@@ -885,9 +883,8 @@ def checkpoint(unit: str) -> int:
             return 0
         facts = criu.inspect(info)
         # Numbers the kernel handed out since plan (a new shared mapping) may meet a segment's id.
-        clash = sysv.clashes(facts.pids)
-        if clash:
-            raise CheckpointError(clash[0])
+        if facts.shmem_clashes:
+            raise CheckpointError(facts.shmem_clashes[0])
         above = [p for p in facts.pids if p > manifest["pid_floor"]]
         if above:
             raise CheckpointError(

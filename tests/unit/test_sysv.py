@@ -75,17 +75,23 @@ print(json.dumps({"recorded": recorded, "problems": problems, "before": before, 
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
-def test_segments_recorded_and_made_again_with_ids_keys_owners() -> None:
-    out = subprocess.run(
-        ["unshare", "--ipc", sys.executable, "-c", SCRIPT],
+def in_own_ipc_namespace(script: str) -> dict:
+    """What SCRIPT printed last (JSON), run as root in a fresh IPC namespace from the repository."""
+    p = subprocess.run(
+        ["unshare", "--ipc", sys.executable, "-c", script],
         cwd=REPO,
         capture_output=True,
         text=True,
-        check=True,
         timeout=60,
-    ).stdout.splitlines()
-    seen = json.loads(out[-1])
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_segments_recorded_and_made_again_with_ids_keys_owners() -> None:
+    seen = in_own_ipc_namespace(SCRIPT)
     recorded = seen["recorded"]
     assert seen["problems"] == []
     # Both mapped segments, not the one only the namespace holds.
@@ -147,15 +153,7 @@ print(json.dumps(seen))
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
 def test_a_segment_whose_id_is_another_mappings_inode_is_named() -> None:
-    p = subprocess.run(
-        ["unshare", "--ipc", sys.executable, "-c", CLASH],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert p.returncode == 0, p.stderr
-    seen = json.loads(p.stdout)
+    seen = in_own_ipc_namespace(CLASH)
     assert seen["before"] == []
     (why,) = seen["after"]
     assert f"maps System V segment {seen['ino']} and a shared memory mapping (/dev/zero (deleted))" in why
