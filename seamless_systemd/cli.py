@@ -9,8 +9,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import __version__, config, inflight, log, ram, report, restore, state, upgrade
-from seamless_systemd.errors import CommandError, PreflightError, SeamlessError
+from seamless_systemd import (
+    __version__,
+    config,
+    fallback,
+    inflight,
+    log,
+    ram,
+    report,
+    restore,
+    state,
+    upgrade,
+)
+from seamless_systemd.errors import CommandError, LockedError, PreflightError, SeamlessError
 
 
 def _mib(n: int | None) -> str:
@@ -84,6 +95,41 @@ def cmd_run(args: argparse.Namespace, cfg: config.Config) -> int:
     with upgrade.lock():
         gen = upgrade.run_upgrade(cfg, args.kernel)
     print(f"Upgrade {gen.id} started: the machine now kexecs into the new kernel")
+    return 0
+
+
+# --or-reboot did neither: a package manager or another upgrade is at work (sysexits' EX_TEMPFAIL).
+TRY_AGAIN = 75
+
+
+def cmd_run_or_reboot(args: argparse.Namespace) -> int:
+    """'run --or-reboot': the seamless upgrade if it can be armed, else an ordinary reboot.
+
+    For the tools that reboot a fleet (kured, Ansible, unattended-upgrades):
+    exit 0 means the machine is going down either way. A package manager at
+    work, or another upgrade, gets neither (TRY_AGAIN): rebooting then could
+    leave a half-installed kernel.
+    """
+    try:
+        cfg = config.load(args.config_dir)
+        return cmd_run(args, cfg)
+    except LockedError as e:
+        log.log.error("%s; neither upgrading nor rebooting now, run again later", e)
+        return TRY_AGAIN
+    except SeamlessError as e:
+        holder = upgrade.lock_holder(upgrade.DPKG_LOCK)
+        if holder is not None:
+            log.log.error(
+                "%s\nA package manager is at work (PID %d): neither upgrading nor rebooting now, "
+                "run again once it has finished",
+                e,
+                holder,
+            )
+            return TRY_AGAIN
+        reason = "; ".join(e.problems) if isinstance(e, PreflightError) else str(e)
+        log.log.error("%s", e)
+    fallback.reboot(reason, args.kernel)
+    print("The seamless upgrade was refused: rebooting the ordinary way instead")
     return 0
 
 
@@ -192,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--json", action="store_true")
         if name == "arm":
             p.add_argument("--no-trial", action="store_true", help="skip the trial checkpoint")
+        if name == "run":
+            p.add_argument(
+                "--or-reboot",
+                action="store_true",
+                help="if the upgrade is refused, reboot the ordinary way instead (for fleet tools)",
+            )
     sub.add_parser("disarm", help="cancel an armed upgrade")
     for name in ("status", "report"):
         sub.add_parser(name, help=f"show the {name}").add_argument("--json", action="store_true")
@@ -230,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             return ram.serve()
         if args.command == "boot-check":
             return inflight.check()
+        if args.command == "run" and args.or_reboot:
+            return cmd_run_or_reboot(args)
         cfg = config.load(args.config_dir)
         handler = {
             "plan": cmd_plan,

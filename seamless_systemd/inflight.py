@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import state, systemd
+from seamless_systemd import report, state, systemd
 from seamless_systemd.errors import SeamlessError
 from seamless_systemd.log import log
 
@@ -144,7 +144,6 @@ def check(path: Path = PATH) -> int:
         path.unlink(missing_ok=True)
         return 0
     outcome, reason = what_happened(data, os.uname().release, _skipped())
-    log.warning("Upgrade %s did not come back: %s", data["generation"], reason)
     units = []
     for unit in data.get("units") or []:
         if not isinstance(unit, str):
@@ -163,6 +162,7 @@ def check(path: Path = PATH) -> int:
             entry.update(outcome="start-failed", reason=f"{e}", main_pid_after=None)
         units.append(entry)
     rep = build_report(data, outcome, reason, units)
+    report.announce(rep)
     try:
         state.REPORT_DIR.mkdir(parents=True, exist_ok=True)
         state.write_json(state.REPORT_DIR / f"{data['generation']}.json", rep)

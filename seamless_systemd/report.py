@@ -5,7 +5,7 @@ from __future__ import annotations
 import mmap
 from typing import Any
 
-from seamless_systemd import state
+from seamless_systemd import journal, state
 
 
 def _span(a: float | None, b: float | None) -> float | None:
@@ -135,3 +135,50 @@ def render(rep: dict[str, Any]) -> str:
                 line += f", {len(back['kept'])} range(s) left as /dev/pmemN until the next boot"
         lines.append(line)
     return "\n".join(lines)
+
+
+# How loud each unit outcome is in the journal.
+_QUIET = {"restored", "restarted", "rerun"}
+
+
+def announce(rep: dict[str, Any]) -> None:
+    """The journal's entries for a finished upgrade REP: one per unit, one for the whole upgrade."""
+    gen = rep.get("generation")
+    outcome = rep.get("outcome") or "finished"
+    kept = sum(u["outcome"] == "restored" for u in rep["units"])
+    text = f"Upgrade {gen} ({rep['kernel']['from']} -> {rep['kernel']['to']}) "
+    if rep.get("reason"):
+        text += f"did not come back ({outcome}): {rep['reason']}"
+    else:
+        text += f"{outcome}: {kept} of {len(rep['units'])} unit(s) restored"
+    journal.event(
+        journal.UPGRADE,
+        text,
+        journal.INFO if outcome == "finished" else journal.WARNING,
+        generation=gen,
+        kernel_from=rep["kernel"]["from"],
+        kernel_to=rep["kernel"]["to"],
+        outcome=outcome,
+        reason=rep.get("reason"),
+        units_restored=kept,
+        units=len(rep["units"]),
+        extra=journal.seconds(rep.get("seconds") or {}),
+    )
+    for u in rep["units"]:
+        outcome = u["outcome"]
+        if outcome == "restored":
+            text = f"{u['unit']} restored by upgrade {gen} (MainPID {u.get('main_pid_after')})"
+        else:
+            text = f"{u['unit']} {outcome} after upgrade {gen}: {u.get('reason') or 'no reason recorded'}"
+        journal.event(
+            journal.UNIT_OUTCOME,
+            text,
+            journal.INFO if outcome in _QUIET else journal.WARNING,
+            unit=u["unit"],
+            generation=gen,
+            outcome=outcome,
+            reason=u.get("reason"),
+            main_pid_before=u.get("main_pid_before"),
+            main_pid_after=u.get("main_pid_after"),
+            extra=journal.seconds(u.get("seconds") or {}),
+        )

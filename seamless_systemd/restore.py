@@ -654,7 +654,5 @@ def finish() -> int:
     keep_report(f"{gen.id}.json", rep, last=True)
     # Even if /var could not take the report: the upgrade did come back.
     inflight.end(gen)
-    log.info(
-        "Upgrade %s finished: %s", gen.id, ", ".join(f"{u['unit']} {u['outcome']}" for u in rep["units"])
-    )
+    report.announce(rep)
     return 0

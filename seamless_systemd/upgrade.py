@@ -21,6 +21,7 @@ from seamless_systemd import (
     guard,
     hugemem,
     inflight,
+    journal,
     kernels,
     openfiles,
     pmem,
@@ -508,6 +509,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
     started = criu.now()
     plan = make_plan(cfg, kernel)
     if plan.problems:
+        _refused(plan.kernel_to.version, "; ".join(plan.problems))
         raise PreflightError(list(plan.problems))
     mode = PmemMode(plan.mode)
     gen = state.Generation(cfg.pmem_mountpoint, state.new_generation())
@@ -574,9 +576,11 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
         for up in plan.units:
             if up.preserved:
                 systemd.start_unit(hook_unit(up.unit), wait=30)
-    except BaseException:
+    except BaseException as e:
         disarm(quiet=True)
         shutil.rmtree(gen.dir, ignore_errors=True)
+        if isinstance(e, SeamlessError):
+            _refused(plan.kernel_to.version, str(e))
         raise
     if ram_record is not None:
         log.info(
@@ -585,14 +589,31 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
             len(ranges),
             ram_record["seconds"]["take"],
         )
-    log.info(
-        "Armed generation %s: %s -> %s, %d unit(s)",
-        gen.id,
-        plan.kernel_from,
-        plan.kernel_to.version,
-        len(plan.units),
+    units = [u.unit for u in plan.units]
+    journal.event(
+        journal.ARMED,
+        f"Armed upgrade {gen.id}: {plan.kernel_from} -> {plan.kernel_to.version}, "
+        f"the next kexec preserves {', '.join(units) or 'no unit'}",
+        generation=gen.id,
+        kernel_from=plan.kernel_from,
+        kernel_to=plan.kernel_to.version,
+        units=" ".join(units),
+        pmem_mode=mode.value,
+        arm_sec=round(criu.now() - started, 3),
     )
     return gen
+
+
+def _refused(kernel_to: str, reason: str) -> None:
+    """The journal's word on a refused arm; the caller's error says it on the terminal."""
+    journal.event(
+        journal.REFUSED,
+        f"Upgrade to {kernel_to} refused, nothing was changed: {reason}",
+        journal.WARNING,
+        echo=False,
+        kernel_to=kernel_to,
+        reason=reason,
+    )
 
 
 def _take_ram(cfg: Config, plan: Plan, cmdline: str) -> tuple[list[hugemem.Range], dict[str, Any]]:
@@ -828,7 +849,11 @@ def disarm(quiet: bool = False) -> None:
     if ram.REQUEST.exists() or ram.mount_unit_path(mount).exists():
         ram.release(mount)
     if not quiet:
-        log.info("Disarmed: the next shutdown is an ordinary one")
+        journal.event(
+            journal.DISARMED,
+            "Disarmed: the next shutdown is an ordinary one",
+            generation=armed["generation"] if armed else None,
+        )
 
 
 def run_upgrade(cfg: Config, kernel: str | None = None) -> state.Generation:
@@ -841,7 +866,16 @@ def run_upgrade(cfg: Config, kernel: str | None = None) -> state.Generation:
     writeback = round(time.monotonic() - t0, 3)
     log.info("Wrote back the dirty page cache in %.2f s", writeback)
     state.update_json(gen.manifest, kexec_requested_at=criu.now(), writeback_seconds=writeback)
-    log.info("Starting kexec.target; the units are checkpointed as systemd stops them")
+    manifest = state.read_json(gen.manifest)
+    journal.event(
+        journal.KEXEC,
+        f"Starting kexec.target into {manifest['kernel']['to']}; "
+        "the units are checkpointed as systemd stops them",
+        generation=gen.id,
+        kernel_from=manifest["kernel"]["from"],
+        kernel_to=manifest["kernel"]["to"],
+        writeback_sec=writeback,
+    )
     try:
         systemd.start_unit("kexec.target", "replace-irreversibly")
     except BaseException:
@@ -955,7 +989,15 @@ def checkpoint(unit: str) -> int:
         shutil.rmtree(gen.images(unit), ignore_errors=True)
         record.update(finished_at=criu.now(), outcome="checkpoint-failed", reason=reason)
         state.write_json(gen.dump_info(unit), record)
-        log.error("Checkpoint of %s failed, it will start afresh after the kexec: %s", unit, reason)
+        journal.event(
+            journal.CHECKPOINT,
+            f"Checkpoint of {unit} failed, it will start afresh after the kexec: {reason}",
+            journal.ERR,
+            unit=unit,
+            generation=gen.id,
+            outcome="checkpoint-failed",
+            reason=reason,
+        )
     return 0
 
 
@@ -1055,7 +1097,19 @@ def _seal(gen: state.Generation, unit: str, record: dict[str, Any]) -> None:
     record["outcome"] = "checkpointed"
     state.write_json(gen.dump_info(unit), record)
     state.write_json(gen.complete(unit), {"generation": gen.id})
-    log.info("Checkpointed %s in %.2f s", unit, record["dumped_at"] - record["started_at"])
+    took = record["dumped_at"] - record["started_at"]
+    frozen = (record.get("dump_stats") or {}).get("frozen_time_us")
+    journal.event(
+        journal.CHECKPOINT,
+        f"Checkpointed {unit} in {took:.2f} s",
+        unit=unit,
+        generation=gen.id,
+        outcome="checkpointed",
+        main_pid=record.get("main_pid"),
+        image_bytes=record["image_bytes"],
+        checkpoint_sec=round(took, 3),
+        frozen_sec=None if frozen is None else round(frozen / 1e6, 3),
+    )
 
 
 def pids_alive(pids: list[int]) -> list[int]:

@@ -22,6 +22,10 @@ pytestmark = pytest.mark.integration
 MAIN = "7777"
 
 
+def unit_name(port: str) -> str:
+    return f"seamless-demo@{port}.service"
+
+
 def unit_report(rep: dict[str, Any], port: str) -> dict[str, Any]:
     return next(u for u in rep["units"] if u["unit"] == f"seamless-demo@{port}.service")
 
@@ -132,6 +136,14 @@ def test_arm_then_plain_systemctl_kexec(scenario: vm.Scenario) -> None:
         assert after2["states"][port]["unit"]["fresh_starts"] == 0
 
 
+def all_afresh(states: dict[str, Any]) -> None:
+    """Every demo runs, started once in this boot, its in-memory counter back to 0."""
+    for port in ("7777", "7778", "7779"):
+        st = states[port]
+        assert st["unit"]["ActiveState"] == "active" and st["unit"]["fresh_starts"] == 1, st
+        assert st["state"]["counter"] == 0, st
+
+
 @pytest.mark.fault(
     "armed, then an ordinary reboot",
     "no restore: every unit starts afresh; no report for it",
@@ -141,11 +153,89 @@ def test_armed_but_ordinary_reboot_starts_fresh(scenario: vm.Scenario) -> None:
     assert arm2["rc"] == 0, arm2["out"]
     assert arm2["status"]["armed"] is not None
     assert "seamless.restore" not in rb["cmdline"]
-    for port in ("7777", "7778", "7779"):
-        assert rb["states"][port]["unit"]["ActiveState"] == "active"
-        assert rb["states"][port]["state"]["counter"] == 0
-        assert rb["states"][port]["unit"]["fresh_starts"] == 1
+    all_afresh(rb["states"])
     # One report per upgrade (A to B, B to A2), beside each its page-cache re-warm summary.
     upgrades = [r for r in rb["reports"] if r != "last.json" and not r.endswith(".page-cache.json")]
     assert len(upgrades) == 2, rb["reports"]
     assert not rb["pmem_mounted"]
+
+
+@pytest.mark.fault(
+    "'run --or-reboot' (a fleet tool's reboot command) with a unit CRIU cannot dump",
+    "an ordinary reboot; the report and the journal say why; every unit starts afresh",
+)
+def test_or_reboot_falls_back_to_an_ordinary_reboot(scenario: vm.Scenario) -> None:
+    ran, back = need(scenario, "or-reboot"), need(scenario, "fell-back")
+    assert ran["rc"] == 0, ran["out"]
+    assert "rebooting the ordinary way instead" in ran["out"], ran["out"]
+    # Refused for the reason plan gives, and said so before the reboot.
+    assert "seamless-blocker.service" in ran["out"] and "/run/dbus/system_bus_socket" in ran["out"]
+    assert back["uname"] == vmimage.KERNEL_A and "seamless.restore" not in back["cmdline"]
+    rep = back["report"]
+    assert rep["outcome"] == "rebooted", rep
+    assert "seamless-blocker.service" in rep["reason"] and "rebooted the ordinary way" in rep["reason"]
+    assert "rebooted: the seamless upgrade was refused" in back["status"], back["status"]
+    all_afresh(back["states"])
+    said = need(scenario, "journal")
+    (fell,) = said["FALLBACK"]
+    assert fell["PRIORITY"] == "4" and "seamless-blocker.service" in fell["SEAMLESS_REASON"], fell
+    assert "rebooting the ordinary way instead" in fell["MESSAGE"]
+    assert "started an ordinary reboot instead, as asked" in said["fallback_explained"]
+    # The same refusal, from the arm it started (the first refusal was boot 1's 'run').
+    refused = said["REFUSED"]
+    assert len(refused) == 2 and all("seamless-blocker.service" in e["SEAMLESS_REASON"] for e in refused)
+
+
+def test_the_journal_lists_every_upgrade_and_each_units_outcome(scenario: vm.Scenario) -> None:
+    """journalctl MESSAGE_ID=... lists the two upgrades, with the report's outcomes, and -x explains them."""
+    said = need(scenario, "journal")
+    reports = [need(scenario, "after")["report"], need(scenario, "after2")["report"]]
+    upgrades = said["UPGRADE"]
+    assert [u["SEAMLESS_GENERATION"] for u in upgrades] == [r["generation"] for r in reports], upgrades
+    assert [u["SEAMLESS_KERNEL_TO"] for u in upgrades] == [vmimage.KERNEL_B, vmimage.KERNEL_A]
+    for entry, rep in zip(upgrades, reports, strict=True):
+        assert entry["SEAMLESS_OUTCOME"] == "finished"
+        kept = sum(u["outcome"] == "restored" for u in rep["units"])
+        assert entry["SEAMLESS_UNITS_RESTORED"] == str(kept) and entry["SEAMLESS_UNITS"] == str(
+            len(rep["units"])
+        )
+        assert float(entry["SEAMLESS_DOWNTIME_SEC"]) == pytest.approx(rep["seconds"]["downtime"], abs=0.001)
+        # One entry per unit, each with the report's outcome and reason.
+        for u in rep["units"]:
+            if u["unit"] not in (unit_name(p) for p in ("7777", "7778", "7779")):
+                continue
+            (mine,) = [
+                e
+                for e in said["UNIT_OUTCOME"]
+                if e["UNIT"] == u["unit"] and e["SEAMLESS_GENERATION"] == rep["generation"]
+            ]
+            assert mine["SEAMLESS_OUTCOME"] == u["outcome"], (mine, u)
+            assert mine.get("SEAMLESS_REASON") == u.get("reason"), (mine, u)
+            assert mine["PRIORITY"] == ("6" if u["outcome"] == "restored" else "4")
+    # 'journalctl -u UNIT' shows them beside the unit's own lines.
+    assert [e["SEAMLESS_GENERATION"] for e in said["by_unit"]] == [r["generation"] for r in reports]
+    assert all(e["SEAMLESS_OUTCOME"] == "restored" for e in said["by_unit"])
+    # The catalog (journalctl -x), with the entry's fields in its text.
+    assert f"The kernel upgrade {reports[1]['generation']} from {vmimage.KERNEL_B}" in said["explained"]
+    assert "'seamless-upgrade report' shows the whole report" in said["explained"]
+    # The phases before the kexec: armed three times (run, arm --kernel A, the arm before a reboot).
+    assert [e["SEAMLESS_KERNEL_TO"] for e in said["ARMED"]] == [
+        vmimage.KERNEL_B,
+        vmimage.KERNEL_A,
+        vmimage.KERNEL_B,
+    ]
+    (kexec,) = said["KEXEC"]
+    assert kexec["SEAMLESS_GENERATION"] == reports[0]["generation"] and kexec["_SYSTEMD_UNIT"] == (
+        "seamless-upgrade.service"
+    )
+
+
+def test_the_journal_has_each_checkpoint(scenario: vm.Scenario) -> None:
+    said = need(scenario, "journal")
+    ok = [e for e in said["CHECKPOINT"] if e["UNIT"] == unit_name(MAIN)]
+    assert len(ok) == 2 and all(e["SEAMLESS_OUTCOME"] == "checkpointed" for e in ok), ok
+    assert all(int(e["SEAMLESS_IMAGE_BYTES"]) > 0 and float(e["SEAMLESS_FROZEN_SEC"]) > 0 for e in ok), ok
+    assert {e["_SYSTEMD_UNIT"] for e in ok} == {f"seamless-checkpoint@{unit_name(MAIN)}.service"}
+    (grew,) = [e for e in said["CHECKPOINT"] if e["UNIT"] == "seamless-grower.service"]
+    assert grew["SEAMLESS_OUTCOME"] == "checkpoint-failed" and grew["PRIORITY"] == "3", grew
+    assert "grew since" in grew["SEAMLESS_REASON"], grew

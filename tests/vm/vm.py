@@ -388,7 +388,7 @@ def run_scenario(img: vmimage.Image, out: Path, machine: Machine = DEFAULT) -> S
             return sc
         names = {e.name for e in sc.events}
         # Done, failed, or no progress in this QEMU run: stop.
-        if names & {"error", "rebooted", "done", "idle"} or len(sc.events) == seen:
+        if names & {"error", "done", "idle"} or len(sc.events) == seen:
             break
     for c in clients:
         if isinstance(c, SshClient) and c.proc is not None:

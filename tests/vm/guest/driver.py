@@ -14,7 +14,10 @@ full (the test):
                      'seamless-upgrade arm --kernel A' + plain 'systemctl kexec'
   boot 3, kernel A   all three restored; 'seamless-upgrade arm', then an
                      ordinary 'systemctl reboot' (the upgrade must not happen)
-  boot 4, kernel A   all started afresh; power off
+  boot 4, kernel A   all started afresh; 'seamless-upgrade run --or-reboot'
+                     with a unit CRIU cannot dump: an ordinary reboot
+  boot 5, kernel A   the report and the journal say why; what the journal
+                     holds of every boot; power off
 demo:
   boot 1 -> 'seamless-upgrade run' -> boot 2: report, power off
 faults (the fault rows that need a kernel of their own):
@@ -57,6 +60,7 @@ STATE = "/var/lib/seamless-test"
 PHASE = f"{STATE}/phase"
 SPOIL = f"{STATE}/spoil"
 PMEM = "/dev/pmem0"
+BLOCKER_CONF = "/etc/seamless/conf.d/90-blocker.yaml"
 RESTARTED = "seamless-prefork.service"  # restarted between the second arm and its kexec
 GROWER = "seamless-grower.service"  # grows past the PMEM between the second arm and its kexec
 ON_FAILURE_LOG = f"{STATE}/on-failure.log"  # seamless-failed@.service, the OnFailure= of seamless-exec
@@ -388,6 +392,40 @@ def debug_dump():
         emit("debug", {"cmd": cmd, "out": sh(*cmd)[1][-8000:]})
 
 
+def journal_entries(*match):
+    """The journal's entries (every boot) matching MATCH, with the fields a sysadmin would read."""
+    _, out = sh("journalctl", "-o", "json", "--no-pager", *match)
+    keep = ("MESSAGE", "MESSAGE_ID", "PRIORITY", "UNIT", "_SYSTEMD_UNIT", "_BOOT_ID")
+    entries = []
+    for line in out.splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        entries.append({k: v for k, v in e.items() if k in keep or k.startswith("SEAMLESS_")})
+    return entries
+
+
+def journal_said():
+    """What the journal holds of the whole scenario, by MESSAGE_ID; what journalctl -x and -u show."""
+    from seamless_systemd import journal as ids
+
+    names = ("ARMED", "REFUSED", "KEXEC", "CHECKPOINT", "UNIT_OUTCOME", "UPGRADE", "DISARMED", "FALLBACK")
+    said = {name: journal_entries(f"MESSAGE_ID={getattr(ids, name)}") for name in names}
+    # Each of some 25 units has its entries; the demos and the unit that outgrew the PMEM tell enough.
+    told = {unit(p) for p in PORTS} | {GROWER}
+    for name in ("CHECKPOINT", "UNIT_OUTCOME"):
+        said[name] = [e for e in said[name] if e.get("UNIT") in told]
+    _, explained = sh("journalctl", "-x", "--no-pager", "-n", "1", f"MESSAGE_ID={ids.UPGRADE}")
+    _, fallback = sh("journalctl", "-x", "--no-pager", "-n", "1", f"MESSAGE_ID={ids.FALLBACK}")
+    return {
+        **said,
+        "explained": explained,
+        "fallback_explained": fallback,
+        "by_unit": journal_entries("-u", unit(7777), f"MESSAGE_ID={ids.UNIT_OUTCOME}"),
+    }
+
+
 def kexec_loaded():
     return Path("/sys/kernel/kexec_loaded").read_text().strip()
 
@@ -401,7 +439,7 @@ def refused_upgrade():
     )
     # Last: dbus-daemon drops the blocker's (never authenticated) connection after a while.
     sh("systemctl", "start", "seamless-blocker.service")
-    frag = "/etc/seamless/conf.d/90-blocker.yaml"
+    frag = BLOCKER_CONF
     with open(frag, "w") as f:
         f.write("units: [seamless-blocker.service]\ncontainers: [loose, nosuch]\n")
     pids = {p: demo(p)["pid"] for p in PORTS}
@@ -1039,7 +1077,30 @@ def main():
                 "pmem_mounted": os.path.ismount("/run/seamless/pmem"),
             },
         )
-        debug_dump()
+        # A fleet tool's reboot command: refused (a unit CRIU cannot dump), it reboots the ordinary way.
+        sh("systemctl", "start", "seamless-blocker.service")
+        with open(BLOCKER_CONF, "w") as f:
+            f.write("units: [seamless-blocker.service]\n")
+        set_phase("fell-back")
+        rc, out = sh("seamless-upgrade", "run", "--or-reboot")
+        emit("or-reboot", {"rc": rc, "out": out})
+        if rc != 0:
+            set_phase("failed")
+            raise SystemExit(f"run --or-reboot neither upgraded nor rebooted: {out}")
+    elif phase == "fell-back":
+        os.unlink(BLOCKER_CONF)
+        _, status = sh("seamless-upgrade", "status")
+        emit(
+            "fell-back",
+            {
+                "states": all_states(),
+                "uname": os.uname().release,
+                "cmdline": Path("/proc/cmdline").read_text().strip(),
+                "report": report(),
+                "status": status,
+            },
+        )
+        emit("journal", journal_said())
         set_phase("done")
         sh("systemctl", "poweroff")
     else:
