@@ -128,6 +128,10 @@ def cmd_run_or_reboot(args: argparse.Namespace) -> int:
             return TRY_AGAIN
         reason = "; ".join(e.problems) if isinstance(e, PreflightError) else str(e)
         log.log.error("%s", e)
+    damaged = fallback.reboot_problem(args.kernel)
+    if damaged is not None:
+        log.log.error("Not rebooting either, the machine would not come back: %s", damaged)
+        return 1
     fallback.reboot(reason, args.kernel)
     print("The seamless upgrade was refused: rebooting the ordinary way instead")
     return 0

@@ -14,8 +14,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import journal, state, systemd
+from seamless_systemd import journal, kernels, state, systemd
+from seamless_systemd.errors import SeamlessError
 from seamless_systemd.log import log
+
+BOOT = Path("/boot")
+MODULES = Path("/lib/modules")
+
+
+def reboot_problem(kernel: str | None) -> str | None:
+    """Why an ordinary reboot must not happen either: the kernel it would boot is damaged.
+
+    The boot loader's default is taken to be the newest kernel (Debian's
+    GRUB), or KERNEL if the caller named one.
+    """
+    try:
+        target = kernels.choose(kernels.installed(BOOT, MODULES), kernel)
+    except SeamlessError as e:
+        return str(e)
+    return kernels.image_problem(target.image, os.uname().machine)
 
 
 def record(reason: str, kernel: str | None, now: float | None = None) -> dict[str, Any]:

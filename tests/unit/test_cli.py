@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from seamless_systemd import cli, config, journal, ram, restore, state, systemd, upgrade
+from seamless_systemd import cli, config, fallback, journal, ram, restore, state, systemd, upgrade
 from seamless_systemd.errors import LockedError, PreflightError
+from tests.unit.test_kernels import bzimage
 
 
 @pytest.mark.parametrize(
@@ -66,6 +68,17 @@ class Reboots:
         monkeypatch.setattr(
             systemd, "start_unit", lambda name, mode="replace", wait=0: self.started.append((name, mode))
         )
+        # What the boot loader would boot: a whole image, unless a test cuts it.
+        monkeypatch.setattr(fallback, "BOOT", tmp_path / "boot")
+        monkeypatch.setattr(fallback, "MODULES", tmp_path / "modules")
+        uname = os.uname_result(("Linux", "h", "6.1.0-47", "#1", "x86_64"))
+        monkeypatch.setattr(os, "uname", lambda: uname)
+        self.kernel("6.1.0-53")
+
+    def kernel(self, version: str, cut: int = 0) -> None:
+        fallback.BOOT.mkdir(exist_ok=True)
+        bzimage(fallback.BOOT / f"vmlinuz-{version}", 4096, cut)
+        (fallback.MODULES / version).mkdir(parents=True, exist_ok=True)
 
 
 def refuse(*problems: str) -> Callable[..., None]:
@@ -130,3 +143,19 @@ def test_or_reboot_does_neither_while_dpkg_or_another_upgrade_is_at_work(
     monkeypatch.setattr(upgrade, "run_upgrade", locked)
     assert cli.main(["run", "--or-reboot"]) == cli.TRY_AGAIN
     assert r.started == [] and not (tmp_path / "reports").exists()
+
+
+def test_or_reboot_does_not_reboot_into_a_damaged_kernel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The boot loader's default, the newest kernel, is cut short: an ordinary reboot would not come back."""
+    r = Reboots(monkeypatch, tmp_path)
+    monkeypatch.setattr(config, "load", lambda d: config.Config())
+    monkeypatch.setattr(upgrade, "run_upgrade", refuse("/boot/vmlinuz-6.1.0-53 is cut short"))
+    r.kernel("6.1.0-47")
+    r.kernel("6.1.0-53", cut=100)
+    assert cli.main(["run", "--or-reboot"]) == 1
+    assert r.started == [] and "Not rebooting either" in caplog.text and "cut short" in caplog.text
+    # The older kernel, named, is whole: that reboot goes ahead.
+    assert cli.main(["run", "--or-reboot", "--kernel", "6.1.0-47"]) == 0
+    assert r.started == [("reboot.target", "replace-irreversibly")]
