@@ -19,6 +19,7 @@ from seamless_systemd import (
     report,
     restore,
     state,
+    timeline,
     upgrade,
 )
 from seamless_systemd.errors import CommandError, LockedError, PreflightError, SeamlessError
@@ -207,6 +208,14 @@ def cmd_report(args: argparse.Namespace, cfg: config.Config) -> int:
     if rep is None:
         print("No upgrade report on this machine yet.", file=sys.stderr)
         return 1
+    if args.svg is not None:
+        picture = timeline.render(rep)
+        if str(args.svg) == "-":
+            sys.stdout.write(picture)
+        else:
+            args.svg.write_text(picture)
+            print(f"Timeline of upgrade {rep['generation']}: {args.svg}", file=sys.stderr)
+        return 0
     print(json.dumps(rep, indent=2) if args.json else report.render(rep))
     return 0
 
@@ -249,8 +258,12 @@ def main(argv: list[str] | None = None) -> int:
                 help="if the upgrade is refused, reboot the ordinary way instead (for fleet tools)",
             )
     sub.add_parser("disarm", help="cancel an armed upgrade")
-    for name in ("status", "report"):
-        sub.add_parser(name, help=f"show the {name}").add_argument("--json", action="store_true")
+    sub.add_parser("status", help="show the status").add_argument("--json", action="store_true")
+    p = sub.add_parser("report", help="show the report of the last upgrade")
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--svg", type=Path, metavar="FILE", help="draw its timeline as SVG into FILE ('-': stdout)"
+    )
     # Called by the package's units, not by people.
     for name in ("checkpoint", "restore-unit"):
         sub.add_parser(name, help=argparse.SUPPRESS).add_argument("unit")

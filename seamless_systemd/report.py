@@ -56,6 +56,14 @@ def build(gen: state.Generation) -> dict[str, Any]:
                 if outcome == "restored"
                 else None,
             },
+            # When (the clock of both kernels, seconds since the epoch): the timeline's bars.
+            "at": {
+                "checkpoint_started": dump.get("started_at"),
+                "dumped": dump.get("dumped_at"),
+                "checkpoint_finished": dump.get("finished_at"),
+                "restore_started": rest.get("started_at"),
+                "restore_finished": rest.get("finished_at"),
+            },
         }
         units.append(entry)
         if dump.get("started_at"):
@@ -74,6 +82,14 @@ def build(gen: state.Generation) -> dict[str, Any]:
         "kernel": {"from": manifest["kernel"]["from"], "to": boot.get("kernel", manifest["kernel"]["to"])},
         "units": units,
         "warm": {"dentries": boot.get("dentries")},
+        "at": {
+            "arm_started": manifest.get("arm_started_at", manifest.get("armed_at")),
+            "armed": manifest.get("armed_at"),
+            "kexec_requested": manifest.get("kexec_requested_at"),
+            "kernel_started": kstart,
+            "images_checked": boot.get("prepare_finished_at"),
+            "finished": boot.get("finished_at"),
+        },
         "seconds": {
             # run's early writeback (sync while the services still run), before the kexec request.
             "writeback": manifest.get("writeback_seconds"),

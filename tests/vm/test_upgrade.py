@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests import browser
 from tests.vm import image as vmimage
 from tests.vm import vm
 from tests.vm.conftest import need
@@ -239,3 +240,18 @@ def test_the_journal_has_each_checkpoint(scenario: vm.Scenario) -> None:
     (grew,) = [e for e in said["CHECKPOINT"] if e["UNIT"] == "seamless-grower.service"]
     assert grew["SEAMLESS_OUTCOME"] == "checkpoint-failed" and grew["PRIORITY"] == "3", grew
     assert "grew since" in grew["SEAMLESS_REASON"], grew
+
+
+def test_the_timeline_of_the_upgrade_as_chromium_draws_it(scenario: vm.Scenario) -> None:
+    """'seamless-upgrade report --svg' in the guest: every unit's row, its bars in order, its outcome."""
+    drawn, rep = need(scenario, "timeline"), need(scenario, "after")["report"]
+    assert drawn["rc"] == 0 and drawn["svg"].startswith("<svg "), drawn
+    layout = browser.draw(drawn["svg"], vmimage.BUILD / "vm" / "timeline")
+    browser.check(layout, rep)
+    # The main demo: restored, and its restore is drawn after the new kernel's boot.
+    bars = {(b["row"], b["phase"]): b["box"] for b in layout["bars"]}
+    assert bars[(unit_name(MAIN), "restore")][0] >= bars[("new kernel's boot", "boot")][0]
+    outcomes = {o["row"]: o["text"] for o in layout["outcomes"]}
+    assert outcomes[unit_name(MAIN)] == "restored"
+    damaged = unit_report(rep, "7778")
+    assert outcomes[unit_name("7778")].startswith(f"cold-started: {damaged['reason'][:12]}"), outcomes

@@ -460,6 +460,11 @@ def demo(workdir: Path, workloads: list[Path] | None = None, machine: Machine = 
     }
     (workdir / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
     print(f"Report: {workdir / 'report.json'}")
+    drawn = sc.get("timeline")
+    if drawn and drawn["rc"] == 0:
+        # What 'seamless-upgrade report --svg' drew in the guest, from this report.
+        (workdir / "timeline.svg").write_text(drawn["svg"])
+        print(f"Timeline: {workdir / 'timeline.svg'}")
     return 0 if ok_all else 1
 
 

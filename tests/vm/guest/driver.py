@@ -1000,6 +1000,8 @@ def main():
                 "after",
                 {"states": all_states(), "finish": finish, "report": report(), "uname": os.uname().release},
             )
+        rc, svg = sh("seamless-upgrade", "report", "--svg", "-")
+        emit("timeline", {"rc": rc, "svg": svg})
         debug_dump()
         if scenario != "full":
             emit("done", {})
