@@ -15,6 +15,7 @@ from seamless_systemd import (
     fallback,
     inflight,
     log,
+    newkernel,
     ram,
     report,
     restore,
@@ -178,6 +179,8 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
         "containers": list(cfg.containers),
         "last_report": last,
         "ram": _ram_held(),
+        # Installed kernels newer than the running one, as their install hook judged them.
+        "kernels": newkernel.pending(),
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -198,6 +201,9 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
     print(f"Configured units: {', '.join(cfg.units) or '(none)'}")
     if cfg.containers:
         print(f"Configured podman containers: {', '.join(cfg.containers)}")
+    for verdict in out["kernels"]:
+        text = newkernel.say(verdict)
+        print(text[0].upper() + text[1:])
     if last:
         print("Last upgrade:\n" + report.render(last))
     return 0
@@ -229,6 +235,7 @@ INTERNAL = {
     "warm-page-cache": "seamless-warm.service",
     "ram-serve": "seamless-ram.service",
     "boot-check": "seamless-boot-check.service",
+    "kernel-installed": "the kernel install hooks (/etc/kernel/postinst.d, kernel-install)",
 }
 
 
@@ -272,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("warm-page-cache", help=argparse.SUPPRESS)
     sub.add_parser("ram-serve", help=argparse.SUPPRESS)
     sub.add_parser("boot-check", help=argparse.SUPPRESS)
+    sub.add_parser("kernel-installed", help=argparse.SUPPRESS).add_argument("version")
     args = parser.parse_args(argv)
     log.setup(args.debug)
     try:
@@ -299,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             return ram.serve()
         if args.command == "boot-check":
             return inflight.check()
+        if args.command == "kernel-installed":
+            return newkernel.installed(args.version, args.config_dir)
         if args.command == "run" and args.or_reboot:
             return cmd_run_or_reboot(args)
         cfg = config.load(args.config_dir)

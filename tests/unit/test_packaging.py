@@ -33,6 +33,8 @@ def test_rpm_builds_with_the_dracut_module(tmp_path: Path) -> None:
         "/usr/lib/systemd/system/kexec-upgrade.target",
         "/usr/libexec/seamless-systemd/criu-action",
         "/etc/seamless/config.yaml",
+        "/usr/lib/kernel/install.d/90-seamless.install",
+        "/usr/lib/systemd/catalog/seamless-systemd.catalog",
     ):
         assert path in files, path
     assert any(f.endswith("/seamless_systemd/restore.py") for f in files)

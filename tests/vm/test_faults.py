@@ -55,6 +55,22 @@ def test_damaged_kernel_is_refused_before_anything_stops(faults: vm.Scenario) ->
 
 
 @pytest.mark.fault(
+    "a damaged kernel installed: the kernel hook, status, and 'run --or-reboot' into it",
+    "the hook and status say a switch would be refused and why; run --or-reboot neither upgrades "
+    "nor reboots (exit 1)",
+)
+def test_a_damaged_kernel_is_told_at_install_and_not_rebooted_into(faults: vm.Scenario) -> None:
+    got = need(faults, "damaged-kernel")
+    assert got["hook_rc"] == 0, got["hook_out"]  # the kernel's installation goes on
+    told = "kernel 6.1.0-99-cloud-amd64 is installed, but a seamless switch to it would be refused"
+    assert told in got["hook_out"] and "is cut short" in got["hook_out"], got["hook_out"]
+    assert told[0].upper() + told[1:] in got["status"], got["status"]
+    assert got["or_reboot_rc"] == 1, got["or_reboot_out"]
+    assert "Not rebooting either, the machine would not come back" in got["or_reboot_out"], got
+    assert got["pids_after"] == got["pids_before"]
+
+
+@pytest.mark.fault(
     "seamless-upgrade run while dpkg installs a package",
     "refused with dpkg's PID; nothing stopped; dpkg finishes",
 )

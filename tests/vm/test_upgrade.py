@@ -255,3 +255,17 @@ def test_the_timeline_of_the_upgrade_as_chromium_draws_it(scenario: vm.Scenario)
     assert outcomes[unit_name(MAIN)] == "restored"
     damaged = unit_report(rep, "7778")
     assert outcomes[unit_name("7778")].startswith(f"cold-started: {damaged['reason'][:12]}"), outcomes
+
+
+def test_the_kernel_hook_says_the_new_kernel_is_ready(scenario: vm.Scenario) -> None:
+    """/etc/kernel/postinst.d/seamless-systemd, as run-parts calls it: the installer, status, journal."""
+    hook = need(scenario, "kernel-hook")
+    assert hook["rc"] == 0, hook["out"]
+    told = f"kernel {vmimage.KERNEL_B} is installed: 'seamless-upgrade run' switches to it, keeping "
+    assert hook["out"].startswith(f"seamless-systemd: {told}"), hook["out"]
+    assert unit_name(MAIN) in hook["out"]
+    assert told[0].upper() + told[1:] in hook["status"], hook["status"]
+    said = need(scenario, "journal")["KERNEL"]
+    assert [(e["SEAMLESS_KERNEL_TO"], e["SEAMLESS_READY"]) for e in said] == [(vmimage.KERNEL_B, "yes")], said
+    # Kept across boots while B is newer than the running kernel (the fifth boot runs A again).
+    assert told[0].upper() + told[1:] in need(scenario, "fell-back")["status"]

@@ -61,6 +61,7 @@ PHASE = f"{STATE}/phase"
 SPOIL = f"{STATE}/spoil"
 PMEM = "/dev/pmem0"
 BLOCKER_CONF = "/etc/seamless/conf.d/90-blocker.yaml"
+KERNEL_HOOK = "/etc/kernel/postinst.d/seamless-systemd"
 RESTARTED = "seamless-prefork.service"  # restarted between the second arm and its kexec
 GROWER = "seamless-grower.service"  # grows past the PMEM between the second arm and its kexec
 ON_FAILURE_LOG = f"{STATE}/on-failure.log"  # seamless-failed@.service, the OnFailure= of seamless-exec
@@ -410,7 +411,10 @@ def journal_said():
     """What the journal holds of the whole scenario, by MESSAGE_ID; what journalctl -x and -u show."""
     from seamless_systemd import journal as ids
 
-    names = ("ARMED", "REFUSED", "KEXEC", "CHECKPOINT", "UNIT_OUTCOME", "UPGRADE", "DISARMED", "FALLBACK")
+    names = (
+        *("ARMED", "REFUSED", "KEXEC", "CHECKPOINT", "UNIT_OUTCOME", "UPGRADE", "DISARMED", "FALLBACK"),
+        "KERNEL",
+    )
     said = {name: journal_entries(f"MESSAGE_ID={getattr(ids, name)}") for name in names}
     # Each of some 25 units has its entries; the demos and the unit that outgrew the PMEM tell enough.
     told = {unit(p) for p in PORTS} | {GROWER}
@@ -535,9 +539,19 @@ def damaged_kernel(source):
     install_kernel_copy(DAMAGED_KERNEL, source, cut=True, without=("CONFIG_BLK_DEV_PMEM",))
     pids = {p: demo(p)["pid"] for p in PORTS}
     rc, out = sh("seamless-upgrade", "run", "--kernel", DAMAGED_KERNEL)
+    # The kernel hook, as run-parts calls it after an install; status repeats its word.
+    hook_rc, hook_out = sh(KERNEL_HOOK, DAMAGED_KERNEL, f"/boot/vmlinuz-{DAMAGED_KERNEL}")
+    _, status = sh("seamless-upgrade", "status")
+    # A fleet tool's reboot command: not into a kernel that would not come back either.
+    fleet_rc, fleet_out = sh("seamless-upgrade", "run", "--or-reboot", "--kernel", DAMAGED_KERNEL)
     result = {
         "rc": rc,
         "out": out,
+        "hook_rc": hook_rc,
+        "hook_out": hook_out,
+        "status": status,
+        "or_reboot_rc": fleet_rc,
+        "or_reboot_out": fleet_out,
         "pids_before": pids,
         "pids_after": {p: demo(p)["pid"] for p in PORTS},
         "kexec_loaded": kexec_loaded(),
@@ -967,6 +981,11 @@ def main():
     if phase == "":
         if os.path.exists(PMEM):
             emit("pmem-access", pmem_access())
+        if scenario == "full":
+            # The kernel hook, as run-parts calls it once B's package is installed.
+            target = other_kernel()
+            rc, out = sh(KERNEL_HOOK, target, f"/boot/vmlinuz-{target}")
+            emit("kernel-hook", {"rc": rc, "out": out, "status": sh("seamless-upgrade", "status")[1]})
         rc, out = sh("seamless-upgrade", "plan")
         emit("plan", {"rc": rc, "out": out})
         set_phase("upgraded")
