@@ -34,7 +34,7 @@ unit:
 
 lint:
 	shellcheck -s sh initramfs-tools/hooks/seamless initramfs-tools/scripts/*/seamless initrd/* dracut/90seamless/*.sh libexec/criu-action kernel-hooks/* tests/vm/host-deps.sh packaging/rpm/build.sh .ci/run
-	shellcheck -s bash dracut/90seamless/module-setup.sh
+	shellcheck -s bash dracut/90seamless/module-setup.sh packaging/files/bash-completion/seamless-upgrade
 	$(PYTHON) -m ruff format --check seamless_systemd tests generators/seamless-generator
 	$(PYTHON) -m ruff check seamless_systemd tests
 	$(PYTHON) -m mypy seamless_systemd

@@ -35,6 +35,9 @@ def test_rpm_builds_with_the_dracut_module(tmp_path: Path) -> None:
         "/etc/seamless/config.yaml",
         "/usr/lib/kernel/install.d/90-seamless.install",
         "/usr/lib/systemd/catalog/seamless-systemd.catalog",
+        "/usr/share/man/man5/seamless.yaml.5",
+        "/usr/share/man/man8/kexec-upgrade.target.8",
+        "/usr/share/bash-completion/completions/seamless-upgrade",
     ):
         assert path in files, path
     assert any(f.endswith("/seamless_systemd/restore.py") for f in files)

@@ -16,6 +16,7 @@ command -v rpmbuild >/dev/null || need="$need rpm"
 command -v ssh >/dev/null || need="$need openssh-client"
 # The upgrade timeline (seamless-upgrade report --svg) is checked as a browser draws it.
 command -v chromium >/dev/null || need="$need chromium fonts-dejavu-core"
+[ -e /usr/share/bash-completion/bash_completion ] || need="$need bash-completion"
 if [ -n "$need" ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "missing host packages:$need (run as root, or: sudo apt-get install$need)" >&2
