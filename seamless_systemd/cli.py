@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from seamless_systemd import (
     inflight,
     log,
     newkernel,
+    progress,
     ram,
     report,
     restore,
@@ -226,6 +228,26 @@ def cmd_report(args: argparse.Namespace, cfg: config.Config) -> int:
     return 0
 
 
+_HANDLERS = {
+    "plan": cmd_plan,
+    "arm": cmd_arm,
+    "run": cmd_run,
+    "disarm": cmd_disarm,
+    "status": cmd_status,
+    "report": cmd_report,
+}
+
+
+def _watching(work: Callable[[], int]) -> int:
+    """WORK with its steps shown on stderr: a line rewritten in place on a terminal, plain lines otherwise."""
+    terminal = progress.Terminal()
+    try:
+        with progress.watched(terminal):
+            return work()
+    finally:
+        terminal.close()
+
+
 # The commands the package's own units run, and which unit runs each.
 INTERNAL = {
     "checkpoint": "seamless-checkpoint@.service",
@@ -310,16 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "kernel-installed":
             return newkernel.installed(args.version, args.config_dir)
         if args.command == "run" and args.or_reboot:
-            return cmd_run_or_reboot(args)
+            return _watching(lambda: cmd_run_or_reboot(args))
         cfg = config.load(args.config_dir)
-        handler = {
-            "plan": cmd_plan,
-            "arm": cmd_arm,
-            "run": cmd_run,
-            "disarm": cmd_disarm,
-            "status": cmd_status,
-            "report": cmd_report,
-        }[args.command]
+        handler = _HANDLERS[args.command]
+        if args.command in ("plan", "arm", "run") and not getattr(args, "json", False):
+            return _watching(lambda: handler(args, cfg))
         return handler(args, cfg)
     except CommandError as e:
         log.log.error("%s", e)

@@ -28,6 +28,7 @@ from seamless_systemd import (
     podman,
     predump,
     procs,
+    progress,
     ram,
     sandbox,
     sockets,
@@ -421,7 +422,10 @@ def _pid_base() -> int | None:
 
 def _plan_all(cfg: Config) -> tuple[UnitPlan, ...]:
     """The configured units, then the services that run the configured containers."""
-    out = [_plan_unit(u, cfg.policy(u)) for u in cfg.units]
+    out = []
+    for u in cfg.units:
+        progress.step("inspect", f"Looking at {u}", u)
+        out.append(_plan_unit(u, cfg.policy(u)))
     seen = set(cfg.units)
     for name in cfg.containers:
         try:
@@ -432,6 +436,7 @@ def _plan_all(cfg: Config) -> tuple[UnitPlan, ...]:
             out.append(UnitPlan(f"container {name}", 0, (), 0, 0, why))
         elif unit not in seen:
             seen.add(unit)
+            progress.step("inspect", f"Looking at {unit} (container {name})", unit)
             out.append(_plan_unit(unit, cfg.policy(name)))
     return tuple(out)
 
@@ -507,6 +512,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
     machine as it was.
     """
     started = criu.now()
+    progress.step("plan", "Checking what the upgrade would do")
     plan = make_plan(cfg, kernel)
     if plan.problems:
         _refused(plan.kernel_to.version, "; ".join(plan.problems))
@@ -560,6 +566,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 "ram": ram_record,
             },
         )
+        progress.step("kexec-load", f"Loading kernel {plan.kernel_to.version} with kexec")
         _kexec_load(plan.kernel_to, cmdline, ram.kexec_window(ranges) if ranges else None)
         units = [u.unit for u in plan.units]
         state.write_json(
@@ -590,6 +597,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
             ram_record["seconds"]["take"],
         )
     units = [u.unit for u in plan.units]
+    progress.step("armed", f"Armed upgrade {gen.id}")
     journal.event(
         journal.ARMED,
         f"Armed upgrade {gen.id}: {plan.kernel_from} -> {plan.kernel_to.version}, "
@@ -620,6 +628,7 @@ def _take_ram(cfg: Config, plan: Plan, cmdline: str) -> tuple[list[hugemem.Range
     """RAM on demand: take the pages, check the new command line can name them, mount the images there."""
     assert plan.ram_bytes is not None
     t0 = time.monotonic()
+    progress.step("ram", f"Taking {plan.ram_bytes >> 20} MiB of RAM for the images")
     taken = ram.take(plan.ram_bytes)
     t1 = time.monotonic()
     ranges = [hugemem.Range(s, n) for s, n in taken["ranges"]]
@@ -732,44 +741,50 @@ def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan, pre_dump: bool)
         info = systemd.unit_info(up.unit)
         trial = gen.unit_dir(up.unit) / "trial"
         log_path = gen.unit_dir(up.unit) / "trial-dump.log"
+        what = f"Trial checkpoint of {up.unit} (it keeps running)"
         try:
-            if up.container:
-                ctr = podman.of_unit(info.main_pid)
-                if ctr is None:
-                    raise CheckpointError("its container stopped running")
-                podman.checkpoint(
-                    ctr,
-                    trial / podman.ARCHIVE,
-                    log_path,
-                    leave_running=True,
-                    timeout=cfg.checkpoint_timeout,
-                    tcp=bool(podman.connections(ctr)),
-                )
-            elif pre_dump:
-                # The trial is round 0 of the pre-dump (see predump): kept, with memory tracking.
-                facts = criu.inspect(info)
-                images = gen.images(up.unit)
-                criu.dump(
-                    facts,
-                    images / f"{predump.ROUND_PREFIX}0",
-                    log_path,
-                    leave_running=True,
-                    timeout=cfg.checkpoint_timeout,
-                    track_mem=True,
-                )
-                record = predump.rounds(
-                    facts.main_pid, facts.pids, images, gen.unit_dir(up.unit), cfg.checkpoint_timeout
-                )
-                state.write_json(gen.unit_dir(up.unit) / predump.RECORD, record)
-                log.info(
-                    "%s: pre-dump rounds wrote %s MiB",
-                    up.unit,
-                    " + ".join(str(int(r["bytes"]) >> 20) for r in record["rounds"]),
-                )
-            else:
-                criu.dump(
-                    criu.inspect(info), trial, log_path, leave_running=True, timeout=cfg.checkpoint_timeout
-                )
+            with progress.growing("trial-dump", what, up.unit, gen.unit_dir(up.unit)):
+                if up.container:
+                    ctr = podman.of_unit(info.main_pid)
+                    if ctr is None:
+                        raise CheckpointError("its container stopped running")
+                    podman.checkpoint(
+                        ctr,
+                        trial / podman.ARCHIVE,
+                        log_path,
+                        leave_running=True,
+                        timeout=cfg.checkpoint_timeout,
+                        tcp=bool(podman.connections(ctr)),
+                    )
+                elif pre_dump:
+                    # The trial is round 0 of the pre-dump (see predump): kept, with memory tracking.
+                    facts = criu.inspect(info)
+                    images = gen.images(up.unit)
+                    criu.dump(
+                        facts,
+                        images / f"{predump.ROUND_PREFIX}0",
+                        log_path,
+                        leave_running=True,
+                        timeout=cfg.checkpoint_timeout,
+                        track_mem=True,
+                    )
+                    record = predump.rounds(
+                        facts.main_pid, facts.pids, images, gen.unit_dir(up.unit), cfg.checkpoint_timeout
+                    )
+                    state.write_json(gen.unit_dir(up.unit) / predump.RECORD, record)
+                    log.info(
+                        "%s: pre-dump rounds wrote %s MiB",
+                        up.unit,
+                        " + ".join(str(int(r["bytes"]) >> 20) for r in record["rounds"]),
+                    )
+                else:
+                    criu.dump(
+                        criu.inspect(info),
+                        trial,
+                        log_path,
+                        leave_running=True,
+                        timeout=cfg.checkpoint_timeout,
+                    )
         except CheckpointError as e:
             raise PreflightError([f"{up.unit}: trial checkpoint failed: {e}"]) from e
         finally:
@@ -862,11 +877,13 @@ def run_upgrade(cfg: Config, kernel: str | None = None) -> state.Generation:
     # Early writeback: the dirty page cache goes to disk while the services still
     # run, so that the sync in the shutdown, inside the downtime, has little left.
     t0 = time.monotonic()
+    progress.step("writeback", "Writing back the dirty page cache while the services run")
     os.sync()
     writeback = round(time.monotonic() - t0, 3)
     log.info("Wrote back the dirty page cache in %.2f s", writeback)
     state.update_json(gen.manifest, kexec_requested_at=criu.now(), writeback_seconds=writeback)
     manifest = state.read_json(gen.manifest)
+    progress.step("kexec", f"Starting kexec.target into {manifest['kernel']['to']}")
     journal.event(
         journal.KEXEC,
         f"Starting kexec.target into {manifest['kernel']['to']}; "
