@@ -1,4 +1,4 @@
-"""Progress of plan, arm and run: steps, the bytes a dump has written so far, and how a terminal shows them."""
+"""Progress of plan, arm and run: the steps, the bytes a dump has written so far, on a terminal."""
 
 from __future__ import annotations
 
