@@ -16,13 +16,14 @@ class Tty(io.StringIO):
 
 def test_growing_says_the_bytes_written_so_far(tmp_path: Path) -> None:
     seen: list[progress.Step] = []
-    with progress.watched(seen.append):
-        with progress.growing(
-            "trial-dump", "Trial checkpoint of a.service", "a.service", tmp_path, every=0.05
-        ):
-            for i in range(4):
-                (tmp_path / f"pages-{i}.img").write_bytes(b"x" * (1 << 20))
-                time.sleep(0.12)
+    what = "Trial checkpoint of a.service"
+    with (
+        progress.watched(seen.append),
+        progress.growing("trial-dump", what, "a.service", tmp_path, every=0.05),
+    ):
+        for i in range(4):
+            (tmp_path / f"pages-{i}.img").write_bytes(b"x" * (1 << 20))
+            time.sleep(0.12)
     assert seen[0] == progress.Step("trial-dump", "Trial checkpoint of a.service", "a.service")
     live = [s.nbytes for s in seen if s.live]
     assert live and live == sorted(live) and live[-1] is not None and live[-1] >= 3 << 20, live
