@@ -41,7 +41,8 @@ def test_a_plain_stream_gets_a_line_per_step_and_no_live_updates() -> None:
     show(progress.Step("trial-dump", "Trial checkpoint of a.service: done", "a.service", 64 << 20))
     show.close()
     assert out.getvalue() == (
-        "[plan] Checking what the upgrade would do\n[trial-dump] Trial checkpoint of a.service: done (64 MiB)\n"
+        "[plan] Checking what the upgrade would do\n"
+        "[trial-dump] Trial checkpoint of a.service: done (64 MiB)\n"
     )
 
 
