@@ -8,7 +8,6 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from seamless_systemd import (
     __version__,
@@ -22,6 +21,7 @@ from seamless_systemd import (
     report,
     restore,
     state,
+    status,
     timeline,
     upgrade,
 )
@@ -146,44 +146,9 @@ def cmd_disarm(args: argparse.Namespace, cfg: config.Config) -> int:
     return 0
 
 
-def _last_report() -> dict[str, Any] | None:
-    gen = restore.current_generation()
-    data: dict[str, Any] | None = None
-    if gen is not None and gen.report.exists():
-        data = state.read_json(gen.report)
-    elif (state.REPORT_DIR / "last.json").exists():
-        data = state.read_json(state.REPORT_DIR / "last.json")
-    if data is None:
-        return None
-    # seamless-warm.service may end after the report was written.
-    warmed = state.REPORT_DIR / f"{data.get('generation')}.page-cache.json"
-    if warmed.exists():
-        data.setdefault("warm", {})["page_cache"] = state.read_json(warmed)
-    return data
-
-
-def _ram_held() -> dict[str, Any] | None:
-    """What seamless-ram.service holds now (RAM on demand), without the page list."""
-    if not ram.TAKEN.exists():
-        return None
-    data: dict[str, Any] = state.read_json(ram.TAKEN)
-    data.pop("addresses", None)
-    return data
-
-
 def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
-    armed = state.read_json(state.ARMED) if state.ARMED.exists() else None
-    last = _last_report()
-    out: dict[str, Any] = {
-        "armed": armed,
-        "kexec_loaded": upgrade.kexec_loaded(),
-        "units": list(cfg.units),
-        "containers": list(cfg.containers),
-        "last_report": last,
-        "ram": _ram_held(),
-        # Installed kernels newer than the running one, as their install hook judged them.
-        "kernels": newkernel.pending(),
-    }
+    out = status.data(cfg)
+    armed, last = out["armed"], out["last_report"]
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -212,7 +177,7 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def cmd_report(args: argparse.Namespace, cfg: config.Config) -> int:
-    rep = _last_report()
+    rep = status.last_report()
     if rep is None:
         print("No upgrade report on this machine yet.", file=sys.stderr)
         return 1

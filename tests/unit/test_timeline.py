@@ -91,7 +91,7 @@ def test_an_upgrade_that_did_not_come_back_has_no_timeline_and_says_why() -> Non
 
 
 def test_report_svg_writes_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_last_report", lambda: REPORT)
+    monkeypatch.setattr(cli.status, "last_report", lambda: REPORT)
     monkeypatch.setattr(cli.log, "setup", lambda debug: None)
     assert cli.main(["report", "--svg", str(tmp_path / "t.svg")]) == 0
     assert (tmp_path / "t.svg").read_text().startswith("<svg ")
