@@ -223,6 +223,7 @@ INTERNAL = {
     "ram-serve": "seamless-ram.service",
     "boot-check": "seamless-boot-check.service",
     "kernel-installed": "the kernel install hooks (/etc/kernel/postinst.d, kernel-install)",
+    "dbus-serve": "seamless-dbus.service, when a D-Bus call activates it",
 }
 
 
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("ram-serve", help=argparse.SUPPRESS)
     sub.add_parser("boot-check", help=argparse.SUPPRESS)
     sub.add_parser("kernel-installed", help=argparse.SUPPRESS).add_argument("version")
+    sub.add_parser("dbus-serve", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     log.setup(args.debug)
     try:
@@ -296,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
             return inflight.check()
         if args.command == "kernel-installed":
             return newkernel.installed(args.version, args.config_dir)
+        if args.command == "dbus-serve":
+            from seamless_systemd import dbus_service  # dbus-fast only where the service runs
+
+            return dbus_service.main()
         if args.command == "run" and args.or_reboot:
             return _watching(lambda: cmd_run_or_reboot(args))
         cfg = config.load(args.config_dir)

@@ -38,6 +38,9 @@ def test_rpm_builds_with_the_dracut_module(tmp_path: Path) -> None:
         "/usr/share/man/man5/seamless.yaml.5",
         "/usr/share/man/man8/kexec-upgrade.target.8",
         "/usr/share/bash-completion/completions/seamless-upgrade",
+        "/usr/lib/systemd/system/seamless-dbus.service",
+        "/usr/share/dbus-1/system-services/org.seamlesssystemd.Upgrade1.service",
+        "/usr/share/polkit-1/actions/org.seamlesssystemd.upgrade.policy",
     ):
         assert path in files, path
     assert any(f.endswith("/seamless_systemd/restore.py") for f in files)
