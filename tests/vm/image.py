@@ -63,6 +63,8 @@ GUEST_PACKAGES = [
     "python3-pystemd",
     "python3-yaml",
     "python3-dbus-fast",
+    # The D-Bus API asks polkit who may plan, arm, run or disarm.
+    "polkitd",
     "ndctl",
     # RAM on demand: the new boot gives the images' memory back (devdax -> system-ram)
     # and lays the pmem ranges end to end with device-mapper.

@@ -9,6 +9,7 @@ should not have been, and what could not be restored came up afresh.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -269,3 +270,29 @@ def test_the_kernel_hook_says_the_new_kernel_is_ready(scenario: vm.Scenario) -> 
     assert [(e["SEAMLESS_KERNEL_TO"], e["SEAMLESS_READY"]) for e in said] == [(vmimage.KERNEL_B, "yes")], said
     # Kept across boots while B is newer than the running kernel (the fifth boot runs A again).
     assert told[0].upper() + told[1:] in need(scenario, "fell-back")["status"]
+
+
+def busctl_string(out: str) -> Any:
+    """The JSON inside the one string a 'busctl --json=short call' printed."""
+    return json.loads(json.loads(out)["data"][0])
+
+
+def test_the_dbus_api_plans_as_the_cli_does_and_refuses_nobody(scenario: vm.Scenario) -> None:
+    """busctl on the system bus: the service is activated by the call, its plan is the CLI's."""
+    got = need(scenario, "dbus")
+    assert got["active_before"] == "inactive" and got["active_after"] == "active", got
+    assert got["plan_rc"] == 0, got["plan"]
+    over_bus, cli = busctl_string(got["plan"]), json.loads(got["cli_plan"])
+    # The same plan; what a process does between two looks (PIDs, memory) may differ.
+    for key in ("kernel", "problems"):
+        assert over_bus[key] == cli[key], key
+    assert [u["unit"] for u in over_bus["units"]] == [u["unit"] for u in cli["units"]]
+    assert over_bus["pmem"]["mode"] == cli["pmem"]["mode"]
+    # Progress while it planned: the units it looked at.
+    assert any(unit_name(MAIN) in line for line in got["signals"]), got["signals"]
+    # Anyone may ask the status; nobody may arm (polkit: administrators only).
+    assert got["nobody_status_rc"] == 0 and "units" in busctl_string(got["nobody_status"])
+    assert got["nobody_arm_rc"] != 0 and not got["armed"], got
+    assert (
+        "Interactive authentication required" in got["nobody_arm"] or "Access denied" in got["nobody_arm"]
+    ), got

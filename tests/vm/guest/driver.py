@@ -430,6 +430,43 @@ def journal_said():
     }
 
 
+DBUS = ("org.seamlesssystemd.Upgrade1", "/org/seamlesssystemd/Upgrade1", "org.seamlesssystemd.Upgrade1")
+
+
+def dbus_api():
+    """The D-Bus API as busctl calls it: a plan beside the CLI's, its Progress signals, nobody refused."""
+    before = unit_state("seamless-dbus.service")["ActiveState"]
+    match = "type='signal',interface='org.seamlesssystemd.Upgrade1'"
+    monitor = subprocess.Popen(
+        ["busctl", "--json=short", "monitor", f"--match={match}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(2)
+    plan_rc, plan = sh("busctl", "--json=short", "--timeout=300", "call", *DBUS, "Plan", "s", "")
+    _, cli_plan = sh("seamless-upgrade", "plan", "--json")
+    time.sleep(2)
+    monitor.terminate()
+    signals = monitor.communicate(timeout=30)[0]
+    as_nobody = ("runuser", "-u", "nobody", "--", "busctl")
+    arm_rc, arm = sh(*as_nobody, "call", *DBUS, "Arm", "s", "")
+    status_rc, status = sh(*as_nobody, "--json=short", "call", *DBUS, "Status")
+    return {
+        "active_before": before,
+        "active_after": unit_state("seamless-dbus.service")["ActiveState"],
+        "plan_rc": plan_rc,
+        "plan": plan,
+        "cli_plan": cli_plan,
+        "signals": [line for line in signals.splitlines() if "Progress" in line][:40],
+        "nobody_arm_rc": arm_rc,
+        "nobody_arm": arm,
+        "nobody_status_rc": status_rc,
+        "nobody_status": status,
+        "armed": os.path.exists("/run/seamless/armed.json"),
+    }
+
+
 def kexec_loaded():
     return Path("/sys/kernel/kexec_loaded").read_text().strip()
 
@@ -986,6 +1023,7 @@ def main():
             target = other_kernel()
             rc, out = sh(KERNEL_HOOK, target, f"/boot/vmlinuz-{target}")
             emit("kernel-hook", {"rc": rc, "out": out, "status": sh("seamless-upgrade", "status")[1]})
+            emit("dbus", dbus_api())
         rc, out = sh("seamless-upgrade", "plan")
         emit("plan", {"rc": rc, "out": out})
         set_phase("upgraded")
