@@ -13,6 +13,7 @@ command -v mkfs.ext4 >/dev/null || need="$need e2fsprogs"
 command -v shellcheck >/dev/null || need="$need shellcheck"
 command -v systemd-analyze >/dev/null || need="$need systemd"
 command -v rpmbuild >/dev/null || need="$need rpm"
+command -v lintian >/dev/null || need="$need lintian"
 command -v ssh >/dev/null || need="$need openssh-client"
 # The upgrade timeline (seamless-upgrade report --svg) is checked as a browser draws it.
 command -v chromium >/dev/null || need="$need chromium fonts-dejavu-core"
