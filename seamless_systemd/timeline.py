@@ -92,7 +92,11 @@ def rows(rep: dict[str, Any]) -> list[Row]:
     first_restore = min(restores, default=at.get("finished"))
     out = [
         Row("arm", tuple(_bar("arm", at.get("arm_started"), at.get("kexec_requested") or at.get("armed")))),
-        Row("shutdown, kexec", tuple(_bar("kexec", first_dump, at.get("kernel_started")))),
+        # From the kexec request (run), else from the first checkpoint (a plain systemctl kexec).
+        Row(
+            "shutdown, kexec",
+            tuple(_bar("kexec", at.get("kexec_requested") or first_dump, at.get("kernel_started"))),
+        ),
         Row("new kernel's boot", tuple(_bar("boot", at.get("kernel_started"), first_restore))),
     ]
     cache = (rep.get("warm") or {}).get("page_cache") or {}
