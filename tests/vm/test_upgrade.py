@@ -238,8 +238,11 @@ def test_the_journal_has_each_checkpoint(scenario: vm.Scenario) -> None:
     assert len(ok) == 2 and all(e["SEAMLESS_OUTCOME"] == "checkpointed" for e in ok), ok
     assert all(int(e["SEAMLESS_IMAGE_BYTES"]) > 0 and float(e["SEAMLESS_FROZEN_SEC"]) > 0 for e in ok), ok
     assert {e["_SYSTEMD_UNIT"] for e in ok} == {f"seamless-checkpoint@{unit_name(MAIN)}.service"}
-    (grew,) = [e for e in said["CHECKPOINT"] if e["UNIT"] == "seamless-grower.service"]
-    assert grew["SEAMLESS_OUTCOME"] == "checkpoint-failed" and grew["PRIORITY"] == "3", grew
+    # Kept by the first upgrade; past the PMEM by the second's checkpoint.
+    grower = [e for e in said["CHECKPOINT"] if e["UNIT"] == "seamless-grower.service"]
+    assert [e["SEAMLESS_OUTCOME"] for e in grower] == ["checkpointed", "checkpoint-failed"], grower
+    grew = grower[1]
+    assert grew["PRIORITY"] == "3", grew
     assert "grew since" in grew["SEAMLESS_REASON"], grew
 
 
@@ -293,6 +296,4 @@ def test_the_dbus_api_plans_as_the_cli_does_and_refuses_nobody(scenario: vm.Scen
     # Anyone may ask the status; nobody may arm (polkit: administrators only).
     assert got["nobody_status_rc"] == 0 and "units" in busctl_string(got["nobody_status"])
     assert got["nobody_arm_rc"] != 0 and not got["armed"], got
-    assert (
-        "Interactive authentication required" in got["nobody_arm"] or "Access denied" in got["nobody_arm"]
-    ), got
+    assert "not authorized for org.seamlesssystemd.upgrade.manage (polkit)" in got["nobody_arm"], got

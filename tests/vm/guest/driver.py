@@ -62,6 +62,7 @@ SPOIL = f"{STATE}/spoil"
 PMEM = "/dev/pmem0"
 BLOCKER_CONF = "/etc/seamless/conf.d/90-blocker.yaml"
 KERNEL_HOOK = "/etc/kernel/postinst.d/seamless-systemd"
+OR_REBOOT = f"{STATE}/or-reboot"  # what 'run --or-reboot' said: .out, and its exit status .rc
 RESTARTED = "seamless-prefork.service"  # restarted between the second arm and its kexec
 GROWER = "seamless-grower.service"  # grows past the PMEM between the second arm and its kexec
 ON_FAILURE_LOG = f"{STATE}/on-failure.log"  # seamless-failed@.service, the OnFailure= of seamless-exec
@@ -1141,12 +1142,17 @@ def main():
         with open(BLOCKER_CONF, "w") as f:
             f.write("units: [seamless-blocker.service]\n")
         set_phase("fell-back")
-        rc, out = sh("seamless-upgrade", "run", "--or-reboot")
-        emit("or-reboot", {"rc": rc, "out": out})
-        if rc != 0:
+        # Its word is kept on disk: the shutdown it starts may stop this driver before it can say it.
+        sh("sh", "-c", f"seamless-upgrade run --or-reboot > {OR_REBOOT}.out 2>&1; echo $? > {OR_REBOOT}.rc")
+        os.sync()
+        if Path(f"{OR_REBOOT}.rc").read_text().strip() != "0":
             set_phase("failed")
-            raise SystemExit(f"run --or-reboot neither upgraded nor rebooted: {out}")
+            raise SystemExit(f"run --or-reboot did neither: {Path(f'{OR_REBOOT}.out').read_text()}")
     elif phase == "fell-back":
+        emit(
+            "or-reboot",
+            {"rc": int(Path(f"{OR_REBOOT}.rc").read_text()), "out": Path(f"{OR_REBOOT}.out").read_text()},
+        )
         os.unlink(BLOCKER_CONF)
         _, status = sh("seamless-upgrade", "status")
         emit(
@@ -1160,6 +1166,7 @@ def main():
             },
         )
         emit("journal", journal_said())
+        emit("done", {})
         set_phase("done")
         sh("systemctl", "poweroff")
     else:
