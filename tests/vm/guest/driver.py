@@ -465,6 +465,7 @@ def dbus_api():
         "nobody_status_rc": status_rc,
         "nobody_status": status,
         "armed": os.path.exists("/run/seamless/armed.json"),
+        "polkit": os.path.exists("/usr/share/dbus-1/system-services/org.freedesktop.PolicyKit1.service"),
     }
 
 
@@ -594,6 +595,7 @@ def damaged_kernel(source):
         "pids_after": {p: demo(p)["pid"] for p in PORTS},
         "kexec_loaded": kexec_loaded(),
         "armed": os.path.exists("/run/seamless/armed.json"),
+        "polkit": os.path.exists("/usr/share/dbus-1/system-services/org.freedesktop.PolicyKit1.service"),
     }
     remove_kernel_copy(DAMAGED_KERNEL)
     return result
