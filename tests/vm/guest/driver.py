@@ -1144,8 +1144,14 @@ def main():
         with open(BLOCKER_CONF, "w") as f:
             f.write("units: [seamless-blocker.service]\n")
         set_phase("fell-back")
-        # Its word is kept on disk: the shutdown it starts may stop this driver before it can say it.
-        sh("sh", "-c", f"seamless-upgrade run --or-reboot > {OR_REBOOT}.out 2>&1; echo $? > {OR_REBOOT}.rc")
+        # Its word is kept on disk and said by the next boot: the shutdown it starts stops this
+        # driver. SIGTERM is ignored (and so by seamless-upgrade too) until the exit status is written.
+        sh(
+            "sh",
+            "-c",
+            f"trap '' TERM; seamless-upgrade run --or-reboot > {OR_REBOOT}.out 2>&1; "
+            f"echo $? > {OR_REBOOT}.rc; sync",
+        )
         os.sync()
         if Path(f"{OR_REBOOT}.rc").read_text().strip() != "0":
             set_phase("failed")
