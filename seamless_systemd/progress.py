@@ -86,7 +86,7 @@ def growing(phase: str, text: str, unit: str, where: Path, every: float = 1.0) -
 
 
 class Terminal:
-    """Steps on STREAM: rewritten in place on a terminal, one plain line per step otherwise."""
+    """Steps on STREAM, a line each; on a terminal the bytes of a running step update in place."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
@@ -100,16 +100,14 @@ class Terminal:
                 self.stream.write(f"[{s.phase}] {s.text}{size}\n")
                 self.stream.flush()
             return
-        # \r and erase-line: the step rewrites the line it is on.
-        self.stream.write(f"\r\x1b[K{s.text}{size}")
-        self.open_line = True
-        if not s.live and (s.text.endswith(": done") or s.phase in ("armed", "kexec")):
-            self.stream.write("\n")
-            self.open_line = False
+        # \r and erase-line: a live update rewrites the line it is on; a step ends it.
+        self.stream.write(f"\r\x1b[K{s.text}{size}" + ("" if s.live else "\n"))
+        self.open_line = s.live
         self.stream.flush()
 
     def close(self) -> None:
+        """Erase a live line left open (the command's own output comes next)."""
         if self.open_line:
-            self.stream.write("\n")
+            self.stream.write("\r\x1b[K")
             self.open_line = False
             self.stream.flush()

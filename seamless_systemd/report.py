@@ -189,7 +189,11 @@ def announce(rep: dict[str, Any]) -> None:
         journal.event(
             journal.UNIT_OUTCOME,
             text,
-            journal.INFO if outcome in _QUIET else journal.WARNING,
+            journal.INFO
+            if outcome in _QUIET
+            else journal.ERR
+            if outcome == "start-failed"
+            else journal.WARNING,
             unit=u["unit"],
             generation=gen,
             outcome=outcome,

@@ -54,9 +54,14 @@ def test_a_terminal_line_is_rewritten_in_place() -> None:
     show(progress.Step("trial-dump", "Trial checkpoint of a.service: done", "a.service", 12 << 20))
     show(progress.Step("kexec-load", "Loading kernel B with kexec"))
     show.close()
+    show(progress.Step("trial-dump", "Trial checkpoint of c.service", "c.service", 1 << 20, live=True))
+    show.close()
+    # Each step a line of its own; only the bytes of the step at work are rewritten in place.
     assert out.getvalue() == (
         "\r\x1b[KTrial checkpoint of a.service (5 MiB)"
         "\r\x1b[KTrial checkpoint of a.service (9 MiB)"
         "\r\x1b[KTrial checkpoint of a.service: done (12 MiB)\n"
         "\r\x1b[KLoading kernel B with kexec\n"
+        "\r\x1b[KTrial checkpoint of c.service (1 MiB)"
+        "\r\x1b[K"
     )
