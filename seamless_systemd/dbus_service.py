@@ -158,9 +158,8 @@ class Service:
             if msg.member in GUARDED:
                 await self.authorize(msg.sender)
             result = await self.loop.run_in_executor(None, self.call, msg.member, list(msg.body))
-            reply = self.Message.new_method_return(msg, "", []) if msg.member == "Disarm" else None
-            if reply is None:
-                reply = self.Message.new_method_return(msg, "s", [result])
+            outs = "".join(t for _, t in METHODS[msg.member][1])
+            reply = self.Message.new_method_return(msg, outs, [result] if outs else [])
         except BaseException as e:  # every call gets an answer
             err = error_of(e)
             log.info("%s from %s refused: %s", msg.member, msg.sender, err.text)

@@ -596,7 +596,6 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
             len(ranges),
             ram_record["seconds"]["take"],
         )
-    units = [u.unit for u in plan.units]
     progress.step("armed", f"Armed upgrade {gen.id}")
     journal.event(
         journal.ARMED,
