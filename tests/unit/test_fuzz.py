@@ -58,8 +58,13 @@ def _tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
+# Each example gets its own directory under this one, removed when the run ends
+# (hypothesis runs hundreds of examples: /tmp filled with them).
+_SCRATCH = tempfile.TemporaryDirectory(prefix="seamless-fuzz-")
+
+
 def _run(manifest_text: str, dumps: dict[str, str], cmdline: str) -> tuple[Path, Path, set[str], set[str]]:
-    tmp = Path(tempfile.mkdtemp())
+    tmp = Path(tempfile.mkdtemp(dir=_SCRATCH.name))
     root, out = tmp / "root", tmp / "out"
     gdir = root / "run/seamless/pmem" / GEN
     gdir.mkdir(parents=True)
