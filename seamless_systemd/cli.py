@@ -19,6 +19,7 @@ from seamless_systemd import (
     progress,
     ram,
     report,
+    reserve,
     restore,
     state,
     status,
@@ -253,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
                 help="if the upgrade is refused, reboot the ordinary way instead (for fleet tools)",
             )
     sub.add_parser("disarm", help="cancel an armed upgrade")
+    p = sub.add_parser("setup", help="reserve RAM for the images at every boot (memmap=), or --remove it")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--size", metavar="SIZE", help="how much RAM to reserve, e.g. 512M or 2G")
+    how.add_argument("--remove", action="store_true", help="take the reservation out again")
+    p.add_argument("--dry-run", action="store_true", help="say which range, write nothing")
     sub.add_parser("status", help="show the status").add_argument("--json", action="store_true")
     p = sub.add_parser("report", help="show the report of the last upgrade")
     p.add_argument("--json", action="store_true")
@@ -277,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"'seamless-upgrade {args.command}' is run as root by the package's units "
                 f"({INTERNAL[args.command]}), not by hand"
             )
-        if os.geteuid() != 0 and args.command in ("plan", "arm", "run", "disarm"):
+        if os.geteuid() != 0 and args.command in ("plan", "arm", "run", "disarm", "setup"):
             raise SeamlessError(
                 f"'seamless-upgrade {args.command}' must run as root: it inspects the services' "
                 "processes, /proc/iomem and the PMEM device"
@@ -302,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             from seamless_systemd import dbus_service  # dbus-fast only where the service runs
 
             return dbus_service.main()
+        if args.command == "setup":
+            return reserve.remove() if args.remove else reserve.setup(args.size, args.dry_run)
         if args.command == "run" and args.or_reboot:
             return _watching(lambda: cmd_run_or_reboot(args))
         cfg = config.load(args.config_dir)
