@@ -147,11 +147,15 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(reserve, "run", lambda argv, **kw: calls.append(argv))
     monkeypatch.setattr(reserve, "way", lambda: reserve.Way("grub", "here"))
     monkeypatch.setattr(os, "geteuid", lambda: 0)
+    # The logger as a test run has it (setup would point it at this test's stderr for good).
+    monkeypatch.setattr(cli.log, "setup", lambda debug: None)
     monkeypatch.setattr(reserve, "_calls", calls, raising=False)
     return tmp_path
 
 
-def test_setup_writes_what_grub_mkconfig_reads(machine: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_setup_writes_what_grub_mkconfig_reads(
+    machine: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     assert cli.main(["setup", "--size", "512M"]) == 0
     out = capsys.readouterr().out
     assert "memmap=512M!4608M" in out and "Reboot once" in out
@@ -171,7 +175,7 @@ def test_setup_writes_what_grub_mkconfig_reads(machine: Path, capsys: pytest.Cap
     assert got == "console=ttyS0 memmap=512M!4608M"
     # Twice: refused, naming what is there.
     assert cli.main(["setup", "--size", "1G"]) == 1
-    assert "already set up: memmap=512M!4608M (from the next boot on)" in capsys.readouterr().err
+    assert "already set up: memmap=512M!4608M (from the next boot on)" in caplog.text
     assert cli.main(["setup", "--remove"]) == 0
     assert not (machine / "etc/default/grub.d/seamless.cfg").exists()
     assert reserve._calls == [["update-grub"], ["update-grub"]]  # type: ignore[attr-defined]
@@ -180,11 +184,11 @@ def test_setup_writes_what_grub_mkconfig_reads(machine: Path, capsys: pytest.Cap
 
 
 def test_setup_refuses_a_machine_with_a_reservation_of_its_own(
-    machine: Path, capsys: pytest.CaptureFixture[str]
+    machine: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (machine / "proc/cmdline").write_text("root=/dev/vda ro memmap=512M!1536M\n")
     assert cli.main(["setup", "--size", "512M"]) == 1
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "already reserves memmap=512M!1536M" in err and "serves the upgrade as it is" in err
     assert not (machine / "etc/default/grub.d").exists()
 
@@ -195,9 +199,9 @@ def test_setup_dry_run_writes_nothing(machine: Path, capsys: pytest.CaptureFixtu
     assert not (machine / "etc/default/grub.d").exists() and reserve._calls == []  # type: ignore[attr-defined]
 
 
-def test_setup_bad_size(machine: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_setup_bad_size(machine: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert cli.main(["setup", "--size", "lots"]) == 1
-    assert "give a size such as 512M" in capsys.readouterr().err
+    assert "give a size such as 512M" in caplog.text
 
 
 def test_way_names_what_it_found(tmp_path: Path) -> None:
