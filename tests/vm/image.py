@@ -353,6 +353,86 @@ def build_deb(out: Path) -> Path:
     return debs[-1]
 
 
+# The setup scenario's guest boots the way a server does: firmware (SeaBIOS),
+# GRUB from the disk's first MiB, GRUB's grub.cfg on the root partition.
+GRUB_PACKAGES = ["grub-pc"]
+PART_START = 1 << 20  # the root partition starts at 1 MiB; GRUB's core.img sits before it
+GRUB_DEFAULTS = f"""\
+GRUB_DEFAULT="Debian GNU/Linux, with Linux {KERNEL_A}"
+GRUB_TIMEOUT=0
+GRUB_DISTRIBUTOR=Debian
+GRUB_CMDLINE_LINUX_DEFAULT=""
+GRUB_CMDLINE_LINUX="console=ttyS0 panic=-1"
+GRUB_TERMINAL=serial
+GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
+GRUB_DISABLE_SUBMENU=y
+GRUB_DISABLE_RECOVERY=true
+GRUB_DISABLE_OS_PROBER=true
+"""
+
+
+def install_grub(root: Path) -> None:
+    """Debian's GRUB for BIOS in ROOT, configured as a server's: no menu, serial console, kernel A.
+
+    grub-install and update-grub need the disk they boot from, which a chroot
+    does not have: the boot sectors are written by grub_disk, and grub.cfg
+    for the first boot by hand here. The guest's own update-grub (run by
+    'seamless-upgrade setup') writes the real one.
+    """
+    for q in ("grub-pc/install_devices multiselect", "grub-pc/install_devices_empty boolean true"):
+        sh("sh", "-c", f"echo 'grub-pc {q}' | chroot {root} debconf-set-selections")
+    in_chroot(root, "apt-get", "update", "-q")
+    in_chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", *GRUB_PACKAGES)
+    (root / "etc/default/grub").write_text(GRUB_DEFAULTS)
+    (root / "etc/fstab").write_text("/dev/vda1 / ext4 rw,errors=remount-ro 0 1\n")
+    mods = root / "boot/grub/i386-pc"
+    mods.mkdir(parents=True, exist_ok=True)
+    for f in (root / "usr/lib/grub/i386-pc").iterdir():
+        if f.suffix in (".mod", ".lst"):
+            shutil.copy2(f, mods / f.name)
+    (root / "boot/grub/grub.cfg").write_text(
+        "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n"
+        "insmod part_msdos\ninsmod ext2\nset root=(hd0,msdos1)\n"
+        f"linux /boot/vmlinuz-{KERNEL_A} root=/dev/vda1 ro console=ttyS0 panic=-1\n"
+        f"initrd /boot/initrd.img-{KERNEL_A}\nboot\n"
+    )
+    in_chroot(
+        root,
+        "grub-mkimage",
+        "-O",
+        "i386-pc",
+        "-o",
+        "/tmp/core.img",
+        "-p",
+        "(hd0,msdos1)/boot/grub",
+        "biosdisk",
+        "part_msdos",
+        "ext2",
+    )
+
+
+def grub_disk(root: Path, disk: Path) -> None:
+    """A disk as a BIOS boots it: an MBR with GRUB's boot.img and one partition, core.img after it.
+
+    core.img at sector 1 and its blocklist's default (load from sector 2 on)
+    is the layout grub-install embeds, so neither image needs patching.
+    """
+    sh("mkfs.ext4", "-q", "-F", "-L", "root", "-E", f"offset={PART_START}", "-d", root, disk, IMAGE_SIZE)
+    core = (root / "tmp/core.img").read_bytes()
+    if len(core) > PART_START - 512:
+        raise SystemExit(f"GRUB's core.img is {len(core)} bytes: it does not fit before the partition")
+    mbr = bytearray((root / "usr/lib/grub/i386-pc/boot.img").read_bytes()[:440]).ljust(512, b"\0")
+    total = disk.stat().st_size // 512
+    first = PART_START // 512
+    # Partition 1: active, Linux, LBA FIRST..end (CHS fields unused: all ones).
+    entry = bytes([0x80, 0xFE, 0xFF, 0xFF, 0x83, 0xFE, 0xFF, 0xFF]) + (first).to_bytes(4, "little")
+    mbr[0x1BE:0x1CE] = entry + (total - first).to_bytes(4, "little")
+    mbr[0x1FE:0x200] = b"\x55\xaa"
+    with disk.open("r+b") as f:
+        f.write(mbr)
+        f.write(core)
+
+
 def build_image(
     scenario: str = "full",
     workloads: Sequence[Path] = (),
@@ -412,11 +492,16 @@ def build_image(
                 in_chroot(root, "dracut", "--force", "--no-hostonly", f"/boot/initrd.img-{ver}", ver)
         else:
             in_chroot(root, "update-initramfs", "-u", "-k", "all")
+        if scenario == "setup":
+            install_grub(root)
     (root / "tmp/seamless-systemd.deb").unlink()
     disk = out / "disk.raw"
     if disk.exists():
         disk.unlink()
-    sh("mkfs.ext4", "-q", "-F", "-L", "root", "-d", root, disk, IMAGE_SIZE)
+    if scenario == "setup":
+        grub_disk(root, disk)
+    else:
+        sh("mkfs.ext4", "-q", "-F", "-L", "root", "-d", root, disk, IMAGE_SIZE)
     boot = out / "boot"
     boot.mkdir(exist_ok=True)
     for ver, tag in ((KERNEL_A, "a"), (KERNEL_B, "b")):

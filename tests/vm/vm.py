@@ -40,6 +40,9 @@ class Machine:
     # What a panic does: reset at once (QEMU exits, -no-reboot). "" leaves it to
     # the kernel's default (wait forever) or to the panic= the upgrade adds.
     panic: str = "panic=-1"
+    # Boot from the disk through the firmware and the guest's own GRUB (whose
+    # grub.cfg then names the kernel and its command line), not QEMU's -kernel.
+    boot_loader: bool = False
 
 
 DEFAULT = Machine()
@@ -53,6 +56,9 @@ LARGE = Machine("3072M", "memmap=1G!1536M", 1800)
 FULL = Machine(timeout=2400)
 # RAM on demand: nothing reserved at boot (docs/ram-on-demand.md).
 NO_RESERVATION = Machine("2560M", "")
+# The setup scenario: GRUB boots it, and setup finds RAM above 4 GiB (QEMU puts
+# 1 GiB of the 4 there); no memmap= until setup writes one.
+GRUB_BOOT = Machine("4096M", "", boot_loader=True)
 # The faults scenario: no panic= of the machine's own, so that the new kernel
 # that panics reboots by the panic= the upgrade put on its command line.
 FAULTS = Machine(panic="")
@@ -140,13 +146,18 @@ def qemu_argv(
         "-no-reboot",
         "-drive",
         f"file={img.disk},format=raw,if=virtio,cache=unsafe",
-        "-kernel",
-        str(img.kernel_b if kernel_b else img.kernel_a),
-        "-initrd",
-        str(img.initrd_b if kernel_b else img.initrd_a),
-        "-append",
-        cmdline,
-    ]
+    ] + (
+        []
+        if machine.boot_loader
+        else [
+            "-kernel",
+            str(img.kernel_b if kernel_b else img.kernel_a),
+            "-initrd",
+            str(img.initrd_b if kernel_b else img.initrd_a),
+            "-append",
+            cmdline,
+        ]
+    )
 
 
 class HostClient:

@@ -45,6 +45,12 @@ power (power cuts: the host kills QEMU when the console shows the moment):
   boot 3, kernel A   report 'interrupted'; run, cut in the dump of demo 7778
   boot 4, kernel A   units afresh; run: an upgrade that works (the PMEM reused)
   boot 5, kernel B   the state kept; power off
+setup (a guest booted by GRUB from its own disk, with no memmap= of its own):
+  boot 1, kernel A   'seamless-upgrade setup --size 512M'; an ordinary reboot
+  boot 2, kernel A   GRUB gave the kernel our memmap=: /dev/pmem0 at the range
+                     setup chose; 'seamless-upgrade run'
+  boot 3, kernel B   the demos restored from that PMEM; 'setup --remove'; reboot
+  boot 4, kernel A   no memmap=, no /dev/pmem0; power off
 bench:
   the benchmark's runs, see bench.py
 """
@@ -967,6 +973,80 @@ def faults(phase):
         sh("systemctl", "poweroff")
 
 
+def legacy_pmem():
+    """The memmap= ranges this kernel keeps as persistent memory, from /proc/iomem."""
+    lines = Path("/proc/iomem").read_text().splitlines()
+    return [ln.strip() for ln in lines if "Persistent Memory (legacy)" in ln]
+
+
+def grub_memmap():
+    """The memmap= words in GRUB's configuration (what the next cold boot gets)."""
+    text = Path("/boot/grub/grub.cfg").read_text()
+    return sorted({w for w in text.split() if w.startswith("memmap=")})
+
+
+def setup_boot(phase):
+    """The reservation written the distribution's way: setup, a reboot through GRUB, an upgrade, remove."""
+    facts = {
+        "cmdline": Path("/proc/cmdline").read_text().strip(),
+        "pmem": os.path.exists(PMEM),
+        "legacy": legacy_pmem(),
+        "grub": grub_memmap(),
+    }
+    if phase == "":
+        emit("setup-before", facts)
+        rc, out = sh("seamless-upgrade", "setup", "--size", "512M")
+        again = sh("seamless-upgrade", "setup", "--size", "512M")
+        emit(
+            "setup",
+            {
+                "rc": rc,
+                "out": out,
+                "again": again,
+                "grub": grub_memmap(),
+                "dropin": read_or_none("/etc/default/grub.d/seamless.cfg"),
+            },
+        )
+        if rc != 0:
+            set_phase("failed")
+            raise SystemExit(f"setup failed: {out}")
+        set_phase("set-up")
+        sh("systemctl", "reboot")
+    elif phase == "set-up":
+        rc, plan = sh("seamless-upgrade", "plan")
+        emit("reserved", {**facts, "plan": plan, "plan_rc": rc})
+        for _ in range(3):
+            demo(7777, "INC")
+        emit("before", all_states())
+        set_phase("upgraded")
+        rc, out = sh("seamless-upgrade", "run")
+        emit("run", {"rc": rc, "out": out})
+        if rc != 0:
+            set_phase("failed")
+            raise SystemExit(f"the upgrade did not start: {out}")
+    elif phase == "upgraded":
+        finish = wait_for_finish()
+        emit(
+            "after",
+            {
+                "states": all_states(),
+                "finish": finish,
+                "report": report(),
+                "uname": os.uname().release,
+                **facts,
+            },
+        )
+        rc, out = sh("seamless-upgrade", "setup", "--remove")
+        emit("removed", {"rc": rc, "out": out, "grub": grub_memmap()})
+        set_phase("removed")
+        sh("systemctl", "reboot")
+    elif phase == "removed":
+        emit("unreserved", {**facts, "states": all_states()})
+        emit("done", {})
+        set_phase("done")
+        sh("systemctl", "poweroff")
+
+
 def main():
     os.makedirs(STATE, exist_ok=True)
     scenario = Path("/etc/seamless-test/scenario").read_text().strip()
@@ -1001,6 +1081,9 @@ def main():
         return
     if scenario == "power":
         power(phase)
+        return
+    if scenario == "setup":
+        setup_boot(phase)
         return
     if phase == "" and scenario == "workload":
         emit("before", {"workload": run_scripts("before.sh"), "units": workload_units()})

@@ -1,0 +1,68 @@
+"""`seamless-upgrade setup` on a guest booted by GRUB: the reservation, a reboot, an upgrade, --remove.
+
+The guest boots from its own disk (SeaBIOS, then Debian's GRUB and its
+grub.cfg) with no memmap= of its own. setup picks the range and writes
+/etc/default/grub.d/seamless.cfg; update-grub puts it in grub.cfg; after one
+ordinary reboot the kernel keeps that range as /dev/pmem0 and an upgrade
+keeps the demos there. setup --remove takes it out; the next cold boot has no
+reservation. See docs/setup.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from tests.vm import image as vmimage
+from tests.vm import vm
+
+pytestmark = pytest.mark.integration
+
+
+def test_setup_reserves_through_grub_and_remove_gives_it_back() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
+    img = vmimage.build_image("setup")
+    sc = vm.run_scenario(img, vmimage.BUILD / "vm" / "setup", vm.GRUB_BOOT)
+    first, setup = sc.get("setup-before"), sc.get("setup")
+    assert first is not None and setup is not None, sc.console_tail()
+    # A machine with nothing reserved, booted by GRUB.
+    assert "memmap=" not in first["cmdline"] and not first["pmem"] and first["legacy"] == [], first
+    assert first["cmdline"].startswith(f"BOOT_IMAGE=/boot/vmlinuz-{vmimage.KERNEL_A} "), first
+    assert setup["rc"] == 0, setup
+    m = re.search(r"Range: +(memmap=(\d+)M!(\d+)M): \S+ at (0x[0-9a-f]+)-", setup["out"])
+    assert m is not None, setup["out"]
+    word, size, start = m.group(1), int(m.group(2)) << 20, int(m.group(4), 16)
+    # 512 MiB, above 4 GiB (QEMU puts 1 GiB of the guest's 4 there), in grub.cfg; a second setup refused.
+    assert size == 512 << 20 and start >= 4 << 30, setup["out"]
+    assert "Reboot once" in setup["out"] and setup["grub"] == [word], setup
+    assert word in (setup["dropin"] or ""), setup
+    assert setup["again"][0] != 0 and "already set up" in setup["again"][1], setup["again"]
+
+    # After one ordinary reboot: GRUB gave the kernel the word, the kernel made the range a PMEM.
+    reserved = sc.get("reserved")
+    assert reserved is not None, sc.console_tail()
+    assert word in reserved["cmdline"].split() and reserved["pmem"], reserved
+    assert reserved["legacy"] == [f"{start:x}-{start + size - 1:x} : Persistent Memory (legacy)"], reserved
+    assert reserved["plan_rc"] == 0 and "memmap= reservation kept" in reserved["plan"], reserved["plan"]
+
+    # The upgrade kept the demo in that PMEM.
+    before, after = sc.get("before"), sc.get("after")
+    assert before is not None and after is not None, sc.console_tail()
+    assert after["uname"] == vmimage.KERNEL_B and word in after["cmdline"].split(), after
+    b, a = before["7777"], after["states"]["7777"]
+    assert a["state"]["counter"] == b["state"]["counter"] == 3, (b, a)
+    assert a["state"]["blob_sha256"] == b["state"]["blob_sha256"]
+    assert a["unit"]["MainPID"] == b["unit"]["MainPID"] and a["unit"]["fresh_starts"] == 0
+    (rep,) = [u for u in after["report"]["units"] if u["unit"] == "seamless-demo@7777.service"]
+    assert rep["outcome"] == "restored", rep
+
+    # --remove: gone from grub.cfg; the next cold boot reserves nothing, the services start as usual.
+    removed, last = sc.get("removed"), sc.get("unreserved")
+    assert removed is not None and last is not None, sc.console_tail()
+    assert removed["rc"] == 0 and "the RAM comes back at the next reboot" in removed["out"], removed
+    assert removed["grub"] == [], removed
+    assert "memmap=" not in last["cmdline"] and not last["pmem"] and last["legacy"] == [], last
+    assert last["states"]["7777"]["state"]["counter"] == 0, last["states"]["7777"]
