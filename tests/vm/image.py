@@ -494,6 +494,10 @@ def build_image(
             in_chroot(root, "update-initramfs", "-u", "-k", "all")
         if scenario == "setup":
             install_grub(root)
+    if scenario == "setup":
+        # The setup scenario installs it again, removes and purges it.
+        (root / "var/cache/seamless-test").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / "tmp/seamless-systemd.deb", root / "var/cache/seamless-test/seamless-systemd.deb")
     (root / "tmp/seamless-systemd.deb").unlink()
     disk = out / "disk.raw"
     if disk.exists():

@@ -6,12 +6,16 @@ grub.cfg) with no memmap= of its own. setup picks the range and writes
 ordinary reboot the kernel keeps that range as /dev/pmem0 and an upgrade
 keeps the demos there. setup --remove takes it out; the next cold boot has no
 reservation. See docs/setup.md.
+
+In that last boot, the package's life: installed again over itself while an
+upgrade is armed, removed, purged, with the demo services running throughout.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 import pytest
 
@@ -21,11 +25,16 @@ from tests.vm import vm
 pytestmark = pytest.mark.integration
 
 
-def test_setup_reserves_through_grub_and_remove_gives_it_back() -> None:
+@pytest.fixture(scope="module")
+def setup_run() -> vm.Scenario:
     if os.geteuid() != 0:
         pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
     img = vmimage.build_image("setup")
-    sc = vm.run_scenario(img, vmimage.BUILD / "vm" / "setup", vm.GRUB_BOOT)
+    return vm.run_scenario(img, vmimage.BUILD / "vm" / "setup", vm.GRUB_BOOT)
+
+
+def test_setup_reserves_through_grub_and_remove_gives_it_back(setup_run: vm.Scenario) -> None:
+    sc = setup_run
     first, setup = sc.get("setup-before"), sc.get("setup")
     assert first is not None and setup is not None, sc.console_tail()
     # A machine with nothing reserved, booted by GRUB.
@@ -66,3 +75,38 @@ def test_setup_reserves_through_grub_and_remove_gives_it_back() -> None:
     assert removed["grub"] == [], removed
     assert "memmap=" not in last["cmdline"] and not last["pmem"] and last["legacy"] == [], last
     assert last["states"]["7777"]["state"]["counter"] == 0, last["states"]["7777"]
+
+
+def same_services(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The demo services that are not the same processes with the same state as BEFORE."""
+    return [
+        port
+        for port, b in before.items()
+        if (now[port]["unit"]["MainPID"], now[port]["state"]) != (b["unit"]["MainPID"], b["state"])
+    ]
+
+
+def test_package_reinstalled_while_armed_removed_and_purged(setup_run: vm.Scenario) -> None:
+    pkg = setup_run.get("package")
+    assert pkg is not None, setup_run.console_tail()
+    assert pkg["setup"][0] == 0 and pkg["arm"][0] == 0 and pkg["armed"], pkg
+    before = pkg["states_before"]
+    assert before["7777"]["state"]["counter"] == 2, before
+    # dpkg -i over it while armed: the upgrade is cancelled (prerm), said so, nothing left held.
+    rc, out = pkg["upgrade"]
+    assert rc == 0 and "cancelling the armed kernel upgrade" in out, out
+    assert pkg["after_upgrade"] == {"armed": None, "ram": None, "kexec_loaded": False}, pkg["after_upgrade"]
+    # dpkg -r: the command and our units gone from systemd, no drop-in on the services,
+    # the configuration and the reports kept; every service the same process, same state.
+    assert pkg["remove"][0] == 0, pkg["remove"]
+    gone = pkg["after_remove"]
+    assert not gone["command"] and gone["units"] == [] and gone["generated"] == [], gone
+    assert set(gone["dropins"].values()) == {""}, gone["dropins"]
+    assert gone["config"] and gone["state_dir"], gone
+    assert same_services(before, gone["states"]) == [], (before, gone["states"])
+    # dpkg -P: the configuration, the state and the GRUB drop-in (and its memmap= in grub.cfg) gone.
+    assert pkg["purge"][0] == 0, pkg["purge"]
+    purged = pkg["after_purge"]
+    assert not purged["config"] and not purged["state_dir"], purged
+    assert not purged["grub_dropin"] and purged["grub"] == [], purged
+    assert same_services(before, purged["states"]) == [], (before, purged["states"])

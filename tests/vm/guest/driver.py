@@ -1042,9 +1042,68 @@ def setup_boot(phase):
         sh("systemctl", "reboot")
     elif phase == "removed":
         emit("unreserved", {**facts, "states": all_states()})
+        emit("package", package_lifecycle())
         emit("done", {})
         set_phase("done")
         sh("systemctl", "poweroff")
+
+
+DEB = "/var/cache/seamless-test/seamless-systemd.deb"  # the package the image was made with
+
+
+def ours_loaded():
+    """What systemd still has of the package: our units loaded, and drop-ins of ours on the demos."""
+    _, units = sh(
+        "systemctl", "list-units", "--all", "--plain", "--no-legend", "seamless-*", "kexec-upgrade*"
+    )
+    # UNIT LOAD ACTIVE SUB DESCRIPTION: the test's own units aside, none of ours may be loaded.
+    rows = [ln.split() for ln in units.splitlines() if ln.strip()]
+    mine = [
+        " ".join(r[:4])
+        for r in rows
+        if len(r) > 1
+        and r[1] == "loaded"
+        and not r[0].startswith(("seamless-demo@", "seamless-test", "seamless-spoiler"))
+    ]
+    dropins = {str(p): unit_state(unit(p))["DropInPaths"] for p in PORTS}
+    generated = sorted(str(f) for d in Path("/run/systemd").glob("generator*") for f in d.rglob("*seamless*"))
+    return {"units": mine, "dropins": dropins, "generated": generated}
+
+
+def package_lifecycle():
+    """Install over it while an upgrade is armed, remove, purge: the services never notice."""
+    out = {}
+    out["setup"] = sh("seamless-upgrade", "setup", "--size", "256M")
+    for _ in range(2):
+        demo(7777, "INC")
+    out["arm"] = sh("seamless-upgrade", "arm")
+    out["armed"] = json.loads(sh("seamless-upgrade", "status", "--json")[1])["armed"] is not None
+    out["states_before"] = all_states()
+    out["upgrade"] = sh("dpkg", "-i", DEB)
+    status = json.loads(sh("seamless-upgrade", "status", "--json")[1])
+    out["after_upgrade"] = {
+        "armed": status["armed"],
+        "ram": status["ram"],
+        "kexec_loaded": status["kexec_loaded"],
+    }
+    out["remove"] = sh("dpkg", "-r", "seamless-systemd")
+    out["after_remove"] = {
+        **ours_loaded(),
+        "config": os.path.exists("/etc/seamless/config.yaml"),
+        "state_dir": os.path.exists("/var/lib/seamless"),
+        "command": os.path.exists("/usr/bin/seamless-upgrade"),
+        "states": all_states(),
+    }
+    out["purge"] = sh("dpkg", "-P", "seamless-systemd")
+    out["after_purge"] = {
+        **ours_loaded(),
+        "config": os.path.exists("/etc/seamless/config.yaml"),
+        "state_dir": os.path.exists("/var/lib/seamless"),
+        "grub_dropin": os.path.exists("/etc/default/grub.d/seamless.cfg"),
+        "grub": grub_memmap(),
+        "states": all_states(),
+    }
+    return out
 
 
 def main():
