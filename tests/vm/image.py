@@ -117,6 +117,47 @@ CRIU_BUILD_DEPS = [
     "uuid-dev",
     "xz-utils",
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """A Debian release the guest image is made of, with its two kernels (A boots first, B is the upgrade)."""
+
+    suite: str
+    kernel_a: str
+    kernel_b: str
+    kernel_packages: tuple[str, ...]
+    guest_packages: tuple[str, ...]
+    # Build CRIU 4.1.1 with packaging/criu's patches into /usr/local/sbin
+    # (bookworm's own is 3.17); otherwise the release's criu package is used.
+    build_criu: bool
+
+
+BOOKWORM = Release(SUITE, KERNEL_A, KERNEL_B, tuple(KERNEL_PACKAGES), tuple(GUEST_PACKAGES), True)
+# Debian 13, the current stable: systemd 257, Python 3.13, its own CRIU 4.1.1
+# (without packaging/criu's System V patch: the scenarios run on it don't need it).
+TRIXIE = Release(
+    "trixie",
+    "6.12.107+deb13-cloud-amd64",
+    "6.12.117+deb13-cloud-amd64",
+    ("linux-image-6.12.107+deb13-cloud-amd64", "linux-image-6.12.117+deb13-cloud-amd64"),
+    (
+        "criu",
+        "kexec-tools",
+        "python3",
+        "python3-pystemd",
+        "python3-yaml",
+        "python3-dbus-fast",
+        "ndctl",
+        "daxctl",
+        "dmsetup",
+        "util-linux",
+        "netcat-openbsd",
+        "iptables",
+    ),
+    False,
+)
+RELEASES = {r.suite: r for r in (BOOKWORM, TRIXIE)}
 IMAGE_SIZE = "4G"
 # Bump when the base build steps below change in a way the lists don't show.
 BASE_RECIPE_VERSION = "3"
@@ -150,11 +191,19 @@ def sh(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = 
         raise subprocess.CalledProcessError(proc.returncode, cmd)
 
 
-def base_key() -> str:
+def base_key(release: Release = BOOKWORM) -> str:
     h = hashlib.sha256()
     h.update(
         json.dumps(
-            [BASE_RECIPE_VERSION, SUITE, MIRROR, SECURITY, BOOTSTRAP_INCLUDE, GUEST_PACKAGES, KERNEL_PACKAGES]
+            [
+                BASE_RECIPE_VERSION,
+                release.suite,
+                MIRROR,
+                SECURITY,
+                BOOTSTRAP_INCLUDE,
+                list(release.guest_packages),
+                list(release.kernel_packages),
+            ]
         ).encode()
     )
     return h.hexdigest()[:16]
@@ -199,9 +248,10 @@ def in_chroot(root: Path, *args: str) -> None:
     sh("chroot", root, *args, env=env)
 
 
-def build_base() -> Path:
-    """Return the cached base root tree, building it first if needed."""
-    dest = CACHE / f"base-{base_key()}"
+def build_base(release: Release = BOOKWORM) -> Path:
+    """Return the cached base root tree of RELEASE, building it first if needed."""
+    key = base_key(release)
+    dest = CACHE / f"base-{key}"
     if (dest / ".complete").exists():
         log(f"base tree cached: {dest}")
         return dest
@@ -209,7 +259,14 @@ def build_base() -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    sh("debootstrap", "--variant=minbase", "--include=" + ",".join(BOOTSTRAP_INCLUDE), SUITE, tmp, MIRROR)
+    sh(
+        "debootstrap",
+        "--variant=minbase",
+        "--include=" + ",".join(BOOTSTRAP_INCLUDE),
+        release.suite,
+        tmp,
+        MIRROR,
+    )
     root = tmp / "rootfs"
     # debootstrap wrote into tmp itself; keep the tree one level down so the
     # completion marker lives outside it.
@@ -218,9 +275,9 @@ def build_base() -> Path:
         if entry.name != "rootfs":
             entry.rename(root / entry.name)
     (root / "etc/apt/sources.list").write_text(
-        f"deb {MIRROR} {SUITE} main\n"
-        f"deb {MIRROR} {SUITE}-updates main\n"
-        f"deb {SECURITY} {SUITE}-security main\n"
+        f"deb {MIRROR} {release.suite} main\n"
+        f"deb {MIRROR} {release.suite}-updates main\n"
+        f"deb {SECURITY} {release.suite}-security main\n"
     )
     # Debian ships LOAD_KEXEC=true; keep it, the product must cope with it.
     with chroot_mounts(root):
@@ -232,12 +289,12 @@ def build_base() -> Path:
             "-y",
             "-q",
             "--no-install-recommends",
-            *KERNEL_PACKAGES,
-            *GUEST_PACKAGES,
+            *release.kernel_packages,
+            *release.guest_packages,
         )
         in_chroot(root, "apt-get", "clean")
     configure_base(root)
-    (tmp / ".complete").write_text(base_key() + "\n")
+    (tmp / ".complete").write_text(key + "\n")
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
@@ -324,6 +381,7 @@ class Image:
     initrd_a: Path
     kernel_b: Path
     initrd_b: Path
+    release: Release = BOOKWORM
 
 
 def build_deb(out: Path) -> Path:
@@ -438,6 +496,7 @@ def build_image(
     workloads: Sequence[Path] = (),
     lab_script: Path | None = None,
     extra_files: dict[str, str] | None = None,
+    release: Release = BOOKWORM,
 ) -> Image:
     """The test image for SCENARIO (full, demo, dracut, workload); WORKLOADS: users' directories.
 
@@ -450,8 +509,8 @@ def build_image(
     Several workloads share one image and one upgrade; each lands in
     /usr/local/lib/seamless-workloads/NAME (NAME: the directory's name).
     """
-    base = build_base() / "rootfs"
-    criu = build_criu(base)
+    base = build_base(release) / "rootfs"
+    criu = build_criu(base) if release.build_criu else None
     out = BUILD / "vm"
     out.mkdir(parents=True, exist_ok=True)
     BUILD_LOG.unlink(missing_ok=True)
@@ -461,7 +520,8 @@ def build_image(
         shutil.rmtree(root)
     sh("cp", "-a", "--reflink=auto", base, root)
     shutil.copy2(deb, root / "tmp/seamless-systemd.deb")
-    shutil.copy2(criu, root / "usr/local/sbin/criu")
+    if criu is not None:
+        shutil.copy2(criu, root / "usr/local/sbin/criu")
     guest = REPO / "tests/vm/guest"
     sh("cp", "-a", f"{guest}/.", root / "usr/local/lib/seamless-test")
     if lab_script is not None:
@@ -488,7 +548,7 @@ def build_image(
         in_chroot(root, "dpkg", "-i", "/tmp/seamless-systemd.deb")
         in_chroot(root, "sh", "/usr/local/lib/seamless-test/install.sh")
         if scenario == "dracut":
-            for ver in (KERNEL_A, KERNEL_B):
+            for ver in (release.kernel_a, release.kernel_b):
                 in_chroot(root, "dracut", "--force", "--no-hostonly", f"/boot/initrd.img-{ver}", ver)
         else:
             in_chroot(root, "update-initramfs", "-u", "-k", "all")
@@ -508,14 +568,14 @@ def build_image(
         sh("mkfs.ext4", "-q", "-F", "-L", "root", "-d", root, disk, IMAGE_SIZE)
     boot = out / "boot"
     boot.mkdir(exist_ok=True)
-    for ver, tag in ((KERNEL_A, "a"), (KERNEL_B, "b")):
+    for ver, tag in ((release.kernel_a, "a"), (release.kernel_b, "b")):
         shutil.copy2(root / f"boot/vmlinuz-{ver}", boot / f"vmlinuz-{tag}")
         shutil.copy2(root / f"boot/initrd.img-{ver}", boot / f"initrd-{tag}")
-    return Image(disk, boot / "vmlinuz-a", boot / "initrd-a", boot / "vmlinuz-b", boot / "initrd-b")
+    return Image(disk, boot / "vmlinuz-a", boot / "initrd-a", boot / "vmlinuz-b", boot / "initrd-b", release)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["base"]:
-        print(build_base())
+    if sys.argv[1:2] == ["base"]:
+        print(build_base(RELEASES[sys.argv[2]] if len(sys.argv) > 2 else BOOKWORM))
     else:
         print(build_image())

@@ -97,12 +97,12 @@ def test_package_reinstalled_while_armed_removed_and_purged(setup_run: vm.Scenar
     assert rc == 0 and "cancelling the armed kernel upgrade" in out, out
     assert pkg["after_upgrade"] == {"armed": None, "ram": None, "kexec_loaded": False}, pkg["after_upgrade"]
     # dpkg -r: the command and our units gone from systemd, no drop-in on the services,
-    # the configuration and the reports kept; every service the same process, same state.
+    # the configuration, the reports and the reservation kept; every service the same process, same state.
     assert pkg["remove"][0] == 0, pkg["remove"]
     gone = pkg["after_remove"]
     assert not gone["command"] and gone["units"] == [] and gone["generated"] == [], gone
     assert set(gone["dropins"].values()) == {""}, gone["dropins"]
-    assert gone["config"] and gone["state_dir"], gone
+    assert gone["config"] and gone["state_dir"] and gone["grub_dropin"], gone
     assert same_services(before, gone["states"]) == [], (before, gone["states"])
     # dpkg -P: the configuration, the state and the GRUB drop-in (and its memmap= in grub.cfg) gone.
     assert pkg["purge"][0] == 0, pkg["purge"]

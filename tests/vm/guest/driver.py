@@ -1086,23 +1086,17 @@ def package_lifecycle():
         "ram": status["ram"],
         "kexec_loaded": status["kexec_loaded"],
     }
-    out["remove"] = sh("dpkg", "-r", "seamless-systemd")
-    out["after_remove"] = {
-        **ours_loaded(),
-        "config": os.path.exists("/etc/seamless/config.yaml"),
-        "state_dir": os.path.exists("/var/lib/seamless"),
-        "command": os.path.exists("/usr/bin/seamless-upgrade"),
-        "states": all_states(),
-    }
-    out["purge"] = sh("dpkg", "-P", "seamless-systemd")
-    out["after_purge"] = {
-        **ours_loaded(),
-        "config": os.path.exists("/etc/seamless/config.yaml"),
-        "state_dir": os.path.exists("/var/lib/seamless"),
-        "grub_dropin": os.path.exists("/etc/default/grub.d/seamless.cfg"),
-        "grub": grub_memmap(),
-        "states": all_states(),
-    }
+    for step, flag in (("remove", "-r"), ("purge", "-P")):
+        out[step] = sh("dpkg", flag, "seamless-systemd")
+        out[f"after_{step}"] = {
+            **ours_loaded(),
+            "command": os.path.exists("/usr/bin/seamless-upgrade"),
+            "config": os.path.exists("/etc/seamless/config.yaml"),
+            "state_dir": os.path.exists("/var/lib/seamless"),
+            "grub_dropin": os.path.exists("/etc/default/grub.d/seamless.cfg"),
+            "grub": grub_memmap(),
+            "states": all_states(),
+        }
     return out
 
 
@@ -1120,6 +1114,8 @@ def main():
             "initramfs_last_pid": read_or_none("/run/seamless/initramfs-last-pid"),
             "initramfs": read_or_none("/run/seamless/initramfs"),
             "pid_base": read_or_none("/run/seamless/pid-base"),
+            "systemd": sh("systemctl", "--version")[1].split("\n", 1)[0],
+            "os": read_or_none("/etc/debian_version"),
         },
     )
     if scenario == "bench":
