@@ -55,8 +55,8 @@ BOOTSTRAP_INCLUDE = [
     "less",
 ]
 # Runtime dependencies of the package (also listed in packaging/debian/control)
-# plus what the test scenarios use inside the guest.
-GUEST_PACKAGES = [
+# plus what the test scenarios use inside the guest, on every release.
+GUEST_COMMON = [
     "criu",
     "kexec-tools",
     "python3",
@@ -77,6 +77,9 @@ GUEST_PACKAGES = [
     "util-linux",
     "netcat-openbsd",
     "iptables",
+]
+GUEST_PACKAGES = [
+    *GUEST_COMMON,
     # podman containers (runc: Debian 12's crun is built without CRIU)
     "podman",
     "runc",
@@ -141,20 +144,7 @@ TRIXIE = Release(
     "6.12.107+deb13-cloud-amd64",
     "6.12.117+deb13-cloud-amd64",
     ("linux-image-6.12.107+deb13-cloud-amd64", "linux-image-6.12.117+deb13-cloud-amd64"),
-    (
-        "criu",
-        "kexec-tools",
-        "python3",
-        "python3-pystemd",
-        "python3-yaml",
-        "python3-dbus-fast",
-        "ndctl",
-        "daxctl",
-        "dmsetup",
-        "util-linux",
-        "netcat-openbsd",
-        "iptables",
-    ),
+    tuple(GUEST_COMMON),
     False,
 )
 RELEASES = {r.suite: r for r in (BOOKWORM, TRIXIE)}
