@@ -25,6 +25,32 @@ from tests.vm import vm
 FAULT_ROWS: dict[str, tuple[str, str, str]] = {}
 
 
+# test module -> seconds of its tests, set-up (the image, the VM run) included
+MODULE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = report.nodeid.split("::", 1)[0]
+    MODULE_SECONDS[module] = MODULE_SECONDS.get(module, 0.0) + report.duration
+
+
+def time_table(seconds: dict[str, float], commit: str, day: str) -> str:
+    lines = [
+        "# How long each VM test took",
+        "",
+        f"Written by the VM tests (tests/vm/conftest.py) in the run of {day} on commit {commit}:",
+        "each module's tests with their set-up (building the image, the QEMU runs), under TCG on",
+        "the 2-core machine docs/platform.md describes, with the base images cached.",
+        "",
+        "| test module | minutes |",
+        "|---|---|",
+    ]
+    for module, secs in seconds.items():
+        lines.append(f"| `{module}` | {secs / 60:.1f} |")
+    lines.append(f"| all of them | {sum(seconds.values()) / 60:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     got = yield
@@ -56,16 +82,23 @@ def fault_table(rows: dict[str, tuple[str, str, str]], commit: str, day: str) ->
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if not FAULT_ROWS:
-        return
     try:
         commit = subprocess.run(
             ["git", "-C", str(vmimage.REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
     except OSError:
         commit = "?"
-    text = fault_table(FAULT_ROWS, commit or "?", time.strftime("%Y-%m-%d", time.gmtime()))
+    day = time.strftime("%Y-%m-%d", time.gmtime())
     vmimage.BUILD.mkdir(parents=True, exist_ok=True)
+    vm_modules = {m: s for m, s in MODULE_SECONDS.items() if m.startswith("tests/vm/")}
+    if vm_modules:
+        text = time_table(vm_modules, commit or "?", day)
+        (vmimage.BUILD / "vm-times.md").write_text(text)
+        if os.environ.get("SEAMLESS_TIME_TABLE"):
+            Path(os.environ["SEAMLESS_TIME_TABLE"]).write_text(text)
+    if not FAULT_ROWS:
+        return
+    text = fault_table(FAULT_ROWS, commit or "?", day)
     (vmimage.BUILD / "faults.md").write_text(text)
     if os.environ.get("SEAMLESS_FAULT_TABLE"):
         Path(os.environ["SEAMLESS_FAULT_TABLE"]).write_text(text)

@@ -23,7 +23,7 @@ def test_demo_upgrade_on_trixie() -> None:
         pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
     rel = vmimage.TRIXIE
     img = vmimage.build_image("demo", release=rel)
-    sc = vm.run_scenario(img, vmimage.BUILD / "vm" / "trixie")
+    sc = vm.run_scenario(img, vmimage.BUILD / "vm" / "trixie", vm.TRIXIE_MACHINE)
     boots = [e.data for e in sc.events if e.name == "boot"]
     before, after = sc.get("before"), sc.get("after")
     assert before is not None and after is not None, sc.console_tail()

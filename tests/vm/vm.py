@@ -43,6 +43,8 @@ class Machine:
     # Boot from the disk through the firmware and the guest's own GRUB (whose
     # grub.cfg then names the kernel and its command line), not QEMU's -kernel.
     boot_loader: bool = False
+    # QEMU's -cpu (see TRIXIE_MACHINE for why it can differ).
+    cpu: str = "max"
 
 
 DEFAULT = Machine()
@@ -59,6 +61,11 @@ NO_RESERVATION = Machine("2560M", "")
 # The setup scenario: GRUB boots it, and setup finds RAM above 4 GiB (QEMU puts
 # 1 GiB of the 4 there); no memmap= until setup writes one.
 GRUB_BOOT = Machine("4096M", "", boot_loader=True)
+# Debian 13's kernels (6.12) under this host's QEMU 7.2 TCG: SLUB's per-CPU
+# cmpxchg16b leaves EFLAGS garbage (TF set: a #DB in kernel mode, then a double
+# fault in __kmalloc_noprof) within a minute of boot; 6.1 does not trip over it.
+# Without CX16 the kernel takes SLUB's locked path (docs/platform.md).
+TRIXIE_MACHINE = Machine(cpu="max,cx16=off")
 # The faults scenario: no panic= of the machine's own, so that the new kernel
 # that panics reboots by the panic= the upgrade put on its command line.
 FAULTS = Machine(panic="")
@@ -130,7 +137,7 @@ def qemu_argv(
         "-accel",
         "tcg",
         "-cpu",
-        "max",
+        machine.cpu,
         "-smp",
         "2",
         "-m",
