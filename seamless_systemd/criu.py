@@ -82,7 +82,7 @@ def inspect(info: UnitInfo) -> TreeFacts:
         raise CheckpointError(
             f"{info.name} has processes outside its main process's tree: {what}; CRIU dumps one tree"
         )
-    unsupported: list[str] = []
+    unsupported: list[str] = _other_units(info, pids)
     inodes: set[int] = set()
     holders: dict[int, list[int]] = {}
     devices: set[str] = set()
@@ -165,6 +165,38 @@ def inspect(info: UnitInfo) -> TreeFacts:
         tuple(segments),
         tuple(clashes),
     )
+
+
+def _other_units(info: UnitInfo, pids: list[int]) -> list[str]:
+    """Why a tree that reaches into other units' cgroups cannot be kept ([] if it does not).
+
+    CRIU dumps the main process's whole tree, whatever cgroup each process is
+    in, and the restore puts it back in this unit. A child that systemd moved
+    into a unit of its own is not this unit's: an SSH session that
+    pam_systemd registered with systemd-logind (session-N.scope), whose
+    session FIFO CRIU cannot reopen and which logind forgets at the kexec.
+    """
+    home = procs.cgroup_of(info.main_pid)
+    own = info.control_group.rstrip("/")
+    away = []
+    for pid in pids:
+        where = procs.cgroup_of(pid)
+        if where is None or where == home or where == own or where.startswith(own + "/"):
+            continue
+        away.append(f"{pid} ({procs.comm(pid)}) in {where.rsplit('/', 1)[-1] or where}")
+    if not away:
+        return []
+    sessions = any(".scope" in a and "session-" in a for a in away)
+    return [
+        f"has processes that systemd moved into other units: {', '.join(away)}; CRIU would take them "
+        "out of their units"
+        + (
+            " (SSH sessions registered with systemd-logind by pam_systemd end at the kexec, as at a "
+            "reboot: keep the unit with on_unsupported: restart, or log out first)"
+            if sessions
+            else ""
+        )
+    ]
 
 
 # Character devices CRIU restores by reopening them (by device number: a file

@@ -135,6 +135,17 @@ def cgroup_pids(control_group: str) -> list[int]:
     return sorted(pids)
 
 
+def cgroup_of(pid: int) -> str | None:
+    """PID's cgroup v2 path ('0::' line of /proc/PID/cgroup); None if gone or not told."""
+    try:
+        for line in (PROC / str(pid) / "cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                return line[3:]
+    except OSError:
+        pass
+    return None
+
+
 def comm(pid: int) -> str:
     try:
         return (PROC / str(pid) / "comm").read_text().strip()

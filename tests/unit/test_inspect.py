@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -241,3 +242,33 @@ def test_pseudo_terminal_whose_master_is_outside_is_reported(spawn: Spawn) -> No
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_a_child_in_another_units_cgroup_is_refused(spawn: Spawn, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SSH session pam_systemd moved into session-3.scope: a child of sshd, not ssh.service's."""
+    parent = spawn(
+        """
+        import subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        """
+    )
+    kids = [p for p in criu.procs.tree(parent) if p != parent]
+    assert kids
+    real = criu.procs.cgroup_of
+
+    def cgroup_of(pid: int) -> str | None:
+        if pid in kids:
+            return "/user.slice/user-1000.slice/session-3.scope"
+        return "/system.slice/ssh.service" if pid == parent else real(pid)
+
+    monkeypatch.setattr(criu.procs, "cgroup_of", cgroup_of)
+    info = dataclasses.replace(unit_for(parent, "ssh.service"), control_group="/system.slice/ssh.service")
+    (why,) = [u for u in criu.inspect(info).unsupported if "other units" in u]
+    assert f"{kids[0]} (python3) in session-3.scope" in why and "logind" in why, why
+    # The same tree in a sub-cgroup of its own unit (delegation) is the unit's.
+    monkeypatch.setattr(
+        criu.procs,
+        "cgroup_of",
+        lambda pid: "/system.slice/ssh.service/x" if pid in kids else "/system.slice/ssh.service",
+    )
+    assert not [u for u in criu.inspect(info).unsupported if "other units" in u]
