@@ -181,7 +181,7 @@ def _other_units(info: UnitInfo, pids: list[int]) -> list[str]:
     away = []
     for pid in pids:
         where = procs.cgroup_of(pid)
-        if where is None or where == home or where == own or where.startswith(own + "/"):
+        if where is None or where in (home, own) or where.startswith(own + "/"):
             continue
         away.append(f"{pid} ({procs.comm(pid)}) in {where.rsplit('/', 1)[-1] or where}")
     if not away:
