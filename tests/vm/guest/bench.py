@@ -78,6 +78,46 @@ def wait_answer(limit):
     raise SystemExit(f"{UNIT} does not answer on {PORT}")
 
 
+# Blocks the guest itself asks for in probe(): the service counts them among the checked.
+PROBE_BLOCKS = 2
+
+
+def probe(tag, step):
+    """What the guest sees of the service: how long a BLOCK takes, its huge pages, who has the CPU."""
+    try:
+        pid = ask()["pid"]
+        took = []
+        for i in range(PROBE_BLOCKS):
+            t0 = time.monotonic()
+            ask(f"BLOCK {i}", timeout=120)
+            took.append(round(time.monotonic() - t0, 3))
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        fields = {
+            ln.split(":")[0]: ln.split()[1] for ln in rollup if ln.split(":")[0] in ("Rss", "AnonHugePages")
+        }
+    except (OSError, ValueError) as e:
+        emit("bench-probe", {"tag": tag, "step": step, "error": str(e)})
+        return 0
+    meminfo = {
+        ln.split(":")[0]: ln.split()[1]
+        for ln in Path("/proc/meminfo").read_text().splitlines()
+        if ln.split(":")[0] in ("MemFree", "MemAvailable", "AnonHugePages", "Cached", "Dirty")
+    }
+    emit(
+        "bench-probe",
+        {
+            "tag": tag,
+            "step": step,
+            "block_s": took,
+            "smaps_kib": fields,
+            "meminfo_kib": meminfo,
+            "loadavg": Path("/proc/loadavg").read_text().strip(),
+            "top": sh("ps", "-eo", "pcpu,rss,comm", "--sort=-pcpu")[1].splitlines()[:6],
+        },
+    )
+    return PROBE_BLOCKS
+
+
 def set_size(size, snapshot=False):
     """The service's state size from its next start; SNAPSHOT: saved at stop, loaded at start."""
     DROPIN.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +179,7 @@ def start_run(plan, state):
         "bench-ready",
         {"step": state["step"], **run, "token": before["token"], "seed": seed, "estimate_bytes": estimate},
     )
+    probe("before", state["step"])
     time.sleep(5)  # the prober's answers before the switch
     save({**state, "phase": "switched"})
     emit("bench-switch", {"step": state["step"], "at": time.time()})
@@ -161,10 +202,17 @@ def after_run(plan, state):
     run = plan[state["step"]]
     t0 = time.time()
     now = wait_answer(300)
+    # The kept process counts the blocks probe() asked for before the switch too.
+    mine = probe("answered", state["step"]) + (PROBE_BLOCKS if run["scenario"] not in ("a", "d") else 0)
     finish = wait_for_finish() if run["scenario"] not in ("a", "d") else None
-    # The host checks every block of the state through the service: wait for it.
+    # The host checks every block of the state through the service: wait for it
+    # (looking again every minute: how the guest is while the host checks).
     deadline = time.monotonic() + 120 + run["size"]
-    while run["scenario"] != "a" and ask()["checked"] < run["size"] and time.monotonic() < deadline:
+    looked = time.monotonic()
+    while run["scenario"] != "a" and ask()["checked"] < run["size"] + mine and time.monotonic() < deadline:
+        if time.monotonic() - looked > 60:
+            mine += probe("checking", state["step"])
+            looked = time.monotonic()
         time.sleep(1)
     # The host's prober comes through the network, which may come up after the
     # service: give it time to see the service back before this run ends.
