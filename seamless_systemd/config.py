@@ -43,7 +43,7 @@ CHECKSUMS = ("crc32", "sha256")
 _PMEM: dict[str, type | tuple[type, ...]] = {"device": str, "mode": str, "size": (str, int)}
 _UNIT: dict[str, type | tuple[type, ...]] = {"name": str, "on_unsupported": str, "warm_paths": list}
 # What the new boot reads before it is needed (see warm).
-_WARM: dict[str, type | tuple[type, ...]] = {"page_cache": bool, "dentries": bool}
+_WARM: dict[str, type | tuple[type, ...]] = {"page_cache": bool, "dentries": bool, "huge_pages": bool}
 
 
 class PmemMode(enum.StrEnum):
@@ -109,6 +109,8 @@ class Config:
     # images name, looked up before CRIU needs them (see warm).
     warm_page_cache: bool = True
     warm_dentries: bool = True
+    # The restored trees' memory collapsed into huge pages again (see hugepages).
+    warm_huge_pages: bool = True
     # Per unit: more files (or directories) whose page cache is kept warm.
     unit_warm_paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
     sources: tuple[Path, ...] = ()
@@ -318,6 +320,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         pre_dump=images.get("pre_dump", Config.pre_dump),
         warm_page_cache=warm.get("page_cache", Config.warm_page_cache),
         warm_dentries=warm.get("dentries", Config.warm_dentries),
+        warm_huge_pages=warm.get("huge_pages", Config.warm_huge_pages),
         unit_warm_paths=tuple(sorted((u, tuple(ps)) for u, ps in warm_paths.items() if ps)),
         sources=tuple(paths),
     )

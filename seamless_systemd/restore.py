@@ -23,6 +23,7 @@ from typing import Any
 
 from seamless_systemd import (
     criu,
+    hugepages,
     inflight,
     kernels,
     netlock,
@@ -154,8 +155,10 @@ def prepare() -> int:
     dropped = []
     units = state.units_with_images(manifest)
     opts = manifest.get("warm") or {}
-    if opts.get("page_cache"):
-        _hand_over_page_cache(gen, units)
+    if opts.get("page_cache") or opts.get("huge_pages"):
+        _hand_over_page_cache(
+            gen, units if opts.get("page_cache") else [], units if opts.get("huge_pages") else []
+        )
 
     def timed(unit: str) -> tuple[str | None, float]:
         t0 = time.monotonic()
@@ -209,8 +212,11 @@ def _paths_named(gen: state.Generation, units: list[str]) -> list[str]:
 PAGE_CACHE = state.RESTORE_DIR / "page-cache.json"
 
 
-def _hand_over_page_cache(gen: state.Generation, units: list[str]) -> None:
-    """The units' page-cache lists, for seamless-warm.service (in /run: the images' RAM may go back first)."""
+def _hand_over_page_cache(gen: state.Generation, units: list[str], huge: list[str]) -> None:
+    """The units' page-cache lists, for seamless-warm.service (in /run: the images' RAM may go back first).
+
+    HUGE: the units whose memory it collapses into huge pages again once they run (see hugepages).
+    """
     lists = []
     for unit in units:
         try:
@@ -222,8 +228,8 @@ def _hand_over_page_cache(gen: state.Generation, units: list[str]) -> None:
             continue
         if isinstance(entry, dict) and isinstance(entry.get("files"), list):
             lists.append({"unit": unit, **entry})
-    if lists:
-        state.write_json(PAGE_CACHE, {"generation": gen.id, "lists": lists})
+    if lists or huge:
+        state.write_json(PAGE_CACHE, {"generation": gen.id, "lists": lists, "huge_pages": huge})
 
 
 def warm_page_cache() -> int:
@@ -242,9 +248,34 @@ def warm_page_cache() -> int:
         result["seconds"],
         result["skipped_files"],
     )
+    huge = [u for u in data.get("huge_pages") or [] if isinstance(u, str)]
+    if huge:
+        result["huge_pages"] = _collapse(huge)
     keep_report(f"{data.get('generation')}.page-cache.json", result)
     PAGE_CACHE.unlink(missing_ok=True)
     return 0
+
+
+def _collapse(units: list[str]) -> dict[str, Any]:
+    """The units' memory in huge pages again (see hugepages); what it did, by unit.
+
+    A unit that started afresh instead has nothing split, and nothing to gain: it is asked all the same.
+    """
+    pids = {}
+    for unit in units:
+        try:
+            info = systemd.unit_info(unit)
+        except SeamlessError as e:
+            log.warning("%s: no main PID to collapse huge pages in (%s)", unit, e)
+            continue
+        if info.active_state in systemd.RUNNING and info.main_pid > 0:
+            pids[unit] = info.main_pid
+    got = hugepages.collapse_trees(pids)
+    for unit, procs_ in got.items():
+        mib = sum(p.get("collapsed_bytes", 0) for p in procs_) >> 20
+        after = sum(p.get("huge_kib_after") or 0 for p in procs_) >> 10
+        log.info("%s: %d MiB collapsed into huge pages again (%d MiB in them now)", unit, mib, after)
+    return got
 
 
 def keep_report(name: str, data: Any, last: bool = False) -> bool:

@@ -560,6 +560,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 "warm": {
                     "page_cache": cfg.warm_page_cache,
                     "dentries": cfg.warm_dentries,
+                    "huge_pages": cfg.warm_huge_pages,
                     "paths": {u.unit: list(cfg.warm_paths(u.unit)) for u in plan.units},
                 },
                 "pmem_mode": mode.value,
