@@ -90,3 +90,15 @@ def test_the_outage_splits_at_the_console_marks() -> None:
     assert bench.phases(cold, 10, 20) == {"stop": 1.0, "kernel": 3.0, "initramfs": 2.0, "user_space": 4.0}
     # Marks missing (a console line not seen): only the phases before the gap.
     assert bench.phases([(12.0, "kexec")], 10, 20) == {"stop": 2.0}
+
+
+def test_the_switch_is_what_the_console_shows_not_a_long_freeze() -> None:
+    marks = [(3.0, "kernel"), (12.0, "kexec"), (20.0, "kernel")]
+    assert bench.switched_at(marks, since=5) == 12.0
+    assert bench.switched_at(marks, since=13) is None
+    assert bench.switched_at([(7.0, "qemu_exited")], since=5) == 7.0
+    # A 6 s freeze of the arm (1 GiB) looks like an outage to the prober; it is not the switch.
+    log = probes((0, 8, "old"), (8, 14, None), (14, 20, "old"), (20, 50, None), (50, 55, "old"))
+    assert bench.back_after_outage(log, since=5, ok=KEPT)  # what the checker used to start on
+    assert not bench.back_after_outage(log[: int(19 / 0.01)], since=20 - 1, ok=KEPT)
+    assert bench.back_after_outage(log, since=20 - 1, ok=KEPT)
