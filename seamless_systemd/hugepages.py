@@ -77,6 +77,7 @@ def collapse(pid: int) -> dict[str, Any]:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     errors: dict[str, int] = {}
+    failed: list[list[Any]] = []
     done = 0
     try:
         # One range a call: a range that fails (EAGAIN, ENOMEM, EINVAL) does not hide the others.
@@ -86,6 +87,8 @@ def collapse(pid: int) -> dict[str, Any]:
             if got < 0:
                 name = os.strerror(ctypes.get_errno())
                 errors[name] = errors.get(name, 0) + 1
+                if len(failed) < 10:
+                    failed.append([hex(start), (end - start) >> 20, name])
             else:
                 done += int(got)
     finally:
@@ -97,6 +100,7 @@ def collapse(pid: int) -> dict[str, Any]:
         "huge_kib_before": before,
         "huge_kib_after": anon_huge_kib(pid),
         "errors": errors,
+        "failed_ranges": failed,  # [start, MiB, error], the first ten
         "seconds": round(time.monotonic() - t0, 3),
     }
 

@@ -15,7 +15,7 @@ prober (tests/vm/bench.py) sees it answer ("bench-ready"), then the switch
   b-sha256  (b) with images.checksum: sha256, the checksum used before crc32
   b-nopre   (b) with images.pre_dump: false: the whole memory written in the freeze
   b-nowarm  (b) with warm.page_cache and warm.dentries off
-  b-nothp   (b) with warm.huge_pages off: the restored memory left on 4 KiB pages
+  b-thp     (b) with warm.huge_pages on: the restored memory collapsed into huge pages again
   d      cold: the service saves its state to a snapshot on disk when it is
          stopped and loads it when it starts (what a sysadmin does today);
          systemctl reboot, and the host starts QEMU again with kernel B
@@ -50,7 +50,7 @@ SCENARIO_CONFIG = {
     "b-sha256": "images: {checksum: sha256}\n",
     "b-nopre": "images: {pre_dump: false}\n",
     "b-nowarm": "warm: {page_cache: false, dentries: false}\n",
-    "b-nothp": "warm: {huge_pages: false}\n",
+    "b-thp": "warm: {huge_pages: true}\n",
 }
 # The page-cache probe: a file the service reads at random (READS), read whole once before each switch.
 CACHE_FILE = Path("/var/lib/seamless-bench/cache.dat")
