@@ -84,6 +84,21 @@ def wait_answer(limit):
 PROBE_BLOCKS = 2
 
 
+def biggest_mapping(pid):
+    """The service's largest mapping (its state) as smaps shows it: size, huge pages, VmFlags."""
+    best, cur = None, None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and ":" not in head[0]:
+            lo, hi = (int(x, 16) for x in head[0].split("-"))
+            cur = {"range": head[0], "mib": (hi - lo) >> 20, "perms": head[1] if len(head) > 1 else ""}
+            if best is None or cur["mib"] > best["mib"]:
+                best = cur
+        elif cur is not None and head and head[0] in ("AnonHugePages:", "VmFlags:", "Anonymous:"):
+            cur[head[0].rstrip(":")] = " ".join(head[1:])
+    return best
+
+
 def probe(tag, step):
     """What the guest sees of the service: how long a BLOCK takes, its huge pages, who has the CPU."""
     try:
@@ -94,6 +109,7 @@ def probe(tag, step):
             ask(f"BLOCK {i}", timeout=120)
             took.append(round(time.monotonic() - t0, 3))
         rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        largest = biggest_mapping(pid)
         fields = {
             ln.split(":")[0]: ln.split()[1] for ln in rollup if ln.split(":")[0] in ("Rss", "AnonHugePages")
         }
@@ -112,6 +128,7 @@ def probe(tag, step):
             "step": step,
             "block_s": took,
             "smaps_kib": fields,
+            "largest_mapping": largest,
             "meminfo_kib": meminfo,
             "loadavg": Path("/proc/loadavg").read_text().strip(),
             "top": sh("ps", "-eo", "pcpu,rss,comm", "--sort=-pcpu")[1].splitlines()[:6],
