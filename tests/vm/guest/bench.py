@@ -99,6 +99,35 @@ def biggest_mapping(pid):
     return best
 
 
+def collapse_traced(step):
+    """Ask for the service's memory in huge pages once more, with the kernel's scan results traced."""
+    trace = Path("/sys/kernel/tracing")
+    if not (trace / "events/huge_memory/mm_khugepaged_scan_pmd").exists():
+        sh("mount", "-t", "tracefs", "tracefs", str(trace))
+    event = trace / "events/huge_memory/mm_khugepaged_scan_pmd/enable"
+    try:
+        (trace / "trace").write_text("")
+        event.write_text("1")
+        pid = ask()["pid"]
+        _, got = sh(
+            "python3", "-c", f"from seamless_systemd import hugepages; print(hugepages.collapse({pid}))"
+        )
+        event.write_text("0")
+        lines = (trace / "trace").read_text().splitlines()
+    except OSError as e:
+        emit("bench-collapse", {"step": step, "error": str(e)})
+        return
+    results = {}
+    for ln in lines:
+        for word in ln.split():
+            if word.startswith("status="):
+                results[word] = results.get(word, 0) + 1
+    emit(
+        "bench-collapse",
+        {"step": step, "collapse": got.strip()[-600:], "scan_results": results, "lines": lines[-5:]},
+    )
+
+
 def probe(tag, step):
     """What the guest sees of the service: how long a BLOCK takes, its huge pages, who has the CPU."""
     try:
@@ -221,6 +250,8 @@ def after_run(plan, state):
     run = plan[state["step"]]
     t0 = time.time()
     now = wait_answer(300)
+    if run["scenario"] not in ("a", "d"):
+        collapse_traced(state["step"])
     # The kept process counts the blocks probe() asked for before the switch too.
     mine = probe("answered", state["step"]) + (PROBE_BLOCKS if run["scenario"] not in ("a", "d") else 0)
     finish = wait_for_finish() if run["scenario"] not in ("a", "d") else None
