@@ -110,8 +110,7 @@ class Config:
     warm_page_cache: bool = True
     warm_dentries: bool = True
     # The restored trees' memory collapsed into huge pages again (see hugepages).
-    # Off by default: on the guests' 6.1 kernels it was refused (EINVAL) for
-    # CRIU-restored memory in its first benchmark run (docs/benchmarks.md).
+    # Off by default until the benchmark has measured it on and off (docs/benchmarks.md).
     warm_huge_pages: bool = False
     # Per unit: more files (or directories) whose page cache is kept warm.
     unit_warm_paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
