@@ -19,6 +19,7 @@ import ctypes
 import dataclasses
 import mmap
 import os
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,15 +107,33 @@ def fits(cmdline: str, ranges: list[Range]) -> bool:
     return len(f"{cmdline} {memmap_arg(ranges)}".strip()) < COMMAND_LINE_MAX
 
 
+@dataclasses.dataclass(frozen=True)
+class Resource:
+    start: int
+    end: int  # exclusive
+    name: str
+    depth: int
+
+
+def parse_iomem(text: str) -> list[Resource]:
+    """/proc/iomem's lines; DEPTH is the nesting (two spaces a level)."""
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^( *)([0-9a-f]+)-([0-9a-f]+) : (.*)$", line)
+        if m:
+            out.append(
+                Resource(
+                    int(m.group(2), 16), int(m.group(3), 16) + 1, m.group(4).strip(), len(m.group(1)) // 2
+                )
+            )
+    return out
+
+
 def system_ram(iomem: str) -> list[Range]:
     """The top-level "System RAM" ranges of /proc/iomem (read as root: others see zeros)."""
-    out = []
-    for line in iomem.splitlines():
-        if line.startswith(" ") or not line.strip().endswith(": System RAM"):
-            continue
-        lo, hi = (int(x, 16) for x in line.split(":")[0].strip().split("-"))
-        out.append(Range(lo, hi + 1 - lo))
-    return out
+    return [
+        Range(r.start, r.end - r.start) for r in parse_iomem(iomem) if r.depth == 0 and r.name == "System RAM"
+    ]
 
 
 def kexec_window(ranges: list[Range], ram: list[Range]) -> Range:

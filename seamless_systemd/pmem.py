@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from seamless_systemd.errors import SeamlessError
+from seamless_systemd.hugemem import parse_iomem
 from seamless_systemd.log import log
 from seamless_systemd.run import run
 
@@ -20,12 +20,9 @@ HOW_TO_RESERVE = (
 
 def legacy_ranges(iomem: Path = Path("/proc/iomem")) -> list[tuple[int, int]]:
     """(start, end exclusive) of 'Persistent Memory (legacy)' ranges (memmap=…!… reservations)."""
-    out = []
-    for line in iomem.read_text().splitlines():
-        m = re.match(r"^\s*([0-9a-f]+)-([0-9a-f]+) : Persistent Memory \(legacy\)", line)
-        if m:
-            out.append((int(m.group(1), 16), int(m.group(2), 16) + 1))
-    return out
+    return [
+        (r.start, r.end) for r in parse_iomem(iomem.read_text()) if r.name == "Persistent Memory (legacy)"
+    ]
 
 
 def device_ranges(device: Path) -> tuple[tuple[int, int], ...]:

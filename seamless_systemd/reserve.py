@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shutil
 import struct
 from pathlib import Path
 
-from seamless_systemd import config, state
+from seamless_systemd import config, kernels, state
 from seamless_systemd.errors import SeamlessError
+from seamless_systemd.hugemem import Resource, parse_iomem
 from seamless_systemd.run import run
 
 MIB = 1 << 20
@@ -37,28 +37,6 @@ RECORD = state.STATE_DIR / "setup.json"
 PROC_CMDLINE = Path("/proc/cmdline")
 IOMEM = Path("/proc/iomem")
 BOOT_PARAMS = Path("/sys/kernel/boot_params/data")
-
-
-@dataclasses.dataclass(frozen=True)
-class Resource:
-    start: int
-    end: int  # exclusive
-    name: str
-    depth: int
-
-
-def parse_iomem(text: str) -> list[Resource]:
-    """/proc/iomem's lines; DEPTH is the nesting (two spaces a level)."""
-    out = []
-    for line in text.splitlines():
-        m = re.match(r"^( *)([0-9a-f]+)-([0-9a-f]+) : (.*)$", line)
-        if m:
-            out.append(
-                Resource(
-                    int(m.group(2), 16), int(m.group(3), 16) + 1, m.group(4).strip(), len(m.group(1)) // 2
-                )
-            )
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +134,13 @@ def word(start: int, size: int) -> str:
 
 
 def existing(cmdline: str) -> list[str]:
-    """memmap=SIZE!OFFSET words on a command line (reservations of persistent memory)."""
-    return [w for w in cmdline.split() if w.startswith("memmap=") and "!" in w]
+    """The memmap=SIZE!OFFSET words of CMDLINE that reserve persistent memory for good.
+
+    Not the memmap= our RAM on demand names after seamless.ram= (a boot after
+    such an upgrade has it; it is given back, see kernels.without_ours).
+    """
+    words = kernels.without_ours(kernels.split_cmdline(cmdline))
+    return [w for w in words if w.startswith("memmap=") and kernels.memmap_reservations([w])]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from seamless_systemd import cli, reserve
+from seamless_systemd import cli, hugemem, reserve
 from seamless_systemd.errors import SeamlessError
 
 G = reserve.GIB
@@ -57,9 +57,9 @@ def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 
 def test_parse_iomem_keeps_nesting() -> None:
-    res = reserve.parse_iomem(GUEST_4G)
-    assert reserve.Resource(0x100000000, 0x140000000, "System RAM", 0) in res
-    assert reserve.Resource(0x2A000000, 0x2AC03000, "Kernel code", 1) in res
+    res = hugemem.parse_iomem(GUEST_4G)
+    assert hugemem.Resource(0x100000000, 0x140000000, "System RAM", 0) in res
+    assert hugemem.Resource(0x2A000000, 0x2AC03000, "Kernel code", 1) in res
 
 
 def test_boot_params_read_high_and_low_halves() -> None:
@@ -72,7 +72,7 @@ def test_boot_params_read_high_and_low_halves() -> None:
 
 def test_above_4g_first_at_the_top() -> None:
     start = reserve.pick(
-        reserve.parse_iomem(GUEST_4G), reserve.parse_boot_params(boot_params(0x36000000, 30 * M)), 512 * M
+        hugemem.parse_iomem(GUEST_4G), reserve.parse_boot_params(boot_params(0x36000000, 30 * M)), 512 * M
     )
     assert start == 0x120000000
     assert reserve.word(start, 512 * M) == "memmap=512M!4608M"
@@ -80,7 +80,7 @@ def test_above_4g_first_at_the_top() -> None:
 
 def test_the_kernel_and_a_crash_kernel_are_kept_away_from() -> None:
     text = GUEST_4G + "  130000000-137ffffff : Crash kernel\n"
-    iomem = reserve.parse_iomem(text)
+    iomem = hugemem.parse_iomem(text)
     start = reserve.pick(iomem, None, 256 * M)
     crash = (0x130000000, 0x138000000)
     assert not overlaps((start, start + 256 * M), (crash[0] - reserve.GUARD, crash[1] + reserve.GUARD))
@@ -95,7 +95,7 @@ def test_the_kernel_and_a_crash_kernel_are_kept_away_from() -> None:
 def test_low_memory_only_keeps_off_the_initramfs() -> None:
     initrd = (0x35000000, 0x35000000 + 40 * M)
     bp = reserve.parse_boot_params(boot_params(initrd[0], 40 * M))
-    iomem = reserve.parse_iomem(LOW_ONLY)
+    iomem = hugemem.parse_iomem(LOW_ONLY)
     start = reserve.pick(iomem, bp, 512 * M)
     assert start % reserve.ALIGN == 0
     # Above the 2 GiB limit is only 0x80000000..0x9ffe0000: 384 MiB once aligned, too small;
@@ -108,12 +108,12 @@ def test_low_memory_only_keeps_off_the_initramfs() -> None:
 
 def test_too_big_says_how_big_it_can_be() -> None:
     with pytest.raises(SeamlessError, match=r"no free stretch of RAM holds 8G .*is 1152M\): ask for less"):
-        reserve.pick(reserve.parse_iomem(GUEST_4G), None, 8 * G)
+        reserve.pick(hugemem.parse_iomem(GUEST_4G), None, 8 * G)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="/proc/iomem shows addresses to root only")
 def test_this_machine() -> None:
-    iomem = reserve.parse_iomem(Path("/proc/iomem").read_text())
+    iomem = hugemem.parse_iomem(Path("/proc/iomem").read_text())
     bp = reserve.parse_boot_params(Path("/sys/kernel/boot_params/data").read_bytes())
     start = reserve.pick(iomem, bp, 512 * M)
     ram = [(r.start, r.end) for r in iomem if r.depth == 0 and r.name == "System RAM"]
@@ -191,6 +191,18 @@ def test_setup_refuses_a_machine_with_a_reservation_of_its_own(
     err = caplog.text
     assert "already reserves memmap=512M!1536M" in err and "serves the upgrade as it is" in err
     assert not (machine / "etc/default/grub.d").exists()
+
+
+def test_our_own_ram_on_demand_words_are_no_reservation(
+    machine: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A boot after a RAM-on-demand upgrade names its ranges after seamless.ram=: they were given back."""
+    words = "root=/dev/vda1 ro seamless.ram=on-demand memmap=6M!0x1a400000,2M!0x1b000000"
+    assert reserve.existing(words) == []
+    assert reserve.existing(words + " memmap=512M!1536M") == ["memmap=512M!1536M"]
+    (machine / "proc/cmdline").write_text(words + "\n")
+    assert cli.main(["setup", "--size", "512M", "--dry-run"]) == 0
+    assert "memmap=512M!4608M" in capsys.readouterr().out
 
 
 def test_setup_dry_run_writes_nothing(machine: Path, capsys: pytest.CaptureFixture[str]) -> None:

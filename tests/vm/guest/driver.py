@@ -126,6 +126,16 @@ def sh(*argv, timeout=600):
     return p.returncode, p.stdout + p.stderr
 
 
+def start_upgrade(*argv):
+    """Run ARGV, which starts an upgrade: the next boot's phase is 'upgraded'; a refusal ends the scenario."""
+    set_phase("upgraded")
+    rc, out = sh(*argv)
+    emit("run", {"rc": rc, "out": out})
+    if rc != 0:
+        set_phase("failed")
+        raise SystemExit(f"the upgrade did not start: {out}")
+
+
 def set_phase(phase):
     with open(PHASE + ".tmp", "w") as f:
         f.write(phase)
@@ -1018,12 +1028,7 @@ def setup_boot(phase):
         for _ in range(3):
             demo(7777, "INC")
         emit("before", all_states())
-        set_phase("upgraded")
-        rc, out = sh("seamless-upgrade", "run")
-        emit("run", {"rc": rc, "out": out})
-        if rc != 0:
-            set_phase("failed")
-            raise SystemExit(f"the upgrade did not start: {out}")
+        start_upgrade("seamless-upgrade", "run")
     elif phase == "upgraded":
         finish = wait_for_finish()
         emit(
@@ -1167,17 +1172,11 @@ def main():
             emit("dbus", dbus_api())
         rc, out = sh("seamless-upgrade", "plan")
         emit("plan", {"rc": rc, "out": out})
-        set_phase("upgraded")
         if scenario == "full":
-            Path(SPOIL).touch()
-            os.sync()
-            rc, out = sh("systemctl", "start", "kexec-upgrade.target")
+            Path(SPOIL).touch()  # set_phase syncs it to disk
+            start_upgrade("systemctl", "start", "kexec-upgrade.target")
         else:
-            rc, out = sh("seamless-upgrade", "run")
-        emit("run", {"rc": rc, "out": out})
-        if rc != 0:
-            set_phase("failed")
-            raise SystemExit(f"the upgrade did not start: {out}")
+            start_upgrade("seamless-upgrade", "run")
     elif phase == "upgraded":
         if os.path.exists(SPOIL):
             os.unlink(SPOIL)
