@@ -8,6 +8,7 @@ run's table, committed).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -55,6 +56,11 @@ def time_table(seconds: dict[str, float], commit: str, day: str) -> str:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     got = yield
     rep = got.get_result()  # type: ignore[attr-defined]
+    if rep.failed and rep.when == "call":
+        # CI keeps only what pytest prints: what the guest said of the run that failed.
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, vm.Scenario):
+                rep.sections.append(("what the guest said", guest_story(value)))
     mark = item.get_closest_marker("fault")
     if mark is None or (rep.when != "call" and rep.passed):
         return
@@ -62,6 +68,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     result = "passed" if rep.passed else ("skipped" if rep.skipped else "FAILED")
     if FAULT_ROWS.get(item.nodeid, ("", "", "passed"))[2] == "passed":
         FAULT_ROWS[item.nodeid] = (row, outcome, result)
+
+
+def guest_story(sc: vm.Scenario, limit: int = 24000) -> str:
+    """The guest's own account of a run: its debug dumps (journals, CRIU's logs) and each report."""
+    parts = []
+    for e in sc.events:
+        if e.name == "debug":
+            parts.append(f"$ {' '.join(map(str, e.data.get('cmd', [])))}\n{e.data.get('out', '')}")
+        elif isinstance(e.data, dict) and isinstance(e.data.get("report"), dict):
+            parts.append(f"report at '{e.name}': {json.dumps(e.data['report'], indent=1)[:4000]}")
+    text = "\n".join(parts) or "(no debug events)"
+    return text[-limit:]
 
 
 def fault_table(rows: dict[str, tuple[str, str, str]], commit: str, day: str) -> str:
