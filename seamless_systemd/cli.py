@@ -44,6 +44,12 @@ def _print_plan(plan: upgrade.Plan) -> None:
             f"({_mib(plan.ram_available)} available), images need about {_mib(plan.estimate_bytes)}"
         )
         print("         named to the new kernel only (memmap=), given back to it after the restore")
+    elif plan.mode == config.PmemMode.DISK.value:
+        print(
+            f"Images:  on disk (pmem.mode: disk): {plan.pmem_device}, {_mib(plan.pmem_capacity)} free, "
+            f"images need about {_mib(plan.estimate_bytes)}"
+        )
+        print("         no RAM given up; written and read back through the disk, so slower than a PMEM")
     else:
         print(
             f"PMEM:    {plan.pmem_device}: size {_mib(plan.pmem_size)}, room for images "

@@ -21,6 +21,9 @@ from seamless_systemd.errors import ConfigError
 DEFAULT_DIR = Path("/etc/seamless")
 DEFAULT_DEVICE = Path("/dev/pmem0")
 DEFAULT_MOUNTPOINT = Path("/run/seamless/pmem")
+# pmem.mode: disk keeps the images here and binds it to the mount point; the
+# new boot's initramfs binds it again (it has the root file system only).
+DISK_IMAGES = Path("/var/lib/seamless/images")
 
 # Allowed keys, with the type each must have.
 _TOP: dict[str, type | tuple[type, ...]] = {
@@ -52,6 +55,7 @@ class PmemMode(enum.StrEnum):
     AUTO = "auto"  # reserved when pmem.device is a memmap= reservation, else on-demand
     RESERVED = "reserved"  # a memmap=SIZE!OFFSET range reserved at boot, for good
     ON_DEMAND = "on-demand"  # RAM taken at arm time, named to the new kernel only, given back
+    DISK = "disk"  # no RAM at all: the images in DISK_IMAGES, on the root file system (docs/disk-images.md)
 
 
 _SIZE_RE = re.compile(r"^([1-9][0-9]*)([MG])$")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seamless_systemd import report, state, systemd
+from seamless_systemd import diskimages, report, state, systemd
 from seamless_systemd.errors import SeamlessError
 from seamless_systemd.log import log
 
@@ -172,5 +172,7 @@ def check(path: Path = PATH) -> int:
             "Cannot write the report of upgrade %s (%s); the record stays in %s", data["generation"], e, path
         )
         return 0
+    # pmem.mode: disk — images this boot did not use must not stay on the disk (the services' memory).
+    diskimages.remove(str(data["generation"]))
     path.unlink(missing_ok=True)
     return 0

@@ -224,6 +224,7 @@ def config_problems(
     *,
     on_demand: bool,
     machine: str,
+    in_ram: bool = True,
 ) -> tuple[list[str], list[str]]:
     """(problems, notes) of kernel VERSION as the upgrade's target, from its build options and modules.
 
@@ -236,6 +237,8 @@ def config_problems(
             "it is assumed to be built like the running one"
         ]
     needed = NEEDED_OPTIONS + (ON_DEMAND_OPTIONS if on_demand else ())
+    if not in_ram:  # pmem.mode: disk, the images on the root file system
+        needed = tuple(n for n in needed if n[0] == "CONFIG_CHECKPOINT_RESTORE")
     problems: list[str] = []
     for option, module, why in needed:
         if option == "CONFIG_X86_PMEM_LEGACY" and machine != "x86_64":

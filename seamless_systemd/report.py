@@ -81,6 +81,8 @@ def build(gen: state.Generation) -> dict[str, Any]:
         "generation": gen.id,
         "kernel": {"from": manifest["kernel"]["from"], "to": boot.get("kernel", manifest["kernel"]["to"])},
         "units": units,
+        # Where the images were kept: reserved, on-demand (RAM) or disk (pmem.mode).
+        "images": manifest.get("pmem_mode"),
         "warm": {"dentries": boot.get("dentries")},
         "at": {
             "arm_started": manifest.get("arm_started_at", manifest.get("armed_at")),

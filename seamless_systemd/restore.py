@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import time
@@ -40,7 +41,7 @@ from seamless_systemd import (
     volatile,
     warm,
 )
-from seamless_systemd.config import DEFAULT_MOUNTPOINT
+from seamless_systemd.config import DEFAULT_MOUNTPOINT, PmemMode
 from seamless_systemd.errors import RestoreError, SeamlessError
 from seamless_systemd.log import log
 
@@ -685,5 +686,9 @@ def finish() -> int:
     keep_report(f"{gen.id}.json", rep, last=True)
     # Even if /var could not take the report: the upgrade did come back.
     inflight.end(gen)
+    if manifest.get("pmem_mode") == PmemMode.DISK.value:
+        # The images are used up, and they hold the services' memory: off the disk.
+        shutil.rmtree(gen.dir, ignore_errors=True)
+        log.info("Removed the images of upgrade %s from the disk", gen.id)
     report.announce(rep)
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 from seamless_systemd import (
     config,
     criu,
+    diskimages,
     guard,
     hugemem,
     inflight,
@@ -188,6 +189,8 @@ class HostFacts:
     machine: str = "x86_64"
     # The hardware watchdog and systemd's KExecWatchdogSec= (None: not looked at).
     watchdog: guard.Watchdog | None = None
+    # pmem.mode: disk, where the images would go (None: not looked at).
+    disk: diskimages.DiskFacts | None = None
 
 
 def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) -> HostFacts:
@@ -214,7 +217,8 @@ def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) ->
         last_pid=int(Path("/proc/sys/kernel/ns_last_pid").read_text()),
         pid_base=_pid_base(),
         units=_plan_all(cfg),
-        ram=ram.gather() if cfg.pmem_mode != PmemMode.RESERVED else None,
+        ram=ram.gather() if cfg.pmem_mode in (PmemMode.AUTO, PmemMode.ON_DEMAND) else None,
+        disk=diskimages.facts() if cfg.pmem_mode == PmemMode.DISK else None,
         pmem_mode=stat.S_IMODE(cfg.pmem_device.stat().st_mode) if is_block else None,
         package_manager_pid=lock_holder(DPKG_LOCK),
         image_problem=kernels.image_problem(target.image, os.uname().machine),
@@ -328,6 +332,11 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
                 f"to grow) but {cfg.pmem_device} holds {f.pmem_capacity >> 20} MiB: reserve more memory "
                 "with memmap="
             )
+    elif mode == PmemMode.DISK:
+        if f.disk is None:
+            problems.append(f"pmem.mode: disk: {config.DISK_IMAGES} was not looked at")
+        else:
+            problems += diskimages.problems(images_room(estimate), f.disk)
     else:
         ram_bytes = ram.needed_bytes(estimate, cfg.pmem_size)
         if f.ram is None:
@@ -352,6 +361,7 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
         f.initrd_modules,
         on_demand=mode == PmemMode.ON_DEMAND,
         machine=f.machine,
+        in_ram=mode != PmemMode.DISK,
     )
     problems += kp
     notes += kn
@@ -378,14 +388,15 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
             )
     if f.watchdog is not None:
         notes += guard.notes(cmdline, f.watchdog)
+    disk = mode == PmemMode.DISK and f.disk is not None
     return Plan(
         f.running_kernel,
         target,
         cmdline,
         f.units,
-        cfg.pmem_device,
-        f.pmem_size,
-        f.pmem_capacity,
+        config.DISK_IMAGES if disk else cfg.pmem_device,
+        None if disk else f.pmem_size,
+        f.disk.free if disk and f.disk is not None else f.pmem_capacity,
         estimate,
         memmap_kept,
         floor,
@@ -400,7 +411,9 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
 
 def _restore_params(cfg: Config, mode: PmemMode, generation: str, pid_floor: int) -> dict[str, str]:
     """The seamless.* words of the new kernel's command line (the memmap= word comes after)."""
-    device = str(ram.DM_DEVICE) if mode == PmemMode.ON_DEMAND else str(cfg.pmem_device)
+    device = {PmemMode.ON_DEMAND: str(ram.DM_DEVICE), PmemMode.DISK: str(config.DISK_IMAGES)}.get(
+        mode, str(cfg.pmem_device)
+    )
     return {
         kernels.RESTORE_PARAM: generation,
         kernels.DEVICE_PARAM: device,
@@ -529,6 +542,8 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 log.info("Replacing the upgrade armed before")
                 disarm(quiet=True)
             ranges, ram_record = _take_ram(cfg, plan, kernels.new_cmdline(plan.cmdline, params))
+        elif mode == PmemMode.DISK:
+            diskimages.prepare(cfg.pmem_mountpoint)
         else:
             pmem.prepare(cfg.pmem_device, cfg.pmem_mountpoint)
         _clean_old_generations(cfg.pmem_mountpoint)
@@ -859,6 +874,9 @@ def disarm(quiet: bool = False) -> None:
             log.warning(
                 "Could not reload systemd after removing the drop-ins of %s: %s", ", ".join(unquieted), e
             )
+    if armed and armed.get("pmem_mode") == PmemMode.DISK.value:
+        # The trial's and the pre-dump rounds' images hold the services' memory: off the disk.
+        diskimages.remove(str(armed.get("generation")))
     # RAM on demand: the images' file system goes, the RAM is given back.
     mount = Path(armed["mount"]) if armed else config.DEFAULT_MOUNTPOINT
     if ram.REQUEST.exists() or ram.mount_unit_path(mount).exists():

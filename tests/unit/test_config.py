@@ -56,7 +56,10 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
         ("units: [{name: a.service, on_unsupported: ignore}]\n", "must be one of refuse, restart"),
         ("on_unsupported: skip\n", "'on_unsupported' must be one of refuse, restart, not 'skip'"),
         ("pmem: {dev: /dev/pmem0}\n", "unknown key 'pmem.dev' (allowed: pmem.device, pmem.mode, pmem.size)"),
-        ("pmem: {mode: ondemand}\n", "'pmem.mode' must be one of auto, reserved, on-demand, not 'ondemand'"),
+        (
+            "pmem: {mode: ondemand}\n",
+            "'pmem.mode' must be one of auto, reserved, on-demand, disk, not 'ondemand'",
+        ),
         ("pmem: {size: 512}\n", "'pmem.size' must be a size in MiB or GiB such as 512M or 2G, not 512"),
         ("pmem: {size: 1.5G}\n", "'pmem.size' must be"),
         ("units: a.service\n", "'units' must be a list"),

@@ -448,6 +448,8 @@ class Bench:
             ],
             "ram": {k: v for k, v in (rep.get("ram") or {}).items() if k not in ("ranges",)},
             "warm": rep.get("warm"),
+            "images": rep.get("images"),
+            "images_left_on_disk": after.get("images_left_on_disk"),
         }
         images = sum(u.get("image_bytes") or 0 for u in rep.get("units", []))
         out["estimate"] = {

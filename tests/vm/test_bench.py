@@ -1,10 +1,11 @@
-"""make test's quick benchmark, smallest state: the floor (a), seamless (b), the cold reboot (d).
+"""make test's quick benchmark, smallest state: the floor (a), seamless (b), on disk (c), the cold reboot (d).
 
 The full matrix is make bench (tests/vm/bench.py, docs/benchmarks.md); this
 keeps it from rotting and checks what the benchmark claims to measure: a
 client outside the guest saw the service go away and come back, the kept
 service came back as the same instance with every block of its state right,
-the floor's service did not (nothing was kept), and after the cold reboot a
+the floor's service did not (nothing was kept), the service kept with its
+images on the disk (pmem.mode: disk) came back the same way, and after the cold reboot a
 new instance answered with the whole state loaded from its snapshot, and that
 the kept service's page cache was read back after the kexec.
 """
@@ -26,17 +27,21 @@ def test_quick_benchmark() -> None:
     if os.geteuid() != 0:
         pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
     out = vmimage.BUILD / "bench-quick"
-    rc = bench.main(["--sizes", "64", "--scenarios", "a,b,d", "--reps", "1", "--out", str(out), "--no-docs"])
+    rc = bench.main(
+        ["--sizes", "64", "--scenarios", "a,b,c,d", "--reps", "1", "--out", str(out), "--no-docs"]
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["done"] and not results["errors"], results["errors"]
-    floor, seamless, cold = results["runs"]
-    for run in (floor, seamless, cold):
+    floor, seamless, disk, cold = results["runs"]
+    for run in (floor, seamless, disk, cold):
         assert run["kernel_after"] == vmimage.KERNEL_B, run
         assert run["client"]["seconds"] and run["client"]["seconds"] > 0, run["client"]
-    assert seamless["kept"] is True
-    assert seamless["full_state"]["blocks"] == 64 and seamless["full_state"]["bad"] == 0, seamless[
-        "full_state"
-    ]
+    for run, images in ((seamless, "reserved"), (disk, "disk")):
+        assert run["kept"] is True, run
+        assert run["full_state"]["blocks"] == 64 and run["full_state"]["bad"] == 0, run["full_state"]
+        assert run["guest"]["images"] == images, run["guest"]
+    # pmem.mode: disk takes its images off the disk once they are used.
+    assert disk["guest"]["images_left_on_disk"] == [], disk["guest"]
     # The file systems were clean at the kexec: no journal replayed in the new boot.
     assert not seamless["fs_recovery"] and not floor["fs_recovery"], seamless["marks"]
     # Plan's estimate of the images is what CRIU wrote, within 10 %.
@@ -58,9 +63,10 @@ def test_quick_benchmark() -> None:
     assert floor["kept"] is False
     assert cold["kept"] is False and cold["reloaded"] is True, cold
     assert cold["full_state"]["blocks"] == 64 and cold["full_state"]["bad"] == 0, cold["full_state"]
-    (row_a, row_b, row_d) = sorted(results["summary"], key=lambda r: r["scenario"])
+    (row_a, row_b, row_c, row_d) = sorted(results["summary"], key=lambda r: r["scenario"])
     print(
         f"quick benchmark: (a) {row_a['downtime_median']} s, (b) {row_b['downtime_median']} s "
-        f"(ratio {row_b['ratio_to_a']}), (d) {row_d['downtime_median']} s (ratio {row_d['ratio_to_a']})"
+        f"(ratio {row_b['ratio_to_a']}), (c) {row_c['downtime_median']} s (ratio {row_c['ratio_to_a']}), "
+        f"(d) {row_d['downtime_median']} s (ratio {row_d['ratio_to_a']})"
     )
     assert rc == 0

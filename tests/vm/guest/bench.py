@@ -16,6 +16,7 @@ prober (tests/vm/bench.py) sees it answer ("bench-ready"), then the switch
   b-nopre   (b) with images.pre_dump: false: the whole memory written in the freeze
   b-nowarm  (b) with warm.page_cache and warm.dentries off
   b-thp     (b) with warm.huge_pages on: the restored memory collapsed into huge pages again
+  c      (b) with pmem.mode: disk: the images on the virtual disk, not in RAM
   d      cold: the service saves its state to a snapshot on disk when it is
          stopped and loads it when it starts (what a sysadmin does today);
          systemctl reboot, and the host starts QEMU again with kernel B
@@ -44,6 +45,7 @@ PORT = 7796
 DROPIN = Path(f"/etc/systemd/system/{UNIT}.d/50-size.conf")
 SNAPSHOT = Path("/var/lib/seamless-bench/state.snap")
 MODE = Path("/etc/seamless/conf.d/70-bench-mode.yaml")
+DISK_IMAGES = Path("/var/lib/seamless/images")
 # What a scenario changes in the configuration (an optimization off, another mode).
 SCENARIO_CONFIG = {
     "b-ram": "pmem: {mode: on-demand}\n",
@@ -51,6 +53,7 @@ SCENARIO_CONFIG = {
     "b-nopre": "images: {pre_dump: false}\n",
     "b-nowarm": "warm: {page_cache: false, dentries: false}\n",
     "b-thp": "warm: {huge_pages: true}\n",
+    "c": "pmem: {mode: disk}\n",
 }
 # The page-cache probe: a file the service reads at random (READS), read whole once before each switch.
 CACHE_FILE = Path("/var/lib/seamless-bench/cache.dat")
@@ -279,6 +282,8 @@ def after_run(plan, state):
             "finish": finish,
             "answered_after_s": round(time.time() - t0, 3),
             "report": json.loads(rep) if rc == 0 and run["scenario"] not in ("a", "d") else None,
+            # pmem.mode: disk (c): what is left of the images on the disk (nothing, once used).
+            "images_left_on_disk": sorted(os.listdir(DISK_IMAGES)) if DISK_IMAGES.is_dir() else [],
         },
     )
     save({"step": state["step"] + 1, "phase": "returning"})
