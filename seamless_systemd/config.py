@@ -37,6 +37,7 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "panic_reboot": int,
     "images": dict,
     "warm": dict,
+    "lazy_restore": bool,
 }
 _IMAGES: dict[str, type | tuple[type, ...]] = {"checksum": str, "pre_dump": bool}
 # How the images are checked at the restore: crc32 catches a flipped bit (the
@@ -116,6 +117,10 @@ class Config:
     # The restored trees' memory collapsed into huge pages again (see hugepages).
     # Off by default until the benchmark has measured it on and off (docs/benchmarks.md).
     warm_huge_pages: bool = False
+    # The restored trees' private memory served from the images as it is touched
+    # (criu lazy-pages): the service answers before its memory is all back.
+    # Off by default until the benchmark and the VM tests say (docs/lazy-restore.md).
+    lazy_restore: bool = False
     # Per unit: more files (or directories) whose page cache is kept warm.
     unit_warm_paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
     sources: tuple[Path, ...] = ()
@@ -280,6 +285,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
     timeout = Config.checkpoint_timeout
     restore_timeout = Config.restore_timeout
     panic_reboot = Config.panic_reboot
+    lazy_restore = Config.lazy_restore
     images: dict[str, Any] = {}
     warm: dict[str, Any] = {}
     warm_paths: dict[str, list[str]] = {}
@@ -303,6 +309,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         timeout = data.get("checkpoint_timeout", timeout)
         restore_timeout = data.get("restore_timeout", restore_timeout)
         panic_reboot = data.get("panic_reboot", panic_reboot)
+        lazy_restore = data.get("lazy_restore", lazy_restore)
         images.update(data.get("images", {}))
         warm.update(data.get("warm", {}))
     device = Path(pmem.get("device", str(DEFAULT_DEVICE)))
@@ -321,6 +328,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         checkpoint_timeout=timeout,
         restore_timeout=restore_timeout,
         panic_reboot=panic_reboot,
+        lazy_restore=lazy_restore,
         image_checksum=images.get("checksum", Config.image_checksum),
         pre_dump=images.get("pre_dump", Config.pre_dump),
         warm_page_cache=warm.get("page_cache", Config.warm_page_cache),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -508,12 +509,19 @@ def restore(
     root: Path | None = None,
     remount: list[list[Any]] | None = None,
     sysv_shm: bool = False,
-) -> None:
+    lazy: bool = False,
+) -> int | None:
     """Restore the tree from IMAGES, detached; its root's PID goes to PIDFILE.
 
     INHERIT maps our file descriptors to the dumped files they replace
     ("socket:[INO]"): the journal stream systemd gave this unit (fd 1) for the
     old one, the sockets of its .socket units for the old boot's.
+
+    LAZY: the private anonymous memory is left out of the restore and served
+    from the images when the tree touches it, and in the background until all
+    of it is in (criu lazy-pages, see docs/lazy-restore.md). Returns the PID of
+    that server, or None when the restore was eager (asked so, or the server
+    could not start).
     """
     argv = [
         CRIU,
@@ -523,6 +531,9 @@ def restore(
         str(pidfile),
         *_common_options(images, log, shell_job, tcp, sysv_shm),
     ]
+    server = _start_lazy_pages(images, log.with_name(log.stem + ".lazy.log")) if lazy else None
+    if server is not None:
+        argv.append("--lazy-pages")
     env = None
     if root is not None:  # its own mount namespace, rebuilt from ROOT (see sandbox)
         argv += ["--root", str(root), *sandbox.DUMP_OPTIONS]
@@ -541,7 +552,38 @@ def restore(
             env=env,
         )
     except CommandError as e:
+        if server is not None:
+            # Nothing is left for it to serve (CRIU kills a tree it could not restore).
+            with contextlib.suppress(OSError):
+                os.kill(server, signal.SIGKILL)
         raise RestoreError(failed("restore", log, e, timeout)) from e
+    return server
+
+
+LAZY_SOCKET = "lazy-pages.socket"
+
+
+def _start_lazy_pages(images: Path, log_file: Path) -> int | None:
+    """Start criu lazy-pages for IMAGES (it daemonizes once it listens); its PID, or None if it failed.
+
+    It stays in the caller's cgroup (the unit's) until every page is in. The
+    restored tree's memory depends on it until then: it is the last process
+    the OOM killer may take.
+    """
+    pidfile = log_file.with_suffix(".pid")
+    pidfile.unlink(missing_ok=True)
+    (images / LAZY_SOCKET).unlink(missing_ok=True)
+    argv = [CRIU, "lazy-pages", "--images-dir", str(images), "--work-dir", str(images)]
+    argv += ["--log-file", str(log_file), "-v2", "--daemon", "--pidfile", str(pidfile)]
+    try:
+        run(argv, timeout=60)
+        pid = int(pidfile.read_text().strip())
+    except (CommandError, OSError, ValueError) as e:
+        log.warning("criu lazy-pages did not start (%s): restoring all the memory now", e)
+        return None
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/oom_score_adj").write_text("-1000\n")
+    return pid
 
 
 def failed(what: str, log: Path, e: CommandError | None = None, timeout: float | None = None) -> str:

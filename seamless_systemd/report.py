@@ -40,6 +40,8 @@ def build(gen: state.Generation) -> dict[str, Any]:
             # Written by the final dump; the rest came from the pre-dump rounds (predump).
             "final_dump_bytes": _pages(dump.get("dump_stats", {}).get("pages_written")),
             "pre_dump": bool(dump.get("pre_dump_parent")),
+            # Its private memory served as touched, then in the background (criu lazy-pages).
+            "lazy": bool(rest.get("lazy_pages_server")),
             # Noted before the freeze, read back after the kexec (warm).
             "page_cache_bytes": (dump.get("page_cache") or {}).get("bytes"),
             # The host's run-time mounts its namespace showed, left out (sandbox.runtime_mounts).

@@ -333,6 +333,14 @@ def host_cgroup2_options() -> str:
         return sandbox.cgroup2_options()
 
 
+def _lazy(gen: state.Generation) -> bool:
+    """Whether the upgrade asked for a lazy restore (lazy_restore: in the config at arm time)."""
+    try:
+        return bool(state.read_json(gen.manifest).get("lazy_restore"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def restore_unit(unit: str) -> int:
     """ExecStart=+ of UNIT's restore drop-in."""
     gen = current_generation()
@@ -393,7 +401,7 @@ def restore_unit(unit: str) -> int:
         made += sysv.recreate(segments)
         try:
             with _keep_socket_files([str(path) for _, path in listen]):
-                criu.restore(
+                lazy_server = criu.restore(
                     gen.images(unit),
                     pidfile,
                     state.RESTORE_DIR / f"{unit}.log",
@@ -404,7 +412,9 @@ def restore_unit(unit: str) -> int:
                     root=root,
                     remount=dump.get("mounts", []),
                     sysv_shm=bool(segments),
+                    lazy=_lazy(gen),
                 )
+            record["lazy_pages_server"] = lazy_server
         finally:
             for fd, _ in outside:
                 os.close(fd)

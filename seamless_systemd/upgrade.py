@@ -365,6 +365,11 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
     )
     problems += kp
     notes += kn
+    if cfg.lazy_restore and f.target_config is not None and f.target_config.get("CONFIG_USERFAULTFD") != "y":
+        notes.append(
+            f"kernel {target.version} is built without CONFIG_USERFAULTFD: the restore will not be lazy "
+            "(lazy_restore), all the memory is restored before the services answer"
+        )
     problems += [u.problem for u in f.units if u.problem]
     notes += [f"{u.unit} will be restarted afresh, not preserved: {u.restart}" for u in f.units if u.restart]
     notes += [w for u in f.units if u.preserved and not u.problem for w in u.warnings]
@@ -571,6 +576,8 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 "restore_timeout": cfg.restore_timeout,
                 "checksum": cfg.image_checksum,
                 "pre_dump": pre_dump,
+                # The private memory served as it is touched (criu lazy-pages), see restore.
+                "lazy_restore": cfg.lazy_restore,
                 # What the new boot reads before it is needed (see warm).
                 "warm": {
                     "page_cache": cfg.warm_page_cache,

@@ -40,8 +40,8 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
     [
         (
             "unit: [a.service]\n",
-            "unknown key 'unit' (allowed: checkpoint_timeout, containers, images, kernel, on_unsupported, "
-            "panic_reboot, pmem, restore_timeout, units, warm)",
+            "unknown key 'unit' (allowed: checkpoint_timeout, containers, images, kernel, lazy_restore, "
+            "on_unsupported, panic_reboot, pmem, restore_timeout, units, warm)",
         ),
         ("images: {checksum: md5}\n", "'images.checksum' must be one of crc32, sha256, not 'md5'"),
         ("images: {hash: crc32}\n", "unknown key 'images.hash' (allowed: images.checksum, images.pre_dump)"),

@@ -344,3 +344,13 @@ def test_a_damaged_target_image_or_a_kernel_without_pmem_is_refused() -> None:
     config = {k: v for k, v in facts().target_config.items() if k != "CONFIG_BLK_DEV_PMEM"}  # type: ignore[union-attr]
     assert "CONFIG_BLK_DEV_PMEM" in only_problem(RESERVED, target_config=config)
     assert decide(RESERVED, facts(target_config=config | {"CONFIG_BLK_DEV_PMEM": "y"})).problems == ()
+
+
+def test_lazy_restore_on_a_kernel_without_userfaultfd_is_a_note() -> None:
+    lazy = Config(units=("app.service",), lazy_restore=True)
+    plan = decide(lazy, facts())
+    assert plan.problems == ()
+    assert any("CONFIG_USERFAULTFD" in n and "not be lazy" in n for n in plan.notes), plan.notes
+    with_uffd = facts().target_config | {"CONFIG_USERFAULTFD": "y"}  # type: ignore[operator]
+    assert not any("USERFAULTFD" in n for n in decide(lazy, facts(target_config=with_uffd)).notes)
+    assert not any("USERFAULTFD" in n for n in decide(CFG, facts()).notes)

@@ -443,7 +443,7 @@ class Bench:
         out["guest"] = {
             "seconds": rep.get("seconds"),
             "units": [
-                {k: u.get(k) for k in ("unit", "outcome", "image_bytes", "seconds")}
+                {k: u.get(k) for k in ("unit", "outcome", "image_bytes", "seconds", "lazy")}
                 for u in rep.get("units", [])
             ],
             "ram": {k: v for k, v in (rep.get("ram") or {}).items() if k not in ("ranges",)},

@@ -14,6 +14,7 @@ NAMES = {
     "b-nopre": "(b) without pre-dump rounds",
     "b-nowarm": "(b) without the page cache and dentries warmed",
     "b-thp": "(b) with the huge pages collapsed again",
+    "b-lazy": "(b) with the lazy restore",
     "c": "(c) seamless, images on the virtual disk",
     "d": "(d) cold: reboot, state reloaded from disk",
 }
@@ -25,6 +26,7 @@ COLOURS = {
     "b-nopre": "#ff7f0e",
     "b-nowarm": "#8c564b",
     "b-thp": "#e377c2",
+    "b-lazy": "#bcbd22",
     "c": "#17becf",
     "d": "#d62728",
 }
