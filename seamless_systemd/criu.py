@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import os
 import re
 import shutil
@@ -13,13 +12,11 @@ import signal
 import stat
 import tempfile
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from seamless_systemd import kobjects, netlock, procs, sandbox, sockets, sysv, volatile
-from seamless_systemd.config import CHECKSUMS
 from seamless_systemd.errors import CheckpointError, CommandError, RestoreError
 from seamless_systemd.log import journal, log
 from seamless_systemd.run import run
@@ -611,27 +608,6 @@ def log_tail(log: Path, lines: int = 20) -> str:
     return "\n".join((errors or text)[-lines:]).strip()
 
 
-def checksum_file(path: Path, algorithm: str) -> str:
-    """ALGORITHM (one of config.CHECKSUMS) of PATH's bytes, as hex."""
-    crc, h = 0, None if algorithm == "crc32" else hashlib.new(algorithm)
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            if h is None:
-                crc = zlib.crc32(chunk, crc)
-            else:
-                h.update(chunk)
-    return f"{crc:08x}" if h is None else h.hexdigest()
-
-
-def checksum_tree(images: Path, algorithm: str = "crc32") -> dict[str, Any]:
-    """{"algorithm", "files": relative path -> checksum} of every regular file below IMAGES."""
-    files = {}
-    for path in sorted(images.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            files[str(path.relative_to(images))] = checksum_file(path, algorithm)
-    return {"algorithm": algorithm, "files": files}
-
-
 _PARENT_LINK = re.compile(r"^(\.\./)?pre-[0-9]+$")
 
 
@@ -679,22 +655,6 @@ def tree_problem(images: Path) -> str | None:
             mode = stat.S_IMODE(st.st_mode)
             return f"{rel} is owned by UID {st.st_uid} with mode {mode:04o}; it was root's only when sealed"
     return None
-
-
-def checksums_match(images: Path, expected: Any) -> list[str] | None:
-    """The files whose checksum differs from EXPECTED (checksums.json); None if it is unreadable.
-
-    A checksums.json written before the algorithm was recorded is a plain
-    path -> sha256 mapping.
-    """
-    if isinstance(expected, dict) and set(expected) == {"algorithm", "files"}:
-        algorithm, want = expected["algorithm"], expected["files"]
-    else:
-        algorithm, want = "sha256", expected
-    if algorithm not in CHECKSUMS or not isinstance(want, dict):
-        return None
-    actual = checksum_tree(images, algorithm)["files"]
-    return sorted(k for k in set(actual) | set(want) if actual.get(k) != want.get(k))
 
 
 def tree_size(images: Path) -> int:

@@ -9,7 +9,9 @@ the kexec shutdown the final dump gets ``--prev-images-dir pre-N
 (soft-dirty bits, which each round clears) and punches the pages it wrote
 out of the rounds before (each round does the same), so the images hold
 each page about once. The restore reads the chain through the ``parent``
-links; the checksums cover every round (the links themselves are skipped).
+links; the checksums cover every round (the links themselves are skipped),
+and are made at arm time for the rounds, so that the shutdown hashes only
+the final dump and the pieces its --auto-dedup punched (imagesums).
 
 The rounds are used only for the tree they were taken of: a unit whose
 processes changed since (restarted, forked) is dumped whole.

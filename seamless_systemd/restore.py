@@ -25,6 +25,7 @@ from typing import Any
 from seamless_systemd import (
     criu,
     hugepages,
+    imagesums,
     inflight,
     kernels,
     netlock,
@@ -99,7 +100,7 @@ def verify_unit(gen: state.Generation, unit: str) -> str | None:
     odd = criu.tree_problem(gen.images(unit))
     if odd is not None:
         return f"images tampered with: {odd}"
-    bad = criu.checksums_match(gen.images(unit), expected)
+    bad = imagesums.mismatches(gen.images(unit), expected)
     if bad is None:
         return "image metadata unreadable: checksums.json names no known algorithm"
     if bad:

@@ -21,6 +21,7 @@ from seamless_systemd import (
     diskimages,
     guard,
     hugemem,
+    imagesums,
     inflight,
     journal,
     kernels,
@@ -427,6 +428,9 @@ def _restore_params(cfg: Config, mode: PmemMode, generation: str, pid_floor: int
     }
 
 
+# The pre-dump rounds' checksums, made at arm time (imagesums.note_rounds).
+ROUND_SUMS = "rounds-checksums.json"
+
 # Must match initrd/seamless-pid-base.
 PID_BASE = 4096
 
@@ -794,6 +798,12 @@ def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan, pre_dump: bool)
                         facts.main_pid, facts.pids, images, gen.unit_dir(up.unit), cfg.checkpoint_timeout
                     )
                     state.write_json(gen.unit_dir(up.unit) / predump.RECORD, record)
+                    # Hashed now, while the service runs, not in the shutdown (imagesums).
+                    t0 = time.monotonic()
+                    rounds = [f"{predump.ROUND_PREFIX}{r['round']}" for r in record["rounds"]]
+                    noted = imagesums.note_rounds(images, rounds, cfg.image_checksum)
+                    state.write_json(gen.unit_dir(up.unit) / ROUND_SUMS, noted)
+                    log.info("%s: the rounds' checksums took %.1f s", up.unit, time.monotonic() - t0)
                     log.info(
                         "%s: pre-dump rounds wrote %s MiB",
                         up.unit,
@@ -1133,8 +1143,17 @@ def _seal(gen: state.Generation, unit: str, record: dict[str, Any]) -> None:
     t0 = time.monotonic()
     algorithm = state.read_json(gen.manifest).get("checksum", "crc32")
     criu.seal_modes(gen.images(unit))
-    state.write_json(gen.checksums(unit), criu.checksum_tree(gen.images(unit), algorithm))
-    record["checksum"] = {"algorithm": algorithm, "seconds": round(time.monotonic() - t0, 3)}
+    # The pre-dump rounds' pieces were hashed at arm time; only what changed since is read (imagesums).
+    noted = gen.unit_dir(unit) / ROUND_SUMS
+    known = state.read_json(noted) if noted.exists() else None
+    sums = imagesums.sums(gen.images(unit), algorithm, known)
+    hashed = sums.pop("hashed_bytes")
+    state.write_json(gen.checksums(unit), sums)
+    record["checksum"] = {
+        "algorithm": algorithm,
+        "seconds": round(time.monotonic() - t0, 3),
+        "hashed_bytes": hashed,
+    }
     record["finished_at"] = criu.now()
     record["outcome"] = "checkpointed"
     state.write_json(gen.dump_info(unit), record)

@@ -156,7 +156,7 @@ def test_config_any_yaml_is_loaded_or_refused_clearly(doc: Any, junk: str) -> No
 
 
 def _generation(tmp: Path) -> tuple[Any, str]:
-    from seamless_systemd import criu, state
+    from seamless_systemd import criu, imagesums, state
 
     gen = state.Generation(tmp / "pmem", GEN)
     unit = "db.service"
@@ -166,14 +166,14 @@ def _generation(tmp: Path) -> tuple[Any, str]:
     (images / "pre-0/pages-1.img").write_bytes(b"\x02" * 4096)
     (images / "parent").symlink_to("pre-0")
     criu.seal_modes(images)
-    state.write_json(gen.checksums(unit), criu.checksum_tree(images))
+    state.write_json(gen.checksums(unit), imagesums.sums(images))
     state.write_json(gen.dump_info(unit), {"pids": [2**22 - 7], "outcome": "checkpointed"})
     state.write_json(gen.complete(unit), {"generation": GEN})
     return gen, unit
 
 
 def test_images_with_what_criu_never_writes_are_refused(tmp_path: Path) -> None:
-    from seamless_systemd import criu, restore, state
+    from seamless_systemd import criu, imagesums, restore, state
 
     gen, unit = _generation(tmp_path)
     assert restore.verify_unit(gen, unit) is None
@@ -193,7 +193,7 @@ def test_images_with_what_criu_never_writes_are_refused(tmp_path: Path) -> None:
     os.mkfifo(images / "seamless-private-tmp/0/fifo")
     (images / "seamless-private-tmp/0").chmod(0o1777)
     criu.seal_modes(images)
-    state.write_json(gen.checksums(unit), criu.checksum_tree(images))
+    state.write_json(gen.checksums(unit), imagesums.sums(images))
     assert restore.verify_unit(gen, unit) is None
     assert (images / "seamless-private-tmp/0").stat().st_mode & 0o7777 == 0o1777  # a copy keeps its mode
     assert (images / "pages-1.img").stat().st_mode & 0o777 == 0o600

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from seamless_systemd import criu, predump, state
+from seamless_systemd import imagesums, predump, state
 
 
 def varint(n: int) -> bytes:
@@ -62,7 +62,7 @@ def test_checksums_cover_every_round_once(tmp_path: Path) -> None:
     # CRIU's links from each dump to the round before.
     (images / "parent").symlink_to("pre-1")
     (images / "pre-1" / "parent").symlink_to("../pre-0")
-    files = criu.checksum_tree(images)["files"]
+    files = imagesums.sums(images)["files"]
     assert sorted(files) == ["pages-1.img", "pre-0/pages-1.img", "pre-1/pages-1.img"]
     assert predump.pages_bytes(images / "pre-0") == 8192
 

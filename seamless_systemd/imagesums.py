@@ -1,0 +1,174 @@
+"""The images' checksums: in pieces, in parallel, and the pre-dump rounds' taken before the shutdown.
+
+Every image file is checked before the restore, so that a flipped bit in the
+RAM that carried it makes the unit start afresh instead of running with
+damaged memory. The checksums are made in the shutdown, after the final dump,
+and checked in the new boot before the restore: both inside the downtime,
+and both growing with the state. Three things keep them short
+(docs/benchmarks.md has the figures):
+
+- A file's checksum is a list, one per PIECE bytes, so that one file's
+  pieces are made and checked on every CPU at once (zlib and hashlib let go
+  of the GIL on large buffers, and so do reads).
+- The pre-dump rounds (predump) are written at arm time, while the services
+  run; their checksums are made then too (note_rounds), with where each piece
+  had data. The final dump's --auto-dedup then only punches holes in them:
+  in the shutdown a round's piece is hashed again only if it has less data
+  than it had (sums, with KNOWN); the rest is taken as noted.
+- The check in the new boot hashes every piece, the noted ones included, so
+  a piece taken as noted that did change is still caught.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+from seamless_systemd.config import CHECKSUMS
+
+PIECE = 4 << 20
+
+
+def _piece_sum(fd: int, offset: int, length: int, algorithm: str) -> str:
+    crc, h = 0, None if algorithm == "crc32" else hashlib.new(algorithm)
+    done = 0
+    while done < length:
+        chunk = os.pread(fd, min(1 << 20, length - done), offset + done)
+        if not chunk:
+            break
+        if h is None:
+            crc = zlib.crc32(chunk, crc)
+        else:
+            h.update(chunk)
+        done += len(chunk)
+    return f"{crc:08x}" if h is None else h.hexdigest()
+
+
+def data_bytes(fd: int, size: int, piece: int = PIECE) -> list[int]:
+    """Per piece of the file FD (SIZE bytes): how many of its bytes hold data, not holes."""
+    out = [0] * ((size + piece - 1) // piece)
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: nothing but a hole from POS on
+            break
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        p = start
+        while p < end:
+            i = p // piece
+            upto = min(end, (i + 1) * piece)
+            out[i] += upto - p
+            p = upto
+        pos = end
+    return out
+
+
+def _files(images: Path) -> list[Path]:
+    return [p for p in sorted(images.rglob("*")) if p.is_file() and not p.is_symlink()]
+
+
+def sums(
+    images: Path,
+    algorithm: str = "crc32",
+    known: dict[str, Any] | None = None,
+    layout: bool = False,
+) -> dict[str, Any]:
+    """{"algorithm", "piece", "files": relative path -> [checksum of each piece]} of the files below IMAGES.
+
+    KNOWN: what note_rounds said of some of the files (same algorithm and
+    piece); a piece of such a file whose data did not shrink is not read
+    again. LAYOUT: also give each file's data bytes per piece ("data").
+    """
+    fds: dict[str, int] = {}
+    jobs: dict[tuple[str, int], concurrent.futures.Future[str]] = {}
+    reused: dict[tuple[str, int], str] = {}
+    counts: dict[str, int] = {}
+    data: dict[str, list[int]] = {}
+    usable = (
+        known
+        if known
+        and known.get("algorithm") == algorithm
+        and known.get("piece") == PIECE
+        and isinstance(known.get("files"), dict)
+        and isinstance(known.get("data"), dict)
+        else None
+    )
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for path in _files(images):
+                rel = str(path.relative_to(images))
+                fd = fds[rel] = os.open(path, os.O_RDONLY)
+                size = os.fstat(fd).st_size
+                n = counts[rel] = (size + PIECE - 1) // PIECE
+                now = data_bytes(fd, size) if layout or (usable and rel in usable["files"]) else None
+                if layout and now is not None:
+                    data[rel] = now
+                was_sums = usable["files"].get(rel) if usable else None
+                was_data = usable["data"].get(rel) if usable else None
+                for i in range(n):
+                    if (
+                        now is not None
+                        and isinstance(was_sums, list)
+                        and isinstance(was_data, list)
+                        and len(was_sums) == n
+                        and len(was_data) == n
+                        and now[i] == was_data[i]
+                    ):
+                        reused[(rel, i)] = was_sums[i]
+                    else:
+                        jobs[(rel, i)] = pool.submit(_piece_sum, fd, i * PIECE, PIECE, algorithm)
+            files = {
+                rel: [reused[(rel, i)] if (rel, i) in reused else jobs[(rel, i)].result() for i in range(n)]
+                for rel, n in counts.items()
+            }
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    out: dict[str, Any] = {"algorithm": algorithm, "piece": PIECE, "files": files}
+    if layout:
+        out["data"] = data
+    out["hashed_bytes"] = sum(min(PIECE, os.stat(images / rel).st_size - i * PIECE) for rel, i in jobs)
+    return out
+
+
+def note_rounds(images: Path, rounds: list[str], algorithm: str) -> dict[str, Any]:
+    """The checksums and data layout of the pre-dump ROUNDS (directories below IMAGES), named from IMAGES."""
+    noted: dict[str, Any] = {"algorithm": algorithm, "piece": PIECE, "files": {}, "data": {}}
+    for name in rounds:
+        got = sums(images / name, algorithm, layout=True)
+        noted["files"].update({f"{name}/{rel}": v for rel, v in got["files"].items()})
+        noted["data"].update({f"{name}/{rel}": v for rel, v in got["data"].items()})
+    return noted
+
+
+def mismatches(images: Path, expected: Any) -> list[str] | None:
+    """The files whose checksums differ from EXPECTED (checksums.json); None if it is unreadable.
+
+    Older forms are read too: one checksum per file (the whole file) with
+    its algorithm, and before that a plain path -> sha256 mapping.
+    """
+    if isinstance(expected, dict) and {"algorithm", "files"} <= set(expected):
+        algorithm, want = expected["algorithm"], expected["files"]
+    else:
+        algorithm, want = "sha256", expected
+    if algorithm not in CHECKSUMS or not isinstance(want, dict):
+        return None
+    if isinstance(expected, dict) and expected.get("piece") == PIECE:
+        actual: dict[str, Any] = sums(images, algorithm)["files"]
+    else:
+        actual = {str(p.relative_to(images)): whole_file(p, algorithm) for p in _files(images)}
+    return sorted(k for k in set(actual) | set(want) if actual.get(k) != want.get(k))
+
+
+def whole_file(path: Path, algorithm: str) -> str:
+    """ALGORITHM of PATH's bytes as one checksum, as hex (the form before the pieces)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _piece_sum(fd, 0, os.fstat(fd).st_size, algorithm)
+    finally:
+        os.close(fd)
