@@ -99,3 +99,13 @@ def test_restore_params_name_the_directory() -> None:
     p = _restore_params(DISK, PmemMode.DISK, "G", 20000)
     assert p[kernels.DEVICE_PARAM] == str(DISK_IMAGES)
     assert p[kernels.MOUNT_PARAM] == "/run/seamless/pmem"
+
+
+def test_plan_says_where_the_images_go(capsys: pytest.CaptureFixture[str]) -> None:
+    from seamless_systemd import cli
+
+    plan = decide(DISK, facts(disk=ROOMY, **NO_PMEM))
+    cli._print_plan(plan)
+    out = capsys.readouterr().out
+    assert "Images:  on disk (pmem.mode: disk): /var/lib/seamless/images, 10000 MiB free" in out
+    assert "PMEM:" not in out and "memmap=" not in out
