@@ -507,6 +507,7 @@ def restore(
     remount: list[list[Any]] | None = None,
     sysv_shm: bool = False,
     lazy: bool = False,
+    gate: Path | None = None,
 ) -> int | None:
     """Restore the tree from IMAGES, detached; its root's PID goes to PIDFILE.
 
@@ -519,6 +520,9 @@ def restore(
     of it is in (criu lazy-pages, see docs/lazy-restore.md). Returns the PID of
     that server, or None when the restore was eager (asked so, or the server
     could not start).
+
+    GATE: a file the tree waits for before it runs (CRIU's post-restore
+    action): "ok" lets it run, anything else makes the restore fail.
     """
     argv = [
         CRIU,
@@ -531,12 +535,15 @@ def restore(
     server = _start_lazy_pages(images, log.with_name(log.stem + ".lazy.log")) if lazy else None
     if server is not None:
         argv.append("--lazy-pages")
-    env = None
+    env: dict[str, str] = {}
     if root is not None:  # its own mount namespace, rebuilt from ROOT (see sandbox)
         argv += ["--root", str(root), *sandbox.DUMP_OPTIONS]
         if remount:
-            argv += ["--action-script", sandbox.ACTION_SCRIPT]
-            env = {**os.environ, **sandbox.remount_env(remount)}
+            env.update(sandbox.remount_env(remount))
+    if gate is not None:
+        env["SEAMLESS_PAGES_VERDICT"] = str(gate)
+    if env:  # one action script does both (CRIU runs each one given at every action)
+        argv += ["--action-script", sandbox.ACTION_SCRIPT]
     for fd, what in inherit:
         argv += ["--inherit-fd", f"fd[{fd}]:{what}"]
     probe_kernel()
@@ -546,7 +553,7 @@ def restore(
             timeout=timeout,
             inherit_stdout=True,
             pass_fds=tuple(fd for fd, _ in inherit if fd > 2),
-            env=env,
+            env={**os.environ, **env} if env else None,
         )
     except CommandError as e:
         if server is not None:

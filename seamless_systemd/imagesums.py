@@ -25,6 +25,7 @@ import concurrent.futures
 import hashlib
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,17 +73,25 @@ def _files(images: Path) -> list[Path]:
     return [p for p in sorted(images.rglob("*")) if p.is_file() and not p.is_symlink()]
 
 
+def is_pages(rel: str) -> bool:
+    """Whether the image file REL holds memory pages (CRIU's pages-N.img): nearly all the bytes."""
+    name = rel.rsplit("/", 1)[-1]
+    return name.startswith("pages-") and name.endswith(".img")
+
+
 def sums(
     images: Path,
     algorithm: str = "crc32",
     known: dict[str, Any] | None = None,
     layout: bool = False,
+    select: Callable[[str], bool] | None = None,
 ) -> dict[str, Any]:
     """{"algorithm", "piece", "files": relative path -> [checksum of each piece]} of the files below IMAGES.
 
     KNOWN: what note_rounds said of some of the files (same algorithm and
     piece); a piece of such a file whose data did not shrink is not read
     again. LAYOUT: also give each file's data bytes per piece ("data").
+    SELECT: only the files (relative paths) it says yes to.
     """
     fds: dict[str, int] = {}
     jobs: dict[tuple[str, int], concurrent.futures.Future[str]] = {}
@@ -102,6 +111,8 @@ def sums(
         with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             for path in _files(images):
                 rel = str(path.relative_to(images))
+                if select is not None and not select(rel):
+                    continue
                 fd = fds[rel] = os.open(path, os.O_RDONLY)
                 size = os.fstat(fd).st_size
                 n = counts[rel] = (size + PIECE - 1) // PIECE
@@ -146,11 +157,18 @@ def note_rounds(images: Path, rounds: list[str], algorithm: str) -> dict[str, An
     return noted
 
 
-def mismatches(images: Path, expected: Any) -> list[str] | None:
+ALL, METADATA, PAGES = "all", "metadata", "pages"
+
+
+def mismatches(images: Path, expected: Any, part: str = ALL) -> list[str] | None:
     """The files whose checksums differ from EXPECTED (checksums.json); None if it is unreadable.
 
-    Older forms are read too: one checksum per file (the whole file) with
-    its algorithm, and before that a plain path -> sha256 mapping.
+    PART: ALL; METADATA, every file but the memory pages, and whether the
+    files there are the files expected (a page file gone or added counts);
+    PAGES, the memory pages' contents only (restore checks them while CRIU
+    restores, see restore.PagesCheck). Older forms are read too: one checksum
+    per file (the whole file) with its algorithm, and before that a plain
+    path -> sha256 mapping.
     """
     if isinstance(expected, dict) and {"algorithm", "files"} <= set(expected):
         algorithm, want = expected["algorithm"], expected["files"]
@@ -158,11 +176,23 @@ def mismatches(images: Path, expected: Any) -> list[str] | None:
         algorithm, want = "sha256", expected
     if algorithm not in CHECKSUMS or not isinstance(want, dict):
         return None
+    select = {ALL: None, METADATA: lambda rel: not is_pages(rel), PAGES: is_pages}[part]
     if isinstance(expected, dict) and expected.get("piece") == PIECE:
-        actual: dict[str, Any] = sums(images, algorithm)["files"]
+        actual: dict[str, Any] = sums(images, algorithm, select=select)["files"]
     else:
-        actual = {str(p.relative_to(images)): whole_file(p, algorithm) for p in _files(images)}
-    return sorted(k for k in set(actual) | set(want) if actual.get(k) != want.get(k))
+        actual = {
+            rel: whole_file(images / rel, algorithm)
+            for rel in (str(p.relative_to(images)) for p in _files(images))
+            if select is None or select(rel)
+        }
+    if part == PAGES:
+        return sorted(k for k in actual if actual[k] != want.get(k))
+    bad = {
+        k for k in set(actual) | set(want) if (select is None or select(k)) and actual.get(k) != want.get(k)
+    }
+    if part == METADATA:  # the page files only by name here
+        bad |= {str(p.relative_to(images)) for p in _files(images)} ^ set(want)
+    return sorted(bad)
 
 
 def whole_file(path: Path, algorithm: str) -> str:

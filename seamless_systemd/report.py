@@ -52,6 +52,8 @@ def build(gen: state.Generation) -> dict[str, Any]:
                 # The images' checksums: made after the dump, checked before the restore.
                 "checksum": (dump.get("checksum") or {}).get("seconds"),
                 "verify": (boot.get("verify_seconds") or {}).get(unit),
+                # The memory pages' checksums, checked while CRIU restored them.
+                "verify_pages": rest.get("pages_verify_seconds"),
                 # CRIU's own figure: the tree frozen to the end of its final dump.
                 "frozen": _us(dump.get("dump_stats", {}).get("frozen_time_us")),
                 "downtime": _span(dump.get("started_at"), rest.get("finished_at"))

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,8 +76,16 @@ def _done_path(unit: str) -> Path:
     return state.RESTORE_DIR / f"{unit}.done"
 
 
-def verify_unit(gen: state.Generation, unit: str) -> str | None:
-    """Why UNIT's images cannot be restored, or None if they can."""
+# The verdict of a unit whose images were checked but for the memory pages'
+# contents: restore-unit checks those while CRIU restores (PagesCheck).
+PAGES_PENDING = "ok, pages at the restore"
+
+
+def verify_unit(gen: state.Generation, unit: str, pages: bool = True) -> str | None:
+    """Why UNIT's images cannot be restored, or None if they can.
+
+    PAGES: check the memory pages' contents too (else only that they are there).
+    """
     if not gen.complete(unit).exists():
         info = gen.dump_info(unit)
         try:
@@ -100,7 +109,7 @@ def verify_unit(gen: state.Generation, unit: str) -> str | None:
     odd = criu.tree_problem(gen.images(unit))
     if odd is not None:
         return f"images tampered with: {odd}"
-    bad = imagesums.mismatches(gen.images(unit), expected)
+    bad = imagesums.mismatches(gen.images(unit), expected, imagesums.ALL if pages else imagesums.METADATA)
     if bad is None:
         return "image metadata unreadable: checksums.json names no known algorithm"
     if bad:
@@ -162,9 +171,11 @@ def prepare() -> int:
             gen, units if opts.get("page_cache") else [], units if opts.get("huge_pages") else []
         )
 
+    deferred = {u for u in units if _pages_at_restore(gen, u)}
+
     def timed(unit: str) -> tuple[str | None, float]:
         t0 = time.monotonic()
-        return verify_unit(gen, unit), round(time.monotonic() - t0, 3)
+        return verify_unit(gen, unit, pages=unit not in deferred), round(time.monotonic() - t0, 3)
 
     # The units' images are checked side by side (zlib and file reads let go of the GIL),
     # and meanwhile the paths they name are looked up (see warm).
@@ -182,8 +193,10 @@ def prepare() -> int:
     for unit in units:
         why = verdicts[unit][0]
         if why is None:
-            _verdict_path(unit).write_text("ok\n")
-            log.info("%s: images verified", unit)
+            _verdict_path(unit).write_text((PAGES_PENDING if unit in deferred else "ok") + "\n")
+            log.info(
+                "%s: images verified%s", unit, " (the memory pages as it is restored)" * (unit in deferred)
+            )
             _lock_connections(gen, unit)
         else:
             _verdict_path(unit).write_text(f"bad: {why}\n")
@@ -342,6 +355,51 @@ def _lazy(gen: state.Generation) -> bool:
         return False
 
 
+def _pages_at_restore(gen: state.Generation, unit: str) -> bool:
+    """Whether UNIT's memory pages are checked while CRIU restores them (not a container's archive)."""
+    try:
+        return bool(state.read_json(gen.dump_info(unit)).get("kind") != "podman")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class PagesCheck:
+    """The memory pages' checksums, checked in a thread while CRIU restores the tree.
+
+    CRIU's post-restore action (libexec/criu-action) waits for the verdict
+    in PATH before the tree runs: "ok", or the restore is aborted and the
+    tree killed, so no process ever runs on pages that came back damaged.
+    """
+
+    def __init__(self, images: Path, expected: Any, path: Path) -> None:
+        self.path = path
+        self.seconds: float | None = None
+        self.problem: str | None = None
+        path.unlink(missing_ok=True)
+        self._thread = threading.Thread(target=self._check, args=(images, expected), daemon=True)
+        self._thread.start()
+
+    def _check(self, images: Path, expected: Any) -> None:
+        t0 = time.monotonic()
+        try:
+            bad = imagesums.mismatches(images, expected, imagesums.PAGES)
+            if bad is None:
+                self.problem = "image metadata unreadable: checksums.json names no known algorithm"
+            elif bad:
+                self.problem = f"images damaged: checksum mismatch in {', '.join(bad[:5])}"
+        except OSError as e:
+            self.problem = f"images unreadable: {e}"
+        self.seconds = round(time.monotonic() - t0, 3)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("ok\n" if self.problem is None else f"bad: {self.problem}\n")
+        tmp.rename(self.path)
+
+    def result(self) -> str | None:
+        """Wait for the check; why the pages cannot be used, or None."""
+        self._thread.join()
+        return self.problem
+
+
 def restore_unit(unit: str) -> int:
     """ExecStart=+ of UNIT's restore drop-in."""
     gen = current_generation()
@@ -362,9 +420,14 @@ def restore_unit(unit: str) -> int:
             f"{unit} was already restored or started afresh in this boot; its images are stale. "
             f"Run 'systemctl daemon-reload' and start {unit} again to start it afresh"
         )
+    pages: PagesCheck | None = None
     try:
-        if verdict != "ok":
+        if verdict not in ("ok", PAGES_PENDING):
             raise RestoreError(verdict.removeprefix("bad: "))
+        if verdict == PAGES_PENDING:
+            pages = PagesCheck(
+                gen.images(unit), state.read_json(gen.checksums(unit)), state.RESTORE_DIR / f"{unit}.pages"
+            )
         dump = state.read_json(gen.dump_info(unit))
         pidfile = state.RESTORE_DIR / f"{unit}.pid"
         pidfile.unlink(missing_ok=True)
@@ -414,8 +477,12 @@ def restore_unit(unit: str) -> int:
                     remount=dump.get("mounts", []),
                     sysv_shm=bool(segments),
                     lazy=_lazy(gen),
+                    gate=pages.path if pages is not None else None,
                 )
             record["lazy_pages_server"] = lazy_server
+            if pages is not None and pages.result() is not None:  # CRIU waits for it: not reached
+                sandbox.kill_tree(int(pidfile.read_text().strip()))
+                raise RestoreError(str(pages.result()))
         finally:
             for fd, _ in outside:
                 os.close(fd)
@@ -439,8 +506,11 @@ def restore_unit(unit: str) -> int:
         record.update(outcome="restored", finished_at=time.time(), main_pid=main_pid)
         log.info("Restored %s, main PID %d", unit, main_pid)
         return 0
-    except (SeamlessError, OSError, ValueError) as e:
+    except (SeamlessError, OSError, ValueError) as failure:
         sysv.remove(made)
+        damaged = pages.result() if pages is not None else None
+        # Damaged pages are the reason CRIU stopped (its post-restore action refused them).
+        e: Exception = failure if damaged is None else RestoreError(damaged)
         reason = str(e)
         killed = stop_half_restored(unit)
         if killed:
@@ -452,6 +522,8 @@ def restore_unit(unit: str) -> int:
         record.update(outcome="restore-failed", finished_at=time.time(), reason=reason)
         raise RestoreError(f"{unit}: restore failed, it will be started afresh: {e}") from e
     finally:
+        if pages is not None and pages.seconds is not None:
+            record["pages_verify_seconds"] = pages.seconds
         netlock.unlock(unit)
         if record.get("outcome") == "restored" and conns:
             _nudge_peers(unit, record, conns)

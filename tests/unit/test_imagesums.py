@@ -107,3 +107,62 @@ def test_data_bytes_per_piece(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert got[0] == 0 and got[2] == 0 and 10 <= got[1] <= PIECE
+
+
+def test_metadata_now_pages_later(tmp_path: Path) -> None:
+    d = images(tmp_path)
+    sums = imagesums.sums(d)
+    data = bytearray((d / "pages-1.img").read_bytes())
+    data[PIECE + 7] ^= 0x01
+    (d / "pages-1.img").write_bytes(bytes(data))
+    # Before the restore: everything but the pages' contents.
+    assert imagesums.mismatches(d, sums, imagesums.METADATA) == []
+    # While CRIU restores: the pages' contents.
+    assert imagesums.mismatches(d, sums, imagesums.PAGES) == ["pages-1.img"]
+    # A page file gone, or a new one, is caught before the restore.
+    (d / "pages-1.img").rename(d / "pages-2.img")
+    assert imagesums.mismatches(d, sums, imagesums.METADATA) == ["pages-1.img", "pages-2.img"]
+    (d / "sub" / "core.img").write_bytes(b"CORE")
+    assert "sub/core.img" in (imagesums.mismatches(d, sums, imagesums.METADATA) or [])
+
+
+def test_the_pages_check_gates_the_tree(tmp_path: Path) -> None:
+    """restore.PagesCheck writes its verdict; criu-action's post-restore waits for it and says yes or no."""
+    import subprocess
+    import time
+
+    from seamless_systemd import restore
+
+    script = Path(__file__).parents[2] / "libexec" / "criu-action"
+    d = images(tmp_path)
+    sums = imagesums.sums(d)
+
+    def gate(verdict: Path) -> int:
+        env = {
+            "PATH": os.environ["PATH"],
+            "CRTOOLS_SCRIPT_ACTION": "post-restore",
+            "SEAMLESS_PAGES_VERDICT": str(verdict),
+        }
+        return subprocess.run(["sh", str(script)], env=env, timeout=60).returncode
+
+    good = restore.PagesCheck(d, sums, tmp_path / "good.pages")
+    assert gate(good.path) == 0 and good.result() is None
+    assert good.path.read_text() == "ok\n" and good.seconds is not None
+    data = bytearray((d / "pages-1.img").read_bytes())
+    data[5] ^= 0x01
+    (d / "pages-1.img").write_bytes(bytes(data))
+    bad = restore.PagesCheck(d, sums, tmp_path / "bad.pages")
+    assert gate(bad.path) == 1
+    assert bad.result() == "images damaged: checksum mismatch in pages-1.img"
+    # The action waits for a verdict still to come.
+    late = tmp_path / "late.pages"
+    env = {
+        "PATH": os.environ["PATH"],
+        "CRTOOLS_SCRIPT_ACTION": "post-restore",
+        "SEAMLESS_PAGES_VERDICT": str(late),
+    }
+    proc = subprocess.Popen(["sh", str(script)], env=env)
+    time.sleep(0.5)
+    assert proc.poll() is None
+    late.write_text("ok\n")
+    assert proc.wait(timeout=30) == 0
