@@ -19,7 +19,7 @@ demo: deps
 # the floor beside the seamless upgrade (images in a reservation, without
 # pre-dump, with sha256 checksums, in RAM taken at arm time, restored lazily,
 # huge pages collapsed again, images on the disk) and the cold reboot,
-# interleaved repetitions; rewrites docs/benchmarks.*. Some 10 hours under TCG.
+# interleaved repetitions; rewrites docs/benchmarks.*. Some 5 hours under TCG (90 switches).
 BENCH_SIZES ?= 64,256,1024
 BENCH_REPS ?= 3
 bench: deps
