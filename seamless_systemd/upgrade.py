@@ -366,6 +366,12 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
     )
     problems += kp
     notes += kn
+    if cfg.lazy_restore and cfg.pre_dump:
+        notes.append(
+            "lazy_restore with pre-dump rounds (images.pre_dump): only the memory written since the last "
+            "round is restored lazily; CRIU restores what the rounds hold before the services run (set "
+            "images.pre_dump: false for a wholly lazy restore, and a longer freeze; docs/lazy-restore.md)"
+        )
     if cfg.lazy_restore and f.target_config is not None and f.target_config.get("CONFIG_USERFAULTFD") != "y":
         notes.append(
             f"kernel {target.version} is built without CONFIG_USERFAULTFD: the restore will not be lazy "

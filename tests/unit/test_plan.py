@@ -353,4 +353,8 @@ def test_lazy_restore_on_a_kernel_without_userfaultfd_is_a_note() -> None:
     assert any("CONFIG_USERFAULTFD" in n and "not be lazy" in n for n in plan.notes), plan.notes
     with_uffd = facts().target_config | {"CONFIG_USERFAULTFD": "y"}  # type: ignore[operator]
     assert not any("USERFAULTFD" in n for n in decide(lazy, facts(target_config=with_uffd)).notes)
+    # With the pre-dump rounds only the last delta is lazy (CRIU restores the rounds' pages eagerly).
+    assert any("only the memory written since the last round" in n for n in plan.notes)
+    lazy_whole = Config(units=("app.service",), lazy_restore=True, pre_dump=False)
+    assert not any("last round" in n for n in decide(lazy_whole, facts(target_config=with_uffd)).notes)
     assert not any("USERFAULTFD" in n for n in decide(CFG, facts()).notes)

@@ -15,6 +15,7 @@ NAMES = {
     "b-nowarm": "(b) without the page cache and dentries warmed",
     "b-thp": "(b) with the huge pages collapsed again",
     "b-lazy": "(b) with the lazy restore",
+    "b-lazy-nopre": "(b) with the lazy restore, without pre-dump rounds",
     "c": "(c) seamless, images on the virtual disk",
     "d": "(d) cold: reboot, state reloaded from disk",
 }
@@ -27,6 +28,7 @@ COLOURS = {
     "b-nowarm": "#8c564b",
     "b-thp": "#e377c2",
     "b-lazy": "#bcbd22",
+    "b-lazy-nopre": "#aec7e8",
     "c": "#17becf",
     "d": "#d62728",
 }

@@ -16,7 +16,11 @@ prober (tests/vm/bench.py) sees it answer ("bench-ready"), then the switch
   b-nopre   (b) with images.pre_dump: false: the whole memory written in the freeze
   b-nowarm  (b) with warm.page_cache and warm.dentries off
   b-thp     (b) with warm.huge_pages on: the restored memory collapsed into huge pages again
-  b-lazy    (b) with lazy_restore: the memory served from the images as the service touches it
+  b-lazy    (b) with lazy_restore: the memory served from the images as the service
+            touches it (with the pre-dump rounds, only what changed since the last
+            round: CRIU 4.1.1 restores the pages a final dump left to its parent eagerly)
+  b-lazy-nopre  (b-lazy) without the pre-dump rounds: all the memory lazy, and the
+            whole of it dumped in the freeze
   c      (b) with pmem.mode: disk: the images on the virtual disk, not in RAM
   d      cold: the service saves its state to a snapshot on disk when it is
          stopped and loads it when it starts (what a sysadmin does today);
@@ -55,6 +59,7 @@ SCENARIO_CONFIG = {
     "b-nowarm": "warm: {page_cache: false, dentries: false}\n",
     "b-thp": "warm: {huge_pages: true}\n",
     "b-lazy": "lazy_restore: true\n",
+    "b-lazy-nopre": "lazy_restore: true\nimages: {pre_dump: false}\n",
     "c": "pmem: {mode: disk}\n",
 }
 # The page-cache probe: a file the service reads at random (READS), read whole once before each switch.
