@@ -97,7 +97,7 @@ def sums(
     jobs: dict[tuple[str, int], concurrent.futures.Future[str]] = {}
     reused: dict[tuple[str, int], str] = {}
     counts: dict[str, int] = {}
-    data: dict[str, list[int]] = {}
+    data: dict[str, list[int]] = {}  # per piece, then the file's allocated bytes last
     usable = (
         known
         if known
@@ -116,18 +116,29 @@ def sums(
                 fd = fds[rel] = os.open(path, os.O_RDONLY)
                 size = os.fstat(fd).st_size
                 n = counts[rel] = (size + PIECE - 1) // PIECE
-                now = data_bytes(fd, size) if layout or (usable and rel in usable["files"]) else None
+                now = None
+                if layout or (usable and rel in usable["files"]):
+                    now = [*data_bytes(fd, size), os.fstat(fd).st_blocks * 512]
                 if layout and now is not None:
                     data[rel] = now
                 was_sums = usable["files"].get(rel) if usable else None
                 was_data = usable["data"].get(rel) if usable else None
+                trusted = (
+                    now is not None
+                    and isinstance(was_sums, list)
+                    and isinstance(was_data, list)
+                    and len(was_sums) == n
+                    and len(was_data) == n + 1
+                    # Room freed that no piece shows (a file system whose SEEK_HOLE sees no holes):
+                    # the layout cannot tell which pieces changed, so every piece is read.
+                    and not (now[n] < was_data[n] and sum(now[:n]) == sum(was_data[:n]))
+                )
                 for i in range(n):
                     if (
-                        now is not None
-                        and isinstance(was_sums, list)
-                        and isinstance(was_data, list)
-                        and len(was_sums) == n
-                        and len(was_data) == n
+                        trusted
+                        and now is not None
+                        and was_sums is not None
+                        and was_data is not None
                         and now[i] == was_data[i]
                     ):
                         reused[(rel, i)] = was_sums[i]
