@@ -85,13 +85,15 @@ def sums(
     known: dict[str, Any] | None = None,
     layout: bool = False,
     select: Callable[[str], bool] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """{"algorithm", "piece", "files": relative path -> [checksum of each piece]} of the files below IMAGES.
 
     KNOWN: what note_rounds said of some of the files (same algorithm and
     piece); a piece of such a file whose data did not shrink is not read
     again. LAYOUT: also give each file's data bytes per piece ("data").
-    SELECT: only the files (relative paths) it says yes to.
+    SELECT: only the files (relative paths) it says yes to. WORKERS: threads
+    (default: one per CPU).
     """
     fds: dict[str, int] = {}
     jobs: dict[tuple[str, int], concurrent.futures.Future[str]] = {}
@@ -108,7 +110,7 @@ def sums(
         else None
     )
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for path in _files(images):
                 rel = str(path.relative_to(images))
                 if select is not None and not select(rel):
@@ -188,8 +190,10 @@ def mismatches(images: Path, expected: Any, part: str = ALL) -> list[str] | None
     if algorithm not in CHECKSUMS or not isinstance(want, dict):
         return None
     select = {ALL: None, METADATA: lambda rel: not is_pages(rel), PAGES: is_pages}[part]
+    # The pages are checked while CRIU restores them: leave it a CPU.
+    workers = max(1, (os.cpu_count() or 1) - 1) if part == PAGES else None
     if isinstance(expected, dict) and expected.get("piece") == PIECE:
-        actual: dict[str, Any] = sums(images, algorithm, select=select)["files"]
+        actual: dict[str, Any] = sums(images, algorithm, select=select, workers=workers)["files"]
     else:
         actual = {
             rel: whole_file(images / rel, algorithm)
