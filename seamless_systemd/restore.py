@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 
 from seamless_systemd import (
     criu,
+    diskimages,
     hugepages,
     imagesums,
     inflight,
@@ -81,6 +81,13 @@ def _done_path(unit: str) -> Path:
 PAGES_PENDING = "ok, pages at the restore"
 
 
+def _checksum_problem(bad: list[str] | None) -> str | None:
+    """What imagesums.mismatches' answer means for the restore, in words; None if the images match."""
+    if bad is None:
+        return "image metadata unreadable: checksums.json names no known algorithm"
+    return f"images damaged: checksum mismatch in {', '.join(bad[:5])}" if bad else None
+
+
 def verify_unit(gen: state.Generation, unit: str, pages: bool = True) -> str | None:
     """Why UNIT's images cannot be restored, or None if they can.
 
@@ -109,11 +116,11 @@ def verify_unit(gen: state.Generation, unit: str, pages: bool = True) -> str | N
     odd = criu.tree_problem(gen.images(unit))
     if odd is not None:
         return f"images tampered with: {odd}"
-    bad = imagesums.mismatches(gen.images(unit), expected, imagesums.ALL if pages else imagesums.METADATA)
-    if bad is None:
-        return "image metadata unreadable: checksums.json names no known algorithm"
-    if bad:
-        return f"images damaged: checksum mismatch in {', '.join(bad[:5])}"
+    why = _checksum_problem(
+        imagesums.mismatches(gen.images(unit), expected, imagesums.ALL if pages else imagesums.METADATA)
+    )
+    if why is not None:
+        return why
     pids = dump.get("pids")
     if not isinstance(pids, list) or not all(isinstance(p, int) and p > 0 for p in pids):
         return "image metadata unreadable: dump.json has no list of PIDs"
@@ -382,11 +389,7 @@ class PagesCheck:
     def _check(self, images: Path, expected: Any) -> None:
         t0 = time.monotonic()
         try:
-            bad = imagesums.mismatches(images, expected, imagesums.PAGES)
-            if bad is None:
-                self.problem = "image metadata unreadable: checksums.json names no known algorithm"
-            elif bad:
-                self.problem = f"images damaged: checksum mismatch in {', '.join(bad[:5])}"
+            self.problem = _checksum_problem(imagesums.mismatches(images, expected, imagesums.PAGES))
         except OSError as e:
             self.problem = f"images unreadable: {e}"
         self.seconds = round(time.monotonic() - t0, 3)
@@ -771,7 +774,6 @@ def finish() -> int:
     inflight.end(gen)
     if manifest.get("pmem_mode") == PmemMode.DISK.value:
         # The images are used up, and they hold the services' memory: off the disk.
-        shutil.rmtree(gen.dir, ignore_errors=True)
-        log.info("Removed the images of upgrade %s from the disk", gen.id)
+        diskimages.remove(gen.id)
     report.announce(rep)
     return 0
