@@ -47,7 +47,12 @@ CHECKSUMS = ("crc32", "sha256")
 _PMEM: dict[str, type | tuple[type, ...]] = {"device": str, "mode": str, "size": (str, int)}
 _UNIT: dict[str, type | tuple[type, ...]] = {"name": str, "on_unsupported": str, "warm_paths": list}
 # What the new boot reads before it is needed (see warm).
-_WARM: dict[str, type | tuple[type, ...]] = {"page_cache": bool, "dentries": bool, "huge_pages": bool}
+_WARM: dict[str, type | tuple[type, ...]] = {
+    "page_cache": bool,
+    "page_cache_early": bool,
+    "dentries": bool,
+    "huge_pages": bool,
+}
 
 
 class PmemMode(enum.StrEnum):
@@ -113,6 +118,10 @@ class Config:
     # The page cache the trees had, read back after the kexec; the paths their
     # images name, looked up before CRIU needs them (see warm).
     warm_page_cache: bool = True
+    # Read it back while the units are restored, not once they all are: the
+    # services find their files warm when they answer again, and the reads
+    # compete with the restores for the CPUs and the disk (docs/benchmarks.md).
+    warm_page_cache_early: bool = False
     warm_dentries: bool = True
     # The restored trees' memory collapsed into huge pages again (see hugepages).
     # Off by default until the benchmark has measured it on and off (docs/benchmarks.md).
@@ -332,6 +341,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         image_checksum=images.get("checksum", Config.image_checksum),
         pre_dump=images.get("pre_dump", Config.pre_dump),
         warm_page_cache=warm.get("page_cache", Config.warm_page_cache),
+        warm_page_cache_early=warm.get("page_cache_early", Config.warm_page_cache_early),
         warm_dentries=warm.get("dentries", Config.warm_dentries),
         warm_huge_pages=warm.get("huge_pages", Config.warm_huge_pages),
         unit_warm_paths=tuple(sorted((u, tuple(ps)) for u, ps in warm_paths.items() if ps)),

@@ -392,6 +392,8 @@ class PagesCheck:
             self.problem = _checksum_problem(imagesums.mismatches(images, expected, imagesums.PAGES))
         except OSError as e:
             self.problem = f"images unreadable: {e}"
+        except Exception as e:  # a verdict always, or CRIU's post-restore action waits it out
+            self.problem = f"the pages' check failed: {type(e).__name__}: {e}"
         self.seconds = round(time.monotonic() - t0, 3)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("ok\n" if self.problem is None else f"bad: {self.problem}\n")

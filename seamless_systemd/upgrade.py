@@ -591,6 +591,7 @@ def arm(cfg: Config, kernel: str | None = None, trial: bool = True) -> state.Gen
                 # What the new boot reads before it is needed (see warm).
                 "warm": {
                     "page_cache": cfg.warm_page_cache,
+                    "page_cache_early": cfg.warm_page_cache_early,
                     "dentries": cfg.warm_dentries,
                     "huge_pages": cfg.warm_huge_pages,
                     "paths": {u.unit: list(cfg.warm_paths(u.unit)) for u in plan.units},

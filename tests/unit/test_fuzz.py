@@ -96,6 +96,7 @@ def _check(root: Path, out: Path, before: set[str], complete: set[str], manifest
         if top.endswith(".service.d") and top[: -len(".d")] not in (
             "seamless-restore-finish.service",
             "seamless-warm.service",
+            "seamless-restore.service",
         ):
             unit = top[: -len(".d")]
             assert unit in named and unit in complete, f"a drop-in for {unit!r}, which has no complete images"
@@ -105,8 +106,14 @@ def _check(root: Path, out: Path, before: set[str], complete: set[str], manifest
         elif top.endswith(".socket.d"):
             assert generator._SOCKET_RE.match(top[: -len(".d")])
         else:
-            assert top in ("seamless-restore-finish.service.d", "seamless-warm.service.d"), rel
+            assert top in (
+                "seamless-restore-finish.service.d",
+                "seamless-warm.service.d",
+                "seamless-restore.service.d",
+            ), rel
             for line in path.read_text().splitlines():
+                if line.startswith("TimeoutStartSec="):
+                    assert 0 < int(line.split("=", 1)[1].removesuffix("s")) <= 86400, line
                 if line.startswith(("Wants=", "After=")):
                     assert generator._UNIT_RE.match(line.split("=", 1)[1]), line
 

@@ -147,7 +147,24 @@ def test_restore_drop_in_has_the_manifests_restore_timeout(
     mpath = root / "run/seamless/pmem" / GEN / "manifest.json"
     mpath.write_text(json.dumps({**json.loads(mpath.read_text()), "restore_timeout": value}))
     run_generator(root, tmp_path / "out", f"{BASE} seamless.restore={GEN}")
-    text = (tmp_path / "out/db.service.d/50-seamless-restore.conf").read_text()
-    assert [ln for ln in text.splitlines() if ln.startswith("TimeoutStartSec=")] == [
-        f"TimeoutStartSec={expected}"
-    ]
+    # The images' check before the restores has the same limit: a boot never waits on it for ever.
+    for conf in ("db.service.d/50-seamless-restore.conf", "seamless-restore.service.d/50-timeout.conf"):
+        text = (tmp_path / "out" / conf).read_text()
+        assert [ln for ln in text.splitlines() if ln.startswith("TimeoutStartSec=")] == [
+            f"TimeoutStartSec={expected}"
+        ], conf
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_the_page_cache_is_read_back_after_the_restores_or_beside_them(tmp_path: Path, early: bool) -> None:
+    """warm.page_cache_early drops the ordering of seamless-warm.service after the restored units."""
+    root = tmp_path / "root"
+    images(root, {"db.service": True, "web.service": True})
+    mpath = root / "run/seamless/pmem" / GEN / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    mpath.write_text(json.dumps({**manifest, "warm": {"page_cache": True, "page_cache_early": early}}))
+    run_generator(root, tmp_path / "out", f"{BASE} seamless.restore={GEN}")
+    text = (tmp_path / "out/seamless-warm.service.d/50-units.conf").read_text()
+    after = sorted(ln for ln in text.splitlines() if ln.startswith("After="))
+    assert after == ([] if early else ["After=db.service", "After=web.service"])
+    assert (tmp_path / "out/sysinit.target.wants/seamless-warm.service").is_symlink()

@@ -26,6 +26,20 @@ from tests.vm import vm
 FAULT_ROWS: dict[str, tuple[str, str, str]] = {}
 
 
+# The scenarios some test failed on: id -> (scenario, the failed tests' ids), for the run's last lines.
+FAILED_RUNS: dict[int, tuple[vm.Scenario, list[str]]] = {}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """A short account of each failed VM run, last: CI keeps the end of the output when it cuts the middle."""
+    for sc, nodeids in FAILED_RUNS.values():
+        terminalreporter.section("where the failed VM run got to", sep="-")
+        terminalreporter.write_line("failed: " + ", ".join(n.split("::")[-1] for n in nodeids))
+        terminalreporter.write_line(sc.timeline())
+        terminalreporter.write_line(sc.console_tail(12))
+
+
 # test module -> seconds of its tests, set-up (the image, the VM run) included
 MODULE_SECONDS: dict[str, float] = {}
 
@@ -61,6 +75,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         for value in getattr(item, "funcargs", {}).values():
             if isinstance(value, vm.Scenario):
                 rep.sections.append(("what the guest said", guest_story(value)))
+                FAILED_RUNS.setdefault(id(value), (value, []))[1].append(item.nodeid)
     mark = item.get_closest_marker("fault")
     if mark is None or (rep.when != "call" and rep.passed):
         return
@@ -142,5 +157,8 @@ def need(sc: vm.Scenario, event: str) -> dict[str, Any]:
     data = sc.get(event)
     if data is None:
         errors = [e.data for e in sc.events if e.name in ("error", "timeout")]
-        pytest.fail(f"the guest never reported '{event}' (errors: {errors})\n{sc.console_tail()}")
+        pytest.fail(
+            f"the guest never reported '{event}' (errors: {errors})\n"
+            f"what the host saw, in order:\n{sc.timeline()}\n{sc.console_tail()}"
+        )
     return data

@@ -95,13 +95,31 @@ class Scenario:
                 return e.at
         return None
 
-    def console_tail(self, lines: int = 80) -> str:
+    def console_tail(self, lines: int = 40) -> str:
+        """The last LINES non-blank lines of the last console (where a run stops), then the others' names."""
         out = []
-        for c in self.consoles:
-            text = c.read_text(errors="replace").splitlines() if c.exists() else []
+        for n, c in enumerate(reversed(self.consoles)):
+            if not c.exists():
+                continue
+            if n:
+                out.append(f"--- (earlier) {c}")
+                continue
+            text = [line for line in c.read_text(errors="replace").splitlines() if line.strip()]
             out.append(f"--- {c} (last {lines} lines)")
             out += text[-lines:]
         return "\n".join(out)
+
+    def timeline(self) -> str:
+        """One line per event the host saw, in order: how far the guest got."""
+        t0 = self.events[0].at if self.events else 0.0
+        out = []
+        for e in self.events:
+            if e.name == "debug":
+                continue
+            keys = ("kernel", "phase", "error", "line", "rc", "when")
+            brief = {k: e.data[k] for k in keys if k in e.data} if isinstance(e.data, dict) else {}
+            out.append(f"  +{e.at - t0:7.1f} s  {e.name} {json.dumps(brief)[:160] if brief else ''}".rstrip())
+        return "\n".join(out) or "  (no events)"
 
 
 # The guest's chat service (tests/vm/guest/chat.py) is reachable from the host
@@ -115,6 +133,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _network(console: Path, fwd: str | None) -> list[str]:
+    """QEMU's user-mode network; with SEAMLESS_QEMU_PCAP=1 every frame also goes to CONSOLE's .pcap."""
+    if fwd is None:
+        return ["-nic", "none"]
+    if os.environ.get("SEAMLESS_QEMU_PCAP") != "1":
+        return ["-nic", f"user,model=virtio-net-pci{fwd}"]
+    pcap = console.with_suffix(".pcap")
+    return [
+        "-netdev",
+        f"user,id=net0{fwd}",
+        "-device",
+        "virtio-net-pci,netdev=net0",
+        "-object",
+        f"filter-dump,id=dump0,netdev=net0,file={pcap}",
+    ]
 
 
 def qemu_argv(
@@ -132,38 +167,42 @@ def qemu_argv(
     words = ("root=/dev/vda rw console=ttyS0", machine.memmap, machine.panic, append)
     cmdline = " ".join(w for w in words if w)
     fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in (forwards or {}).items())
-    return [
-        "qemu-system-x86_64",
-        "-accel",
-        "tcg",
-        "-cpu",
-        machine.cpu,
-        "-smp",
-        "2",
-        "-m",
-        machine.memory,
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-serial",
-        f"file:{console}",
-        "-nic",
-        f"user,model=virtio-net-pci{fwd}" if forwards else "none",
-        "-no-reboot",
-        "-drive",
-        f"file={img.disk},format=raw,if=virtio,cache=unsafe",
-    ] + (
-        []
-        if machine.boot_loader
-        else [
-            "-kernel",
-            str(img.kernel_b if kernel_b else img.kernel_a),
-            "-initrd",
-            str(img.initrd_b if kernel_b else img.initrd_a),
-            "-append",
-            cmdline,
+    return (
+        [
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-cpu",
+            machine.cpu,
+            "-smp",
+            "2",
+            "-m",
+            machine.memory,
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            f"file:{console}",
         ]
+        + _network(console, fwd if forwards else None)
+        + [
+            "-no-reboot",
+            "-drive",
+            f"file={img.disk},format=raw,if=virtio,cache=unsafe",
+        ]
+        + (
+            []
+            if machine.boot_loader
+            else [
+                "-kernel",
+                str(img.kernel_b if kernel_b else img.kernel_a),
+                "-initrd",
+                str(img.initrd_b if kernel_b else img.initrd_a),
+                "-append",
+                cmdline,
+            ]
+        )
     )
 
 

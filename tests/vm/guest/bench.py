@@ -16,6 +16,7 @@ prober (tests/vm/bench.py) sees it answer ("bench-ready"), then the switch
   b-nopre   (b) with images.pre_dump: false: the whole memory written in the freeze
   b-nowarm  (b) with warm.page_cache and warm.dentries off
   b-thp     (b) with warm.huge_pages on: the restored memory collapsed into huge pages again
+  b-warm-early  (b) with warm.page_cache_early: the page cache read back during the restore
   b-lazy    (b) with lazy_restore: the memory served from the images as the service
             touches it (with the pre-dump rounds, only what changed since the last
             round: CRIU 4.1.1 restores the pages a final dump left to its parent eagerly)
@@ -58,6 +59,7 @@ SCENARIO_CONFIG = {
     "b-nopre": "images: {pre_dump: false}\n",
     "b-nowarm": "warm: {page_cache: false, dentries: false}\n",
     "b-thp": "warm: {huge_pages: true}\n",
+    "b-warm-early": "warm: {page_cache_early: true}\n",
     "b-lazy": "lazy_restore: true\n",
     "b-lazy-nopre": "lazy_restore: true\nimages: {pre_dump: false}\n",
     "c": "pmem: {mode: disk}\n",
