@@ -26,7 +26,7 @@ PORTS = ("7777", "7778", "7779")
 
 @pytest.fixture(scope="module")
 def power() -> vm.Scenario:
-    return vm.run_scenario(scenario_image("power"), vmimage.BUILD / "vm" / "power")
+    return vm.run_scenario(scenario_image("power"), vmimage.BUILD / "vm" / "power", vm.POWER)
 
 
 def cuts(sc: vm.Scenario) -> list[dict[str, Any]]:

@@ -69,6 +69,9 @@ TRIXIE_MACHINE = Machine(cpu="max,cx16=off")
 # The faults scenario: no panic= of the machine's own, so that the new kernel
 # that panics reboots by the panic= the upgrade put on its command line.
 FAULTS = Machine(panic="")
+# The power scenario: each QEMU run (one upgrade, cut or not) took 1.5 to 3 min
+# here; a run that hangs fails after 15 min, not 25 (CI's whole run has 90).
+POWER = Machine(timeout=900)
 
 
 @dataclasses.dataclass
