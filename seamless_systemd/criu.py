@@ -508,6 +508,7 @@ def restore(
     sysv_shm: bool = False,
     lazy: bool = False,
     gate: Path | None = None,
+    tcp_scales: Path | None = None,
 ) -> int | None:
     """Restore the tree from IMAGES, detached; its root's PID goes to PIDFILE.
 
@@ -523,6 +524,10 @@ def restore(
 
     GATE: a file the tree waits for before it runs (CRIU's post-restore
     action): "ok" lets it run, anything else makes the restore fail.
+
+    TCP_SCALES: before the tree runs, its TCP connections get back the window
+    scales CRIU did not restore (netlock.repair_window_scales); the ones fixed
+    are listed (JSON) in this file.
     """
     argv = [
         CRIU,
@@ -542,6 +547,9 @@ def restore(
             env.update(sandbox.remount_env(remount))
     if gate is not None:
         env["SEAMLESS_PAGES_VERDICT"] = str(gate)
+    if tcp_scales is not None:
+        tcp_scales.unlink(missing_ok=True)
+        env["SEAMLESS_TCP_SCALES"] = str(tcp_scales)
     if env:  # one action script does both (CRIU runs each one given at every action)
         argv += ["--action-script", sandbox.ACTION_SCRIPT]
     for fd, what in inherit:

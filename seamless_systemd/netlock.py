@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import shutil
 import socket
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from seamless_systemd import procs, sockets
@@ -131,17 +134,21 @@ def _is_local(ip: str) -> bool:
 # sends a window probe (an ACK for what it has): three in a row are three
 # duplicate ACKs, and a peer whose stack counts them (BSD-derived stacks such
 # as QEMU's user network) retransmits at once (fast retransmit) instead of at
-# its next timeout. A Linux peer drops them as old segments and is unharmed.
-NUDGES = 3
+# its next timeout. A duplicate ACK must carry the window the peer knows:
+# the first probe may still update it (see repair_window_scales), so four.
+# A Linux peer drops them as old segments and is unharmed.
+NUDGES = 4
 TCP_REPAIR = 19
 _SYS_PIDFD_GETFD = 438
 
 
-def nudge(pids: Iterable[int], conns: Iterable[Conn]) -> int:
-    """Send window probes on the restored trees' sockets of CONNS; how many sockets were nudged."""
-    wanted = {(str(c[0]), int(str(c[1])), str(c[2]), int(str(c[3]))) for c in conns}
-    if not wanted:
-        return 0
+def _tree_sockets(
+    pids: Iterable[int], wanted: set[tuple[str, int, str, int]] | None
+) -> Iterator[tuple[Any, int]]:
+    """Each established TCP socket of the processes PIDS (of WANTED, or all), as our own copy of its fd.
+
+    The copy (pidfd_getfd) is closed once the caller goes on to the next one.
+    """
     by_inode = {ino: s for ino, s in sockets.inet_sockets().items() if s.established}
     libc = ctypes.CDLL(None, use_errno=True)
     done: set[int] = set()
@@ -154,23 +161,104 @@ def nudge(pids: Iterable[int], conns: Iterable[Conn]) -> int:
             for fd, target in procs.fds(pid).items():
                 ino = procs.socket_inode(target)
                 sock = by_inode.get(ino) if ino is not None else None
-                if ino is None or sock is None or ino in done or sock.connection() not in wanted:
+                if ino is None or sock is None or ino in done:
+                    continue
+                if wanted is not None and sock.connection() not in wanted:
                     continue
                 mine = libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
                 if mine < 0:
                     continue
+                done.add(ino)
                 try:
-                    for _ in range(NUDGES):
-                        _setsockopt(libc, mine, TCP_REPAIR, 1)
-                        _setsockopt(libc, mine, TCP_REPAIR, 0)
-                    done.add(ino)
-                except OSError as e:
-                    log.debug("No window probe on %s: %s", sock.connection(), e)
+                    yield sock, mine
                 finally:
                     os.close(mine)
         finally:
             os.close(pidfd)
-    return len(done)
+
+
+def nudge(pids: Iterable[int], conns: Iterable[Conn]) -> int:
+    """Send window probes on the restored trees' sockets of CONNS; how many sockets were nudged."""
+    wanted = {(str(c[0]), int(str(c[1])), str(c[2]), int(str(c[3]))) for c in conns}
+    if not wanted:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    nudged = 0
+    for sock, fd in _tree_sockets(pids, wanted):
+        try:
+            for _ in range(NUDGES):
+                _setsockopt(libc, fd, TCP_REPAIR, 1)
+                _setsockopt(libc, fd, TCP_REPAIR, 0)
+            nudged += 1
+        except OSError as e:
+            log.debug("No window probe on %s: %s", sock.connection(), e)
+    return nudged
+
+
+# A connection whose ends never agreed on window scaling (RFC 7323; QEMU's user
+# network, slirp4netns and other small stacks do not offer it) is restored by
+# CRIU 4.1.1 with the receive window scale the kernel picks for a new
+# connection (CRIU sets the scales only when the dump had them): the restored
+# end then shifts its window right by up to 14 bits before advertising it to
+# a peer that does not shift it back, e.g. 64236 bytes sent as 4. The peer may
+# then send only a few bytes per round trip, and the window probes above no
+# longer count as duplicate ACKs (their window differs). Before the restored
+# tree resumes (CRIU's post-restore action), such a socket is given the scales
+# it had, none: TCP repair's window option with 0 and 0.
+TCP_INFO = 11
+TCP_REPAIR_OPTIONS = 22
+TCP_REPAIR_OFF_NO_WP = -1
+TCPOPT_WINDOW = 3
+TCPI_OPT_WSCALE = 4
+
+
+def window_scales(info: bytes) -> tuple[bool, int, int]:
+    """From struct tcp_info: whether scaling was agreed, the send and the receive scale."""
+    if len(info) < 7:
+        raise ValueError(f"tcp_info of {len(info)} bytes")
+    return bool(info[5] & TCPI_OPT_WSCALE), info[6] & 0x0F, info[6] >> 4
+
+
+def repair_window_scales(pids: Iterable[int]) -> list[str]:
+    """Give the established sockets of PIDS that never agreed on scaling their scales, none (above).
+
+    Returns their connections ("LOCAL LPORT REMOTE RPORT").
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    fixed = []
+    for sock, fd in _tree_sockets(pids, None):
+        with socket.socket(fileno=os.dup(fd)) as s:
+            # tcp_info shows the scales only when they were agreed: the one the
+            # kernel picked is hidden, so every connection without scaling gets 0 and 0.
+            agreed, _, _ = window_scales(s.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 104))
+        if agreed:
+            continue
+        try:
+            _setsockopt(libc, fd, TCP_REPAIR, 1)
+            try:
+                opt = (ctypes.c_uint32 * 2)(TCPOPT_WINDOW, 0)  # struct tcp_repair_opt: code, snd | rcv << 16
+                if libc.setsockopt(fd, socket.IPPROTO_TCP, TCP_REPAIR_OPTIONS, opt, ctypes.sizeof(opt)) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                _setsockopt(libc, fd, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+            fixed.append(" ".join(map(str, sock.connection())))
+        except OSError as e:
+            log.warning("Could not give %s its window scale back: %s", sock.connection(), e)
+    return fixed
+
+
+def repair_main() -> int:
+    """criu-action at post-restore: repair_window_scales for CRTOOLS_INIT_PID's tree; what was fixed to
+    SEAMLESS_TCP_SCALES (a file restore-unit reads). Never fails the restore."""
+    pid, out = os.environ.get("CRTOOLS_INIT_PID", ""), os.environ.get("SEAMLESS_TCP_SCALES", "")
+    try:
+        fixed = repair_window_scales(procs.tree(int(pid))) if pid.isdigit() else []
+        if out:
+            Path(out).write_text(json.dumps(fixed) + "\n")
+    except (OSError, ValueError) as e:
+        print(f"seamless criu-action: TCP window scales not checked: {e}", file=sys.stderr)
+    return 0
 
 
 def _setsockopt(libc: Any, fd: int, option: int, value: int) -> None:

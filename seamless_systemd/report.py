@@ -46,6 +46,11 @@ def build(gen: state.Generation) -> dict[str, Any]:
             "page_cache_bytes": (dump.get("page_cache") or {}).get("bytes"),
             # The host's run-time mounts its namespace showed, left out (sandbox.runtime_mounts).
             "skipped_mounts": dump.get("skipped_mounts") or [],
+            # TCP: connections given their window scales back, peers asked to retransmit (netlock).
+            "tcp": {
+                "window_scales_repaired": rest.get("tcp_window_scales_repaired") or [],
+                "peers_nudged": rest.get("tcp_peers_nudged"),
+            },
             "seconds": {
                 "checkpoint": _span(dump.get("started_at"), dump.get("dumped_at")),
                 "restore": _span(rest.get("started_at"), rest.get("finished_at")),

@@ -468,6 +468,7 @@ def restore_unit(unit: str) -> int:
         cgroup_options = host_cgroup2_options() if root is not None else ""
         segments = dump.get("sysv_shm", [])
         made += sysv.recreate(segments)
+        scales = state.RESTORE_DIR / f"{unit}.tcp-scales.json" if dump.get("tcp_established") else None
         try:
             with _keep_socket_files([str(path) for _, path in listen]):
                 lazy_server = criu.restore(
@@ -483,8 +484,11 @@ def restore_unit(unit: str) -> int:
                     sysv_shm=bool(segments),
                     lazy=_lazy(gen),
                     gate=pages.path if pages is not None else None,
+                    tcp_scales=scales,
                 )
             record["lazy_pages_server"] = lazy_server
+            if scales is not None and scales.exists():
+                record["tcp_window_scales_repaired"] = state.read_json(scales)
             if pages is not None and pages.result() is not None:  # CRIU waits for it: not reached
                 sandbox.kill_tree(int(pidfile.read_text().strip()))
                 raise RestoreError(str(pages.result()))
