@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -178,7 +179,11 @@ def _tree_sockets(
 
 
 def nudge(pids: Iterable[int], conns: Iterable[Conn]) -> int:
-    """Send window probes on the restored trees' sockets of CONNS; how many sockets were nudged."""
+    """Ask the peers of the restored trees' connections CONNS to retransmit now; how many were asked.
+
+    Window probes for a BSD-derived peer (above), and "host unreachable" for a
+    Linux one (unreachable_for).
+    """
     wanted = {(str(c[0]), int(str(c[1])), str(c[2]), int(str(c[3]))) for c in conns}
     if not wanted:
         return 0
@@ -186,13 +191,87 @@ def nudge(pids: Iterable[int], conns: Iterable[Conn]) -> int:
     nudged = 0
     for sock, fd in _tree_sockets(pids, wanted):
         try:
-            for _ in range(NUDGES):
+            _setsockopt(libc, fd, TCP_REPAIR, 1)
+            _setsockopt(libc, fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
+            peer_una = _getsockopt_u32(libc, fd, TCP_QUEUE_SEQ)
+            _setsockopt(libc, fd, TCP_REPAIR, 0)
+            for _ in range(NUDGES - 1):
                 _setsockopt(libc, fd, TCP_REPAIR, 1)
                 _setsockopt(libc, fd, TCP_REPAIR, 0)
+            local, lport, remote, rport = sock.connection()
+            send_unreachable(local, lport, remote, rport, peer_una)
             nudged += 1
         except OSError as e:
-            log.debug("No window probe on %s: %s", sock.connection(), e)
+            log.debug("Could not nudge the peer of %s: %s", sock.connection(), e)
     return nudged
+
+
+# A Linux peer in retransmission backoff takes no notice of duplicate ACKs
+# (it is in its Loss state), but it does of ICMP "host unreachable" for the
+# segment it keeps retransmitting (RFC 6069, Linux's tcp_ld_RTO_revert): each
+# one undoes one doubling of its timeout and, once the time since its last
+# try exceeds the shorter timeout, it retransmits at once. One message per
+# doubling (at most 15, tcp_retries2's default) brings it back from any
+# backoff. The error it also records is a soft one, as when a router on the
+# path sent it during an outage: the connection goes on. A stack that ignores
+# such messages (QEMU's user network) is unharmed.
+UNREACHABLES = 15
+TCP_REPAIR_QUEUE = 20
+TCP_QUEUE_SEQ = 21
+TCP_RECV_QUEUE = 1
+
+
+def _inet_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def unreachable_for(local: str, lport: int, remote: str, rport: int, peer_una: int) -> tuple[int, bytes]:
+    """(address family, ICMP message) saying "host unreachable" about the peer's segment at PEER_UNA.
+
+    The message quotes the segment's IP header and first 8 TCP bytes as the
+    peer sent it (from REMOTE:RPORT to LOCAL:LPORT), which is how the peer's
+    kernel finds the connection and the segment.
+    """
+    local, remote = _plain(local), _plain(remote)
+    tcp8 = struct.pack("!HHI", rport, lport, peer_una)
+    if ":" not in remote:
+        ip = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, socket.IPPROTO_TCP, 0,
+            socket.inet_aton(remote), socket.inet_aton(local),
+        )  # fmt: skip
+        ip = ip[:10] + struct.pack("!H", _inet_checksum(ip)) + ip[12:]
+        body = struct.pack("!BBHI", 3, 1, 0, 0) + ip + tcp8  # destination unreachable: host
+        return socket.AF_INET, body[:2] + struct.pack("!H", _inet_checksum(body)) + body[4:]
+    ip6 = struct.pack(
+        "!IHBB16s16s", 6 << 28, 20, socket.IPPROTO_TCP, 64,
+        socket.inet_pton(socket.AF_INET6, remote), socket.inet_pton(socket.AF_INET6, local),
+    )  # fmt: skip
+    # Destination unreachable: no route (the code Linux reverts on); the kernel sums ICMPv6.
+    return socket.AF_INET6, struct.pack("!BBHI", 1, 0, 0, 0) + ip6 + tcp8
+
+
+def send_unreachable(local: str, lport: int, remote: str, rport: int, peer_una: int) -> None:
+    """UNREACHABLES "host unreachable" messages from LOCAL to REMOTE about its segment at PEER_UNA."""
+    family, message = unreachable_for(local, lport, remote, rport, peer_una)
+    proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
+    with socket.socket(family, socket.SOCK_RAW, proto) as s:
+        s.bind((_plain(local), 0))
+        for _ in range(UNREACHABLES):
+            s.sendto(message, (_plain(remote), 0))
+
+
+def _getsockopt_u32(libc: Any, fd: int, option: int) -> int:
+    val = ctypes.c_uint32(0)
+    size = ctypes.c_uint32(ctypes.sizeof(val))
+    if libc.getsockopt(fd, socket.IPPROTO_TCP, option, ctypes.byref(val), ctypes.byref(size)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(val.value)
 
 
 # A connection whose ends never agreed on window scaling (RFC 7323; QEMU's user
