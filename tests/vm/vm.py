@@ -184,7 +184,10 @@ def qemu_argv(
             "-display",
             "none",
             "-monitor",
-            "none",
+            # SEAMLESS_QEMU_MONITOR=PATH: QEMU's human monitor on a unix socket (e.g. 'info jit').
+            f"unix:{os.environ['SEAMLESS_QEMU_MONITOR']},server=on,wait=off"
+            if os.environ.get("SEAMLESS_QEMU_MONITOR")
+            else "none",
             "-serial",
             f"file:{console}",
         ]
