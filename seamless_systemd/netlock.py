@@ -315,10 +315,8 @@ def repair_window_scales(pids: Iterable[int]) -> list[str]:
         try:
             _setsockopt(libc, fd, TCP_REPAIR, 1)
             try:
-                opt = (ctypes.c_uint32 * 2)(TCPOPT_WINDOW, 0)  # struct tcp_repair_opt: code, snd | rcv << 16
-                if libc.setsockopt(fd, socket.IPPROTO_TCP, TCP_REPAIR_OPTIONS, opt, ctypes.sizeof(opt)) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
+                # struct tcp_repair_opt: code, snd | rcv << 16
+                _setsockopt(libc, fd, TCP_REPAIR_OPTIONS, (ctypes.c_uint32 * 2)(TCPOPT_WINDOW, 0))
             finally:
                 _setsockopt(libc, fd, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
             fixed.append(" ".join(map(str, sock.connection())))
@@ -340,8 +338,9 @@ def repair_main() -> int:
     return 0
 
 
-def _setsockopt(libc: Any, fd: int, option: int, value: int) -> None:
-    val = ctypes.c_int(value)
+def _setsockopt(libc: Any, fd: int, option: int, value: Any) -> None:
+    """TCP option OPTION of our fd FD: VALUE, an int or a ctypes structure."""
+    val = ctypes.c_int(value) if isinstance(value, int) else value
     if libc.setsockopt(fd, socket.IPPROTO_TCP, option, ctypes.byref(val), ctypes.sizeof(val)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
