@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import mmap
 import os
 import zlib
 from collections.abc import Callable
@@ -35,17 +36,24 @@ PIECE = 4 << 20
 
 
 def _piece_sum(fd: int, offset: int, length: int, algorithm: str) -> str:
+    """ALGORITHM of LENGTH bytes of FD from OFFSET (fewer where the file ends), as hex.
+
+    The bytes are hashed where they lie, through a read-only mapping, not
+    copied out with read(): on the images' DAX file system that is the
+    memory itself. Under TCG the copy cost more than the crc32 did (128 MiB
+    on one CPU: 0.51 s read and hashed, 0.23 s mapped; docs/benchmarks.md).
+    """
     crc, h = 0, None if algorithm == "crc32" else hashlib.new(algorithm)
-    done = 0
-    while done < length:
-        chunk = os.pread(fd, min(1 << 20, length - done), offset + done)
-        if not chunk:
-            break
-        if h is None:
-            crc = zlib.crc32(chunk, crc)
-        else:
-            h.update(chunk)
-        done += len(chunk)
+    length = max(0, min(length, os.fstat(fd).st_size - offset))
+    if length:
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        with mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ, offset=offset) as m, memoryview(m) as view:
+            for pos in range(0, length, 1 << 20):
+                with view[pos : pos + (1 << 20)] as chunk:
+                    if h is None:
+                        crc = zlib.crc32(chunk, crc)
+                    else:
+                        h.update(chunk)
     return f"{crc:08x}" if h is None else h.hexdigest()
 
 

@@ -181,3 +181,25 @@ def test_holes_the_file_system_does_not_show_mean_every_piece_is_read(
     sums = imagesums.sums(img, "crc32", known=noted)
     assert sums["hashed_bytes"] == 4 * PIECE
     assert imagesums.mismatches(img, sums) == []
+
+
+@pytest.mark.parametrize("algorithm", ["crc32", "sha256"])
+def test_pieces_are_the_bytes_read(tmp_path: Path, algorithm: str) -> None:
+    """Mapped, not read: the same checksums as the bytes read, holes, a short last piece and empty files too."""
+    f = tmp_path / "pages-2.img"
+    with open(f, "wb") as out:
+        out.write(os.urandom(PIECE // 2))
+        out.seek(PIECE + 4096)  # a hole across a piece's end
+        out.write(os.urandom(12345))
+    (tmp_path / "empty.img").write_bytes(b"")
+    got = imagesums.sums(tmp_path, algorithm)["files"]
+    data = f.read_bytes()
+    pieces = [data[i : i + PIECE] for i in range(0, len(data), PIECE)]
+
+    def digest(b: bytes) -> str:
+        return f"{zlib.crc32(b):08x}" if algorithm == "crc32" else hashlib.sha256(b).hexdigest()
+
+    assert got["pages-2.img"] == [digest(p) for p in pieces] and len(pieces) == 2
+    assert got["empty.img"] == []
+    assert imagesums.whole_file(f, algorithm) == digest(data)
+    assert imagesums.whole_file(tmp_path / "empty.img", algorithm) == digest(b"")

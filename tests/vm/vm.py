@@ -174,7 +174,8 @@ def qemu_argv(
         [
             "qemu-system-x86_64",
             "-accel",
-            "tcg",
+            # SEAMLESS_QEMU_ACCEL: e.g. tcg,tb-size=64 (MiB of translated code kept; docs/benchmarks.md).
+            os.environ.get("SEAMLESS_QEMU_ACCEL") or "tcg",
             "-cpu",
             machine.cpu,
             "-smp",
