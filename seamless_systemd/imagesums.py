@@ -47,7 +47,10 @@ def _piece_sum(fd: int, offset: int, length: int, algorithm: str) -> str:
     length = max(0, min(length, os.fstat(fd).st_size - offset))
     if length:
         flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        with mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ, offset=offset) as m, memoryview(m) as view:
+        with (
+            mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ, offset=offset) as m,
+            memoryview(m) as view,
+        ):
             for pos in range(0, length, 1 << 20):
                 with view[pos : pos + (1 << 20)] as chunk:
                     if h is None:
