@@ -185,7 +185,7 @@ def test_holes_the_file_system_does_not_show_mean_every_piece_is_read(
 
 @pytest.mark.parametrize("algorithm", ["crc32", "sha256"])
 def test_pieces_are_the_bytes_read(tmp_path: Path, algorithm: str) -> None:
-    """Mapped, not read: the same checksums as the bytes read, holes, a short last piece and empty files too."""
+    """Mapped, not read: the checksums of the bytes read, with holes, a short last piece, empty files."""
     f = tmp_path / "pages-2.img"
     with open(f, "wb") as out:
         out.write(os.urandom(PIECE // 2))
