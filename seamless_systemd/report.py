@@ -70,6 +70,8 @@ def build(gen: state.Generation) -> dict[str, Any]:
                 "checkpoint_started": dump.get("started_at"),
                 "dumped": dump.get("dumped_at"),
                 "checkpoint_finished": dump.get("finished_at"),
+                # restore-unit's process started (Python and its imports before restore_started).
+                "restore_exec": rest.get("exec_at"),
                 "restore_started": rest.get("started_at"),
                 "restore_finished": rest.get("finished_at"),
             },
@@ -98,6 +100,9 @@ def build(gen: state.Generation) -> dict[str, Any]:
             "armed": manifest.get("armed_at"),
             "kexec_requested": manifest.get("kexec_requested_at"),
             "kernel_started": kstart,
+            # seamless-restore.service: its process started, its work started, the images checked.
+            "prepare_exec": boot.get("prepare_exec_at"),
+            "prepare_started": boot.get("prepare_started_at"),
             "images_checked": boot.get("prepare_finished_at"),
             "finished": boot.get("finished_at"),
         },

@@ -68,6 +68,12 @@ def kernel_started_at() -> float:
     return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+def process_started_at() -> float:
+    """Wall-clock time this process was started: Python's start and its imports come after it."""
+    after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return kernel_started_at() + int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+
+
 def _verdict_path(unit: str) -> Path:
     return state.RESTORE_DIR / f"{unit}.verdict"
 
@@ -167,6 +173,7 @@ def prepare() -> int:
     state.update_json(
         gen.boot,
         kernel_started_at=kernel_started_at(),
+        prepare_exec_at=process_started_at(),
         prepare_started_at=time.time(),
         kernel=os.uname().release,
     )
@@ -415,7 +422,7 @@ def restore_unit(unit: str) -> int:
     if verdict is None:
         why = verify_unit(gen, unit)
         verdict = "ok" if why is None else f"bad: {why}"
-    record: dict[str, Any] = {"started_at": started}
+    record: dict[str, Any] = {"exec_at": process_started_at(), "started_at": started}
     made: list[int] = []  # System V segments made for the restore (see sysv)
     conns: list[list[Any]] = []
     if _done_path(unit).exists():

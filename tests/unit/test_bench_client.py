@@ -1,6 +1,6 @@
 """The benchmark's client-side arithmetic (tests/vm/bench.py) on made-up probe logs."""
 
-from tests.vm import bench
+from tests.vm import bench, bench_docs
 
 KEPT = bench.Run(0, "b", 64, token="old", seed=7).ok
 ANY = bench.Run(0, "a", 64).ok
@@ -102,3 +102,26 @@ def test_the_switch_is_what_the_console_shows_not_a_long_freeze() -> None:
     assert bench.back_after_outage(log, since=5, ok=KEPT)  # what the checker used to start on
     assert not bench.back_after_outage(log[: int(19 / 0.01)], since=20 - 1, ok=KEPT)
     assert bench.back_after_outage(log, since=20 - 1, ok=KEPT)
+
+
+def test_the_new_boot_splits_at_the_guests_own_times() -> None:
+    T = 1000.0
+    at = {"kernel_started": T, "prepare_exec": T + 20, "prepare_started": T + 22.5, "images_checked": T + 24}
+    unit = {"at": {"restore_exec": T + 25, "restore_started": T + 27}, "seconds": {"restore": 9.0}}
+    runs = [
+        {"guest": {"at": at, "units": [unit]}},
+        {"guest": {"at": {**at, "prepare_exec": None}, "units": []}},
+    ]
+    steps = bench.boot_steps(runs)
+    assert steps == {
+        "to_prepare": [20.0],
+        "prepare_python": [2.5],
+        "prepare_checks": [1.5, 1.5],  # the second run lacks only the process start
+        "to_restore": [1.0],
+        "restore_python": [2.0],
+    }
+    row = {"scenario": "b", "size_mib": 64, "guest_median": bench.guest_medians(runs)}
+    assert bench_docs.boot_table([row]).splitlines()[-1] == (
+        "| (b) seamless, images in the memmap= reservation | 64 MiB | 20.00 s | 2.50 s | 1.50 s | 1.00 s "
+        "| 2.00 s | 9.00 s |"
+    )

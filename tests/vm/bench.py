@@ -444,8 +444,9 @@ class Bench:
         rep = after.get("report") or {}
         out["guest"] = {
             "seconds": rep.get("seconds"),
+            "at": rep.get("at"),
             "units": [
-                {k: u.get(k) for k in ("unit", "outcome", "image_bytes", "seconds", "lazy")}
+                {k: u.get(k) for k in ("unit", "outcome", "image_bytes", "seconds", "lazy", "at")}
                 for u in rep.get("units", [])
             ],
             "ram": {k: v for k, v in (rep.get("ram") or {}).items() if k not in ("ranges",)},
@@ -597,6 +598,33 @@ def guest_medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     sizes = [u["image_bytes"] / MIB for u in units if u.get("image_bytes")]
     if sizes:
         out["image_mib"] = round(statistics.median(sizes), 1)
+    for key, xs in boot_steps(runs).items():
+        out[key] = statistics.median(xs)
+    return out
+
+
+# The new boot up to the restore, from the guest's clock (its report's "at"): each step from the one before.
+BOOT_STEPS = (
+    ("to_prepare", "kernel_started", "prepare_exec"),  # kernel, initramfs, systemd up to seamless-restore
+    ("prepare_python", "prepare_exec", "prepare_started"),  # its Python started, its imports
+    ("prepare_checks", "prepare_started", "images_checked"),  # the images' checks, the dentries
+    ("to_restore", "images_checked", "restore_exec"),  # systemd starts the unit's restore
+    ("restore_python", "restore_exec", "restore_started"),
+)
+
+
+def boot_steps(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per step of BOOT_STEPS, its seconds in each run whose report has both ends."""
+    out: dict[str, list[float]] = {}
+    for r in runs:
+        g = r.get("guest") or {}
+        at = dict(g.get("at") or {})
+        units = g.get("units") or []
+        if units:
+            at.update((units[0].get("at") or {}).items())
+        for key, start, end in BOOT_STEPS:
+            if at.get(start) and at.get(end):
+                out.setdefault(key, []).append(round(at[end] - at[start], 3))
     return out
 
 
