@@ -359,8 +359,20 @@ def _sandbox_problems(pid: int) -> list[str]:
 NO_NEW_PRIVS_KEPT = (3, 19)
 
 
-# The option of the CRIU patch in packaging/criu/ (see sysv).
+# The options of the CRIU patches in packaging/criu/ (docs/criu-patches.md): System V
+# memory outside the tree's IPC namespace (see sysv), and the pages an incremental
+# dump leaves in its parent images restored lazily too (docs/lazy-restore.md).
 EXT_SYSV_SHM = "--ext-sysv-shm"
+LAZY_PARENT_PAGES = "--lazy-parent-pages"
+
+
+def parent_options() -> list[str]:
+    """Options of a dump or pre-dump that builds on a parent: its pages there may be restored lazily.
+
+    Harmless to a restore that is not lazy (it reads them from the parent as always), so given
+    whenever this CRIU has it.
+    """
+    return [LAZY_PARENT_PAGES] if LAZY_PARENT_PAGES in help_text() else []
 
 
 @functools.cache
@@ -451,7 +463,7 @@ def dump(
         argv.append("--track-mem")
     if parent:
         # Pages not dirtied since PARENT stay there; those written again are punched out of it.
-        argv += ["--prev-images-dir", parent, "--auto-dedup"]
+        argv += ["--prev-images-dir", parent, "--auto-dedup", *parent_options()]
     probe_kernel()
     with sockets.bound_names_linked(facts.main_pid, facts.renamed_sockets):
         try:

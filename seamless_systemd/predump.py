@@ -148,6 +148,7 @@ def rounds(
             "--pre-dump-mode=read",
             # What this round writes again is punched out of the rounds before.
             "--auto-dedup",
+            *criu.parent_options(),
             "--log-file",
             str(log_dir / f"pre-dump-{n}.log"),
             "-v4",

@@ -192,6 +192,8 @@ class HostFacts:
     watchdog: guard.Watchdog | None = None
     # pmem.mode: disk, where the images would go (None: not looked at).
     disk: diskimages.DiskFacts | None = None
+    # CRIU can leave the pre-dump rounds' pages to a lazy restore (criu.LAZY_PARENT_PAGES).
+    criu_lazy_parent: bool = False
 
 
 def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) -> HostFacts:
@@ -210,6 +212,7 @@ def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) ->
         initrd_has_hook=None if listing is None else any("seamless" in p for p in listing),
         kexec_problem=_kexec_supported(),
         criu_installed=shutil.which(criu.CRIU) is not None,
+        criu_lazy_parent=bool(cfg.lazy_restore and criu.parent_options()),
         cmdline_words=tuple(kernels.split_cmdline(Path("/proc/cmdline").read_text())),
         pmem_is_block_device=is_block,
         pmem_size=size,
@@ -366,11 +369,13 @@ def decide(cfg: Config, f: HostFacts) -> Plan:
     )
     problems += kp
     notes += kn
-    if cfg.lazy_restore and cfg.pre_dump:
+    if cfg.lazy_restore and cfg.pre_dump and not f.criu_lazy_parent:
         notes.append(
-            "lazy_restore with pre-dump rounds (images.pre_dump): only the memory written since the last "
-            "round is restored lazily; CRIU restores what the rounds hold before the services run (set "
-            "images.pre_dump: false for a wholly lazy restore, and a longer freeze; docs/lazy-restore.md)"
+            "lazy_restore with pre-dump rounds (images.pre_dump): this CRIU has no "
+            f"{criu.LAZY_PARENT_PAGES}, so only the memory written since the last round is restored "
+            "lazily; it restores what the rounds hold before the services run (build CRIU with "
+            "packaging/criu/0002-lazy-parent-pages.patch, or set images.pre_dump: false for a wholly lazy "
+            "restore and a longer freeze; docs/lazy-restore.md)"
         )
     if cfg.lazy_restore and f.target_config is not None and f.target_config.get("CONFIG_USERFAULTFD") != "y":
         notes.append(

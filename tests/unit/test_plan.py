@@ -355,6 +355,9 @@ def test_lazy_restore_on_a_kernel_without_userfaultfd_is_a_note() -> None:
     assert not any("USERFAULTFD" in n for n in decide(lazy, facts(target_config=with_uffd)).notes)
     # With the pre-dump rounds only the last delta is lazy (CRIU restores the rounds' pages eagerly).
     assert any("only the memory written since the last round" in n for n in plan.notes)
+    # A CRIU with packaging/criu's --lazy-parent-pages leaves the rounds' pages lazy too.
+    patched = decide(lazy, facts(target_config=with_uffd, criu_lazy_parent=True))
+    assert not any("last round" in n for n in patched.notes), patched.notes
     lazy_whole = Config(units=("app.service",), lazy_restore=True, pre_dump=False)
     assert not any("last round" in n for n in decide(lazy_whole, facts(target_config=with_uffd)).notes)
     assert not any("USERFAULTFD" in n for n in decide(CFG, facts()).notes)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from seamless_systemd import imagesums, predump, state
+from seamless_systemd import criu, imagesums, predump, state
 
 
 def varint(n: int) -> bytes:
@@ -87,3 +87,24 @@ def test_rounds_stop_when_the_delta_stops_shrinking(tmp_path: Path, monkeypatch:
     assert rec["parent"] == "pre-2" and rec["pids"] == [100, 101]
     assert argvs[1][argvs[1].index("--prev-images-dir") + 1] == "../pre-1"
     assert "--track-mem" in argvs[0] and "--pre-dump-mode=read" in argvs[0]
+
+
+@pytest.mark.parametrize("patched", [False, True])
+def test_rounds_leave_their_pages_lazy_when_criu_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patched: bool
+) -> None:
+    """--lazy-parent-pages (packaging/criu/0002) on every round built on a parent, if this CRIU has it."""
+    images = tmp_path / "images"
+    (images / "pre-0").mkdir(parents=True)
+    (images / "pre-0" / "pages-1.img").write_bytes(b"x" * (4 << 20))
+    argvs: list[list[str]] = []
+
+    def fake_run(argv: list[str], **_: object) -> None:
+        argvs.append(argv)
+        (Path(argv[argv.index("--images-dir") + 1]) / "pages-1.img").write_bytes(b"y" * (4 << 20))
+
+    monkeypatch.setattr(predump, "run", fake_run)
+    monkeypatch.setattr(criu, "help_text", lambda: "  --lazy-parent-pages\twith ..." if patched else "")
+    predump.rounds(100, (100,), images, tmp_path, timeout=10)
+    assert argvs and all(("--lazy-parent-pages" in a) == patched for a in argvs)
+    assert criu.parent_options() == (["--lazy-parent-pages"] if patched else [])
