@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from seamless_systemd import (
     __version__,
@@ -15,18 +18,40 @@ from seamless_systemd import (
     fallback,
     inflight,
     log,
-    newkernel,
-    progress,
     ram,
     report,
-    reserve,
     restore,
     state,
-    status,
-    timeline,
-    upgrade,
 )
 from seamless_systemd.errors import CommandError, LockedError, PreflightError, SeamlessError
+
+
+def _lazy(name: str) -> ModuleType:
+    """seamless_systemd.NAME, executed when first used.
+
+    restore-prepare and restore-unit run in the downtime of every restore and
+    need none of these; under emulation their imports took most of a second
+    of each start (docs/benchmarks.md).
+    """
+    full = f"seamless_systemd.{name}"
+    if full in sys.modules:
+        return sys.modules[full]
+    spec = importlib.util.find_spec(full)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no module {full}")
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[full] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if TYPE_CHECKING:
+    from seamless_systemd import newkernel, progress, reserve, status, timeline, upgrade
+else:
+    newkernel, progress, reserve, status, timeline, upgrade = map(
+        _lazy, ("newkernel", "progress", "reserve", "status", "timeline", "upgrade")
+    )
 
 
 def _mib(n: int | None) -> str:
