@@ -13,6 +13,9 @@ RUNS = {
     "import seamless_systemd.restore": ["python3", "-c", "import seamless_systemd.restore"],
     "import seamless_systemd.cli": ["python3", "-c", "import seamless_systemd.cli"],
     "seamless-upgrade --version": ["seamless-upgrade", "--version"],
+    # Refused at once (not a restore boot): the whole start of restore-unit's command.
+    "seamless-upgrade restore-unit x": ["seamless-upgrade", "restore-unit", "x.service"],
+    "seamless-upgrade status": ["seamless-upgrade", "status"],
 }
 for name, argv in RUNS.items():
     times = []
