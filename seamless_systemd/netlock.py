@@ -22,6 +22,7 @@ import shutil
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -323,6 +324,48 @@ def repair_window_scales(pids: Iterable[int]) -> list[str]:
         except OSError as e:
             log.warning("Could not give %s its window scale back: %s", sock.connection(), e)
     return fixed
+
+
+class ScalesHelper:
+    """restore-unit's side of the window-scale repair: done in its own process when CRIU's action asks.
+
+    The action (libexec/criu-action, post-restore) writes the restored tree's root PID to
+    PATH.ask and waits for PATH; this thread answers with repair_window_scales' list.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ask = path.with_name(path.name + ".ask")
+        self.error: str | None = None
+        self.answered = False
+        self.ask.unlink(missing_ok=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                pid = self.ask.read_text().strip()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                self.error = str(e)
+                return
+            fixed: list[str] = []
+            try:
+                fixed = repair_window_scales(procs.tree(int(pid))) if pid.isdigit() else []
+            except (OSError, ValueError) as e:
+                self.error = f"TCP window scales not checked: {e}"
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(fixed) + "\n")
+            tmp.rename(self.path)
+            self.answered = True
+            return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def repair_main() -> int:

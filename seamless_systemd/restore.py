@@ -476,6 +476,7 @@ def restore_unit(unit: str) -> int:
         segments = dump.get("sysv_shm", [])
         made += sysv.recreate(segments)
         scales = state.RESTORE_DIR / f"{unit}.tcp-scales.json" if dump.get("tcp_established") else None
+        helper = netlock.ScalesHelper(scales) if scales is not None else None
         try:
             with _keep_socket_files([str(path) for _, path in listen]):
                 lazy_server = criu.restore(
@@ -500,6 +501,10 @@ def restore_unit(unit: str) -> int:
                 sandbox.kill_tree(int(pidfile.read_text().strip()))
                 raise RestoreError(str(pages.result()))
         finally:
+            if helper is not None:
+                helper.stop()
+                if helper.error:
+                    log.warning("%s: %s", unit, helper.error)
             for fd, _ in outside:
                 os.close(fd)
             sandbox.keep_cgroup2_options(cgroup_options)

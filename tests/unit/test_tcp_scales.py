@@ -12,11 +12,14 @@ TCP repair too. This needs root (TCP repair is CAP_NET_ADMIN), as restore-unit h
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +29,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="TCP repair mode needs
 
 TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_REPAIR_WINDOW = 20, 21, 29
 RECV_QUEUE, SEND_QUEUE = 1, 2
+ACTION = Path(__file__).resolve().parents[2] / "libexec" / "criu-action"
 WINDOW = 60000  # what each end advertised before the "dump": fits 16 bits, no scaling needed
 
 
@@ -129,3 +133,26 @@ def test_a_connection_that_agreed_on_scaling_is_left_alone() -> None:
 def test_tcp_info_too_short_is_an_error() -> None:
     with pytest.raises(ValueError):
         netlock.window_scales(b"\x01\x00")
+
+
+def test_criu_action_asks_restore_unit_to_repair(
+    pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    """CRIU's post-restore action has restore-unit's own process repair the tree (ScalesHelper)."""
+    server, client = pair
+    resume(server)
+    out = tmp_path / "unit.tcp-scales.json"
+    helper = netlock.ScalesHelper(out)
+    env = {
+        **os.environ,
+        "CRTOOLS_SCRIPT_ACTION": "post-restore",
+        "CRTOOLS_INIT_PID": str(os.getpid()),
+        "SEAMLESS_TCP_SCALES": str(out),
+    }
+    try:
+        done = subprocess.run(["sh", str(ACTION)], env=env, timeout=60)
+    finally:
+        helper.stop()
+    assert done.returncode == 0 and helper.answered and helper.error is None
+    assert len(json.loads(out.read_text())) == 2
+    assert scales(server) == (True, 0, 0) and window_after_a_request(server, client) > WINDOW // 2
