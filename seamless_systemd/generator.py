@@ -99,6 +99,9 @@ ExecStart=+/usr/bin/seamless-upgrade restore-unit {unit}
 # half-restored tree beside the fresh start.
 TimeoutStartSec={timeout}s
 KillMode=control-group
+# Ahead of the rest of the boot for the CPU while it restores: the ordinary
+# services start beside it. systemd applies this only until the boot is over.
+StartupCPUWeight=1000
 {ident_line}"""
 
 
