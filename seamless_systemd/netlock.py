@@ -352,14 +352,7 @@ class ScalesHelper:
             except OSError as e:
                 self.error = str(e)
                 return
-            fixed: list[str] = []
-            try:
-                fixed = repair_window_scales(procs.tree(int(pid))) if pid.isdigit() else []
-            except (OSError, ValueError) as e:
-                self.error = f"TCP window scales not checked: {e}"
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(fixed) + "\n")
-            tmp.rename(self.path)
+            self.error = repair_tree(pid, self.path)
             self.answered = True
             return
 
@@ -368,16 +361,31 @@ class ScalesHelper:
         self._thread.join()
 
 
-def repair_main() -> int:
-    """criu-action at post-restore: repair_window_scales for CRTOOLS_INIT_PID's tree; what was fixed to
-    SEAMLESS_TCP_SCALES (a file restore-unit reads). Never fails the restore."""
-    pid, out = os.environ.get("CRTOOLS_INIT_PID", ""), os.environ.get("SEAMLESS_TCP_SCALES", "")
+def repair_tree(pid: str, out: Path) -> str | None:
+    """repair_window_scales for the tree of PID (text, from CRIU); what was fixed to OUT as JSON
+    (written whole, then renamed). Why nothing was checked, or None."""
+    fixed: list[str] = []
+    why = None
     try:
         fixed = repair_window_scales(procs.tree(int(pid))) if pid.isdigit() else []
-        if out:
-            Path(out).write_text(json.dumps(fixed) + "\n")
     except (OSError, ValueError) as e:
-        print(f"seamless criu-action: TCP window scales not checked: {e}", file=sys.stderr)
+        why = f"TCP window scales not checked: {e}"
+    try:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(fixed) + "\n")
+        tmp.rename(out)
+    except OSError as e:
+        why = why or f"TCP window scales not recorded: {e}"
+    return why
+
+
+def repair_main() -> int:
+    """criu-action at post-restore: repair_tree for CRTOOLS_INIT_PID, to SEAMLESS_TCP_SCALES (a file
+    restore-unit reads). Never fails the restore."""
+    pid, out = os.environ.get("CRTOOLS_INIT_PID", ""), os.environ.get("SEAMLESS_TCP_SCALES", "")
+    why = repair_tree(pid, Path(out)) if out else None
+    if why:
+        print(f"seamless criu-action: {why}", file=sys.stderr)
     return 0
 
 
