@@ -1,5 +1,11 @@
 """The benchmark's client-side arithmetic (tests/vm/bench.py) on made-up probe logs."""
 
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
 from tests.vm import bench, bench_docs
 
 KEPT = bench.Run(0, "b", 64, token="old", seed=7).ok
@@ -30,11 +36,30 @@ def test_a_short_hiccup_before_the_switch_is_not_the_outage() -> None:
     assert bench.downtime(log, since=5, until=35, ok=KEPT)["seconds"] == 20.01
 
 
+def _guest_state_module() -> Any:
+    path = Path(__file__).resolve().parents[1] / "vm" / "guest" / "bench_state.py"
+    spec = importlib.util.spec_from_file_location("bench_state", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_block_bytes_are_the_services() -> None:
-    # The same derivation as tests/vm/guest/bench_state.py: a block is checkable from seed, index, version.
-    assert bench.block_bytes(7, 3, 1) == bench.block_bytes(7, 3, 1)
+    # The client checks what the guest's service (tests/vm/guest/bench_state.py) made.
+    service = _guest_state_module()
+    for seed, i, v in ((7, 3, 1), (2**32 - 1, 1023, 40), (0, 0, 0)):
+        assert bench.block_bytes(seed, i, v) == service.block_bytes(seed, i, v)
     assert bench.block_bytes(7, 3, 1) != bench.block_bytes(7, 3, 2)
+    assert bench.block_bytes(7, 3, 1) != bench.block_bytes(7, 4, 1)
     assert len(bench.block_bytes(1, 0, 0)) == bench.MIB
+
+
+def test_every_page_of_a_block_is_different() -> None:
+    # A page lost, stale or moved within its block changes the block's digest.
+    block = bench.block_bytes(11, 5, 2)
+    pages = {block[k : k + 4096] for k in range(0, bench.MIB, 4096)}
+    assert len(pages) == bench.MIB // 4096
 
 
 def test_the_state_is_checked_only_once_the_service_is_back_from_the_outage() -> None:
@@ -125,3 +150,20 @@ def test_the_new_boot_splits_at_the_guests_own_times() -> None:
         "| (b) seamless, images in the memmap= reservation | 64 MiB | 20.00 s | 2.50 s | 1.50 s | 1.00 s "
         "| 2.00 s | 9.00 s |"
     )
+
+
+def test_a_scenario_at_one_size_runs_only_there_and_the_command_says_so() -> None:
+    plan = bench.make_plan([64, 1024], "a,b,b-nopre@1024", reps=2)
+    assert [(p["scenario"], p["size"]) for p in plan] == [
+        ("a", 64), ("b", 64), ("a", 64), ("b", 64),
+        ("a", 1024), ("b", 1024), ("b-nopre", 1024), ("a", 1024), ("b", 1024), ("b-nopre", 1024),
+    ]  # fmt: skip
+    command = bench.plan_command(plan)
+    assert command == "python3 -m tests.vm.bench --sizes 64,1024 --scenarios a,b,b-nopre@1024 --reps 2"
+    words = command.split()
+    assert bench.make_plan([64, 1024], words[words.index("--scenarios") + 1], 2) == plan
+
+
+def test_a_scenario_at_a_size_not_run_is_refused() -> None:
+    with pytest.raises(SystemExit, match="256 MiB is not among --sizes 64"):
+        bench.make_plan([64], "a,b@256", reps=1)

@@ -96,9 +96,13 @@ def phases(marks: list[tuple[float, str]], last_before: float, first_after: floa
     return out
 
 
+POOL = (64 << 10) + 8
+
+
 def block_bytes(seed: int, i: int, v: int) -> bytes:
     """What block I at version V of a state with SEED holds (the same as bench_state.py)."""
-    return random.Random(seed * 2**40 + i * 2**20 + v).randbytes(MIB)
+    pool = random.Random(seed * 2**40 + i * 2**20 + v).randbytes(POOL)
+    return (pool * (MIB // POOL + 1))[:MIB]
 
 
 def _request(sock: socket.socket, reader: Any, line: str) -> dict[str, Any]:
@@ -473,6 +477,15 @@ def run_bench(plan: list[dict[str, Any]], out: Path, machine: vm.Machine) -> dic
     # Each run: a switch there and one back, and the state made and checked.
     deadline = time.monotonic() + vm.QEMU_TIMEOUT + sum(400 + 2 * r["size"] for r in plan)
     kernel_b = False
+
+    def on_event(ev: vm.Event) -> None:
+        bench.on_event(ev)
+        if ev.name == "bench-after":
+            # What ran so far, should the run not end (results.json replaces it when it does).
+            done = [bench.result(r) for r in bench.runs[: int(ev.data.get("step", 0)) + 1]]
+            partial = {"plan": plan, "host_seconds": round(time.time() - t0, 1), "runs": done}
+            (out / "partial.json").write_text(json.dumps(partial, indent=1) + "\n")
+
     try:
         for n in itertools.count(1):
             vm.boot(
@@ -482,7 +495,7 @@ def run_bench(plan: list[dict[str, Any]], out: Path, machine: vm.Machine) -> dic
                 set(),
                 machine=machine,
                 forwards={bench.port: GUEST_PORT},
-                on_event=bench.on_event,
+                on_event=on_event,
                 timeout=max(60.0, deadline - time.monotonic()),
                 kernel_b=kernel_b,
                 on_line=bench.on_line,
@@ -628,10 +641,47 @@ def boot_steps(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
     return out
 
 
+def make_plan(sizes: list[int], scenarios: str, reps: int) -> list[dict[str, Any]]:
+    """The runs: every scenario at every size, but SCENARIO@SIZE only at that size (an on/off figure).
+
+    Interleaved: rep 1 of every scenario, then rep 2, ... (drift hits all alike).
+    """
+    wanted: list[tuple[str, int | None]] = []
+    for word in scenarios.split(","):
+        name, _, at = word.partition("@")
+        if at and int(at) not in sizes:
+            raise SystemExit(f"{word}: {at} MiB is not among --sizes {','.join(map(str, sizes))}")
+        wanted.append((name, int(at) if at else None))
+    return [
+        {"scenario": sc, "size": size}
+        for size in sizes
+        for _ in range(reps)
+        for sc, at in wanted
+        if at in (None, size)
+    ]
+
+
+def plan_command(plan: list[dict[str, Any]]) -> str:
+    """The command that makes PLAN (make_plan's inverse), for a run's docs."""
+    sizes = sorted({p["size"] for p in plan})
+    words = []
+    for sc in dict.fromkeys(p["scenario"] for p in plan):
+        at = sorted({p["size"] for p in plan if p["scenario"] == sc})
+        words += [sc] if at == sizes else [f"{sc}@{size}" for size in at]
+    per = {(p["scenario"], p["size"]) for p in plan}
+    reps = len(plan) // max(1, len(per))
+    sizes_arg, scenarios_arg = ",".join(map(str, sizes)), ",".join(words)
+    return f"python3 -m tests.vm.bench --sizes {sizes_arg} --scenarios {scenarios_arg} --reps {reps}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m tests.vm.bench")
     ap.add_argument("--sizes", default="64", help="state sizes in MiB, comma separated")
-    ap.add_argument("--scenarios", default="a,b,b-ram")
+    ap.add_argument(
+        "--scenarios",
+        default="a,b,b-ram",
+        help="comma separated; SCENARIO@SIZE runs it only at that size (e.g. b-nopre@256)",
+    )
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-docs", action="store_true")
@@ -645,9 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.recompute:
         return recompute(args.recompute, args.no_docs)
     sizes = [int(s) for s in args.sizes.split(",")]
-    scenarios = args.scenarios.split(",")
-    # Interleaved: rep 1 of every scenario, then rep 2, ... (drift hits all alike).
-    plan = [{"scenario": sc, "size": size} for size in sizes for _ in range(args.reps) for sc in scenarios]
+    plan = make_plan(sizes, args.scenarios, args.reps)
     machine = MACHINES[min((m for m in MACHINES if m >= max(sizes)), default=max(MACHINES))]
     results = run_bench(plan, args.out, machine)
     rows = summary(results)
@@ -689,12 +737,7 @@ def recompute(path: Path, no_docs: bool) -> int:
     for row in results["summary"]:
         print(json.dumps(row))
     if not no_docs:
-        plan = results["plan"]
-        sizes = ",".join(str(x) for x in sorted({p["size"] for p in plan}))
-        scenarios = ",".join(dict.fromkeys(p["scenario"] for p in plan))
-        reps = len(plan) // (len(set(sizes.split(","))) * len(scenarios.split(",")))
-        command = f"python3 -m tests.vm.bench --sizes {sizes} --scenarios {scenarios} --reps {reps}"
-        write_docs(results, results["summary"], command)
+        write_docs(results, results["summary"], plan_command(results["plan"]))
     return 0
 
 
