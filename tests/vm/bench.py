@@ -2,8 +2,9 @@
 
 ``python3 -m tests.vm.bench [--sizes 64,256] [--scenarios a,b,b-ram] [--reps 3]``
 (``make bench``) builds the "bench" image with the list of runs, boots it
-once, and follows the guest (tests/vm/guest/bench.py), which does one kernel
-switch A -> B per run and goes back to A unmeasured. Meanwhile, on the host,
+in kernel A, and follows the guest (tests/vm/guest/bench.py), which does one
+kernel switch A -> B per run and powers off; the next run starts in a new
+QEMU, kernel A again, its guest sized for the run's state (MACHINES). Meanwhile, on the host,
 outside the guest, through QEMU's forwarded port:
 
 - the prober sends GET every 10 ms on a connection it re-opens whenever it
@@ -361,6 +362,8 @@ class Bench:
         self.runs = [Run(i, r["scenario"], r["size"]) for i, r in enumerate(plan)]
         self.checker: threading.Thread | None = None
         self.marks: list[tuple[float, str]] = []
+        # The guest's bench-* events as the host saw them: where a run's wall-clock time goes.
+        self.events: list[tuple[float, str, int | None]] = []
 
     def on_line(self, line: str, at: float) -> None:
         mark = next((m for text, m in MARKS.items() if text in line), None)
@@ -369,6 +372,8 @@ class Bench:
 
     def on_event(self, ev: vm.Event) -> None:
         step = ev.data.get("step")
+        if ev.name.startswith("bench-"):
+            self.events.append((round(ev.at, 3), ev.name, step if isinstance(step, int) else None))
         run = self.runs[step] if isinstance(step, int) and 0 <= step < len(self.runs) else None
         if run is None:
             return
@@ -467,7 +472,12 @@ class Bench:
         return out
 
 
-def run_bench(plan: list[dict[str, Any]], out: Path, machine: vm.Machine) -> dict[str, Any]:
+def machine_for(size: int) -> vm.Machine:
+    """The smallest guest of MACHINES that holds SIZE MiB of state (and its images)."""
+    return MACHINES[min((m for m in MACHINES if m >= size), default=max(MACHINES))]
+
+
+def run_bench(plan: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     img = vmimage.build_image("bench", extra_files={"etc/seamless-test/bench.json": json.dumps(plan)})
     out.mkdir(parents=True, exist_ok=True)
     bench = Bench(plan)
@@ -477,6 +487,7 @@ def run_bench(plan: list[dict[str, Any]], out: Path, machine: vm.Machine) -> dic
     # Each run: a switch there and one back, and the state made and checked.
     deadline = time.monotonic() + vm.QEMU_TIMEOUT + sum(400 + 2 * r["size"] for r in plan)
     kernel_b = False
+    machine = machine_for(plan[0]["size"])
 
     def on_event(ev: vm.Event) -> None:
         bench.on_event(ev)
@@ -500,30 +511,37 @@ def run_bench(plan: list[dict[str, Any]], out: Path, machine: vm.Machine) -> dic
                 kernel_b=kernel_b,
                 on_line=bench.on_line,
             )
-            # QEMU ended. A cold reboot (d) goes on in a new QEMU, as a machine's firmware would.
+            # QEMU ended. A cold reboot (d) goes on in a new QEMU, as a machine's firmware would;
+            # after each run the guest powers off and the next one starts in a new QEMU with kernel A.
             last = next((e for e in reversed(events) if e.name.startswith("bench-")), None)
             step = last.data.get("step") if last is not None else None
-            cold = (
-                last is not None
-                and last.name == "bench-switch"
-                and isinstance(step, int)
-                and plan[step]["scenario"] == "d"
-            )
-            if not cold:
+            if last is None or not isinstance(step, int):
                 break
-            kernel_b = True
+            if last.name == "bench-switch" and plan[step]["scenario"] == "d":
+                kernel_b, machine = True, machine_for(plan[step]["size"])
+            elif last.name == "bench-after" and step + 1 < len(plan):
+                kernel_b, machine = False, machine_for(plan[step + 1]["size"])
+            else:
+                break
     except TimeoutError as e:
         events.append(vm.Event("error", {"error": str(e)}, time.time()))
     finally:
         bench.prober.stop.set()
     results = {
         "plan": plan,
-        "machine": dataclasses.asdict(machine),
+        "machines": {
+            size: dataclasses.asdict(machine_for(size)) for size in sorted({r["size"] for r in plan})
+        },
         "kernels": [vmimage.KERNEL_A, vmimage.KERNEL_B],
         "host_seconds": round(time.time() - t0, 1),
         "done": any(e.name == "bench-done" for e in events),
         "errors": [e.data for e in events if e.name in ("error", "bench-error")],
         "runs": [bench.result(r) for r in bench.runs],
+        # Every console mark and guest event of the whole run, in order (the cost of each step).
+        "timeline": sorted(
+            [[round(t, 3), m, None] for t, m in bench.marks] + [list(e) for e in bench.events],
+            key=lambda e: e[0],
+        ),
     }
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
@@ -696,8 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         return recompute(args.recompute, args.no_docs)
     sizes = [int(s) for s in args.sizes.split(",")]
     plan = make_plan(sizes, args.scenarios, args.reps)
-    machine = MACHINES[min((m for m in MACHINES if m >= max(sizes)), default=max(MACHINES))]
-    results = run_bench(plan, args.out, machine)
+    results = run_bench(plan, args.out)
     rows = summary(results)
     results["summary"] = rows
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

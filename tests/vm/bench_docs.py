@@ -210,12 +210,20 @@ def svg(rows: list[dict[str, Any]]) -> str:
 def write(results: dict[str, Any], rows: list[dict[str, Any]], command: str, md: Path, plot: Path) -> None:
     """Rewrite the generated part of MD (after MARKER) and PLOT from this run."""
     head = md.read_text().split(MARKER)[0] if md.exists() else "# Benchmarks\n\n"
-    machine = results["machine"]
+    if "machines" in results:  # a new QEMU for each run, sized for its state
+        guests = "; ".join(
+            f"{size} MiB in a guest of {m['memory']} with `{m['memmap']}`"
+            for size, m in results["machines"].items()
+        )
+        how = "a new QEMU/TCG process for each switch, all of them in"
+    else:  # until 2026-12-07: one QEMU for every run, sized for the largest state
+        guests = f"guest {results['machine']['memory']} with `{results['machine']['memmap']}`"
+        how = "one QEMU/TCG run of"
     body = [
         MARKER,
         "",
-        f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}: one QEMU/TCG run of "
-        f"{results['host_seconds'] / 60:.0f} minutes, guest {machine['memory']} with `{machine['memmap']}`, "
+        f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}: {how} "
+        f"{results['host_seconds'] / 60:.0f} minutes; {guests}; "
         f"kernels {results['kernels'][0]} -> {results['kernels'][1]}, {len(results['runs'])} switches "
         "interleaved. Times are the host's clock, seen by the client."
         + (
