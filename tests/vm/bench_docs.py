@@ -215,6 +215,8 @@ def write(results: dict[str, Any], rows: list[dict[str, Any]], command: str, md:
             f"{size} MiB in a guest of {m['memory']} with `{m['memmap']}`"
             for size, m in results["machines"].items()
         )
+        accel = {m.get("accel", "tcg") for m in results["machines"].values()}
+        guests += "; QEMU `-accel " + ", ".join(sorted(accel)) + "`"
         how = "a new QEMU/TCG process for each switch, all of them in"
     else:  # until 2026-12-07: one QEMU for every run, sized for the largest state
         guests = f"guest {results['machine']['memory']} with `{results['machine']['memmap']}`"

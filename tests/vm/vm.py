@@ -43,6 +43,10 @@ class Machine:
     # Boot from the disk through the firmware and the guest's own GRUB (whose
     # grub.cfg then names the kernel and its command line), not QEMU's -kernel.
     boot_loader: bool = False
+    # QEMU's -accel (SEAMLESS_QEMU_ACCEL overrides it). The benchmark keeps TCG's translation
+    # buffer small: translated code left from the kernel before a kexec keeps the pages it was
+    # in on QEMU's slow write path until the buffer is flushed (docs/benchmarks.md).
+    accel: str = "tcg"
     # QEMU's -cpu (see TRIXIE_MACHINE for why it can differ).
     cpu: str = "max"
 
@@ -175,7 +179,7 @@ def qemu_argv(
             "qemu-system-x86_64",
             "-accel",
             # SEAMLESS_QEMU_ACCEL: e.g. tcg,tb-size=64 (MiB of translated code kept; docs/benchmarks.md).
-            os.environ.get("SEAMLESS_QEMU_ACCEL") or "tcg",
+            os.environ.get("SEAMLESS_QEMU_ACCEL") or machine.accel,
             "-cpu",
             machine.cpu,
             "-smp",
