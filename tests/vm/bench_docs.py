@@ -218,8 +218,9 @@ def write(results: dict[str, Any], rows: list[dict[str, Any]], command: str, md:
         accel = {m.get("accel", "tcg") for m in results["machines"].values()}
         guests += "; QEMU `-accel " + ", ".join(sorted(accel)) + "`"
         how = "a new QEMU/TCG process for each switch, all of them in"
-    else:  # until 2026-12-07: one QEMU for every run, sized for the largest state
-        guests = f"guest {results['machine']['memory']} with `{results['machine']['memmap']}`"
+    else:  # one QEMU for every run, sized for the largest state
+        m = results["machine"]
+        guests = f"guest {m['memory']} with `{m['memmap']}`, QEMU `-accel {m.get('accel', 'tcg')}`"
         how = "one QEMU/TCG run of"
     body = [
         MARKER,
