@@ -54,7 +54,8 @@ OUT = vmimage.BUILD / "bench"
 DOCS = vmimage.REPO / "docs"
 # Guest RAM and reservation: room for the largest state twice (service + images).
 # TCG's translation buffer at 256 MiB instead of 1 GiB: see vm.Machine.accel. With it the
-# kexec'd kernel and initramfs took 4 to 8 s, as a cold boot does; without, 4 to 49 s.
+# kexec'd kernel and initramfs took 4 to 8 s, as a cold boot does; without, 4 to 49 s; but
+# CPU-heavy user space (CRIU's restore, the checksums) took 1.7 x as long (docs/benchmarks.md).
 ACCEL = "tcg,tb-size=256"
 MACHINES = {
     64: vm.Machine("2560M", "memmap=512M!1536M", accel=ACCEL),
@@ -489,8 +490,7 @@ def run_bench(plan: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     # Each run: a switch there and one back, and the state made and checked.
     deadline = time.monotonic() + vm.QEMU_TIMEOUT + sum(400 + 2 * r["size"] for r in plan)
     kernel_b = False
-    # One QEMU for every run (but a cold reboot's), sized for the largest state: its RAM stays
-    # touched from one run to the next, as a real machine's is there.
+    # One QEMU for every run (but a cold reboot's), sized for the largest state.
     machine = machine_for(max(r["size"] for r in plan))
 
     def on_event(ev: vm.Event) -> None:

@@ -300,9 +300,7 @@ def after_run(plan, state):
     SNAPSHOT.unlink(missing_ok=True)
     sh("systemctl", "stop", UNIT)
     SNAPSHOT.unlink(missing_ok=True)
-    # Back to A, not measured. (A new QEMU for each run instead, 2026-12-07: the host then
-    # faulted in the guest's RAM afresh in every run, and at 1 GiB the dump, the checks and
-    # the restore took 2 to 4 times as long as in a QEMU whose RAM had been touched before.)
+    # Back to A, not measured, in the same QEMU (docs/benchmarks.md: one QEMU run).
     plain_kexec(KERNEL_A)
     time.sleep(600)
 
