@@ -21,6 +21,8 @@ demo: deps
 # BENCH_ONOFF_SIZE each optimization's "off" beside (b) (without pre-dump, without
 # the warm-up, sha256 checksums), RAM taken at arm time (b-ram), huge pages
 # collapsed again (b-thp). Interleaved repetitions; rewrites docs/benchmarks.*.
+# 60 switches: some 3.5 hours under TCG on two cores (a 1 GiB run about 5 minutes,
+# a smaller one about 3); it has not yet run whole in one go (docs/benchmarks.md).
 BENCH_SIZES ?= 64,256,1024
 BENCH_ONOFF_SIZE ?= 256
 BENCH_REPS ?= 3
