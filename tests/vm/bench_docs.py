@@ -210,22 +210,12 @@ def svg(rows: list[dict[str, Any]]) -> str:
 def write(results: dict[str, Any], rows: list[dict[str, Any]], command: str, md: Path, plot: Path) -> None:
     """Rewrite the generated part of MD (after MARKER) and PLOT from this run."""
     head = md.read_text().split(MARKER)[0] if md.exists() else "# Benchmarks\n\n"
-    if "machines" in results:  # a new QEMU for each run, sized for its state
-        guests = "; ".join(
-            f"{size} MiB in a guest of {m['memory']} with `{m['memmap']}`"
-            for size, m in results["machines"].items()
-        )
-        accel = {m.get("accel", "tcg") for m in results["machines"].values()}
-        guests += "; QEMU `-accel " + ", ".join(sorted(accel)) + "`"
-        how = "a new QEMU/TCG process for each switch, all of them in"
-    else:  # one QEMU for every run, sized for the largest state
-        m = results["machine"]
-        guests = f"guest {m['memory']} with `{m['memmap']}`, QEMU `-accel {m.get('accel', 'tcg')}`"
-        how = "one QEMU/TCG run of"
+    m = results["machine"]
+    guests = f"guest {m['memory']} with `{m['memmap']}`, QEMU `-accel {m.get('accel', 'tcg')}`"
     body = [
         MARKER,
         "",
-        f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}: {how} "
+        f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}: one QEMU/TCG run of "
         f"{results['host_seconds'] / 60:.0f} minutes; {guests}; "
         f"kernels {results['kernels'][0]} -> {results['kernels'][1]}, {len(results['runs'])} switches "
         "interleaved. Times are the host's clock, seen by the client."
