@@ -52,11 +52,11 @@ GUEST_PORT = 7796
 MIB = 1 << 20
 OUT = vmimage.BUILD / "bench"
 DOCS = vmimage.REPO / "docs"
-# Guest RAM and reservation: room for the largest state twice (service + images).
 # TCG's translation buffer at 256 MiB instead of 1 GiB: see vm.Machine.accel. With it the
 # kexec'd kernel and initramfs took 4 to 8 s, as a cold boot does; without, 4 to 49 s; but
 # CPU-heavy user space (CRIU's restore, the checksums) took 1.7 x as long (docs/benchmarks.md).
 ACCEL = "tcg,tb-size=256"
+# Guest RAM and reservation: room for the largest state twice (service + images).
 MACHINES = {
     64: vm.Machine("2560M", "memmap=512M!1536M", accel=ACCEL),
     256: vm.Machine("3072M", "memmap=1G!1536M", accel=ACCEL),
@@ -475,12 +475,7 @@ class Bench:
         return out
 
 
-def machine_for(size: int) -> vm.Machine:
-    """The smallest guest of MACHINES that holds SIZE MiB of state (and its images)."""
-    return MACHINES[min((m for m in MACHINES if m >= size), default=max(MACHINES))]
-
-
-def run_bench(plan: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+def run_bench(plan: list[dict[str, Any]], out: Path, machine: vm.Machine) -> dict[str, Any]:
     img = vmimage.build_image("bench", extra_files={"etc/seamless-test/bench.json": json.dumps(plan)})
     out.mkdir(parents=True, exist_ok=True)
     bench = Bench(plan)
@@ -490,8 +485,6 @@ def run_bench(plan: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     # Each run: a switch there and one back, and the state made and checked.
     deadline = time.monotonic() + vm.QEMU_TIMEOUT + sum(400 + 2 * r["size"] for r in plan)
     kernel_b = False
-    # One QEMU for every run (but a cold reboot's), sized for the largest state.
-    machine = machine_for(max(r["size"] for r in plan))
 
     def on_event(ev: vm.Event) -> None:
         bench.on_event(ev)
@@ -518,12 +511,15 @@ def run_bench(plan: list[dict[str, Any]], out: Path) -> dict[str, Any]:
             # QEMU ended. A cold reboot (d) goes on in a new QEMU, as a machine's firmware would.
             last = next((e for e in reversed(events) if e.name.startswith("bench-")), None)
             step = last.data.get("step") if last is not None else None
-            if last is None or not isinstance(step, int):
+            cold = (
+                last is not None
+                and last.name == "bench-switch"
+                and isinstance(step, int)
+                and plan[step]["scenario"] == "d"
+            )
+            if not cold:
                 break
-            if last.name == "bench-switch" and plan[step]["scenario"] == "d":
-                kernel_b = True
-            else:
-                break
+            kernel_b = True
     except TimeoutError as e:
         events.append(vm.Event("error", {"error": str(e)}, time.time()))
     finally:
@@ -713,7 +709,8 @@ def main(argv: list[str] | None = None) -> int:
         return recompute(args.recompute, args.no_docs)
     sizes = [int(s) for s in args.sizes.split(",")]
     plan = make_plan(sizes, args.scenarios, args.reps)
-    results = run_bench(plan, args.out)
+    machine = MACHINES[min((m for m in MACHINES if m >= max(sizes)), default=max(MACHINES))]
+    results = run_bench(plan, args.out, machine)
     rows = summary(results)
     results["summary"] = rows
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
