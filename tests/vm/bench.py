@@ -52,9 +52,10 @@ GUEST_PORT = 7796
 MIB = 1 << 20
 OUT = vmimage.BUILD / "bench"
 DOCS = vmimage.REPO / "docs"
-# TCG's translation buffer at 256 MiB instead of 1 GiB: see vm.Machine.accel. With it the
-# kexec'd kernel and initramfs took 4 to 8 s, as a cold boot does; without, 4 to 49 s; but
-# CPU-heavy user space (CRIU's restore, the checksums) took 1.7 x as long (docs/benchmarks.md).
+# TCG's translation buffer at 256 MiB instead of 1 GiB, as for the VM tests (vm.Machine.accel;
+# named here too, since the figures depend on it). With it the kexec'd kernel and initramfs
+# took 4 to 8 s, as a cold boot does; without, 4 to 49 s; but CPU-heavy user space (CRIU's
+# restore, the checksums) took 1.7 x as long (docs/benchmarks.md).
 ACCEL = "tcg,tb-size=256"
 # Guest RAM and reservation: room for the largest state twice (service + images).
 MACHINES = {

@@ -43,10 +43,12 @@ class Machine:
     # Boot from the disk through the firmware and the guest's own GRUB (whose
     # grub.cfg then names the kernel and its command line), not QEMU's -kernel.
     boot_loader: bool = False
-    # QEMU's -accel (SEAMLESS_QEMU_ACCEL overrides it). The benchmark keeps TCG's translation
-    # buffer small: translated code left from the kernel before a kexec keeps the pages it was
-    # in on QEMU's slow write path until the buffer is flushed (docs/benchmarks.md).
-    accel: str = "tcg"
+    # QEMU's -accel (SEAMLESS_QEMU_ACCEL overrides it). TCG's translation buffer at 256 MiB
+    # instead of its 1 GiB: translated code left from the kernel before a kexec keeps the pages
+    # it was in on QEMU's slow write path until the buffer is flushed, which made a kexec'd boot
+    # take 4 to 113 s (a cold one 5 to 6 s) and a CI run overrun its 90 minutes; a smaller
+    # buffer flushes sooner, at some cost to CPU-heavy guest code (docs/platform.md).
+    accel: str = "tcg,tb-size=256"
     # QEMU's -cpu (see TRIXIE_MACHINE for why it can differ).
     cpu: str = "max"
 
