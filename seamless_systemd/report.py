@@ -59,6 +59,10 @@ def build(gen: state.Generation) -> dict[str, Any]:
                 "verify": (boot.get("verify_seconds") or {}).get(unit),
                 # The memory pages' checksums, checked while CRIU restored them.
                 "verify_pages": rest.get("pages_verify_seconds"),
+                # The restore waiting for the addresses its TCP connections need (the network's start).
+                "address_wait": rest.get("address_wait_seconds"),
+                # criu restore itself (with the pages' check it waits for).
+                "criu": _span(rest.get("criu_started_at"), rest.get("criu_finished_at")),
                 # CRIU's own figure: the tree frozen to the end of its final dump.
                 "frozen": _us(dump.get("dump_stats", {}).get("frozen_time_us")),
                 "downtime": _span(dump.get("started_at"), rest.get("finished_at"))
@@ -73,6 +77,7 @@ def build(gen: state.Generation) -> dict[str, Any]:
                 # restore-unit's process started (Python and its imports before restore_started).
                 "restore_exec": rest.get("exec_at"),
                 "restore_started": rest.get("started_at"),
+                "criu_started": rest.get("criu_started_at"),
                 "restore_finished": rest.get("finished_at"),
             },
         }

@@ -454,7 +454,11 @@ def restore_unit(unit: str) -> int:
         if put or kept:
             record.update(tmpfs_files_put_back=put, tmpfs_files_already_there=kept)
         conns = dump.get("tcp_connections", [])
+        waited = time.monotonic()
         missing = netlock.wait_for_addresses({str(c[0]) for c in conns}, ADDRESS_TIMEOUT)
+        if conns:
+            # How long the restore waited for the network to give the machine its addresses.
+            record["address_wait_seconds"] = round(time.monotonic() - waited, 3)
         if missing:
             raise RestoreError(
                 f"its TCP connections need the address(es) {', '.join(missing)}, which this machine "
@@ -478,6 +482,7 @@ def restore_unit(unit: str) -> int:
         scales = state.RESTORE_DIR / f"{unit}.tcp-scales.json" if dump.get("tcp_established") else None
         helper = netlock.ScalesHelper(scales) if scales is not None else None
         try:
+            record["criu_started_at"] = time.time()
             with _keep_socket_files([str(path) for _, path in listen]):
                 lazy_server = criu.restore(
                     gen.images(unit),
@@ -494,6 +499,7 @@ def restore_unit(unit: str) -> int:
                     gate=pages.path if pages is not None else None,
                     tcp_scales=scales,
                 )
+            record["criu_finished_at"] = time.time()
             record["lazy_pages_server"] = lazy_server
             if scales is not None and scales.exists():
                 record["tcp_window_scales_repaired"] = state.read_json(scales)

@@ -611,7 +611,8 @@ def cache_medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-GUEST_FIGURES = ("frozen", "checkpoint", "checksum", "verify", "restore")
+# address_wait and criu: parts of restore (the network's addresses awaited, criu restore itself).
+GUEST_FIGURES = ("frozen", "checkpoint", "checksum", "verify", "restore", "address_wait", "criu")
 
 
 def guest_medians(runs: list[dict[str, Any]]) -> dict[str, float]:

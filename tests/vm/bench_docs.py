@@ -116,7 +116,16 @@ def guest_table(rows: list[dict[str, Any]]) -> str:
 
 def boot_table(rows: list[dict[str, Any]]) -> str:
     """The new boot up to the restore, from the guest's clock (medians, seconds)."""
-    keys = ("to_prepare", "prepare_python", "prepare_checks", "to_restore", "restore_python", "restore")
+    keys = (
+        "to_prepare",
+        "prepare_python",
+        "prepare_checks",
+        "to_restore",
+        "restore_python",
+        "restore",
+        "address_wait",
+        "criu",
+    )
     headers = [
         "kernel start to seamless-restore's process",
         "its Python start",
@@ -124,6 +133,8 @@ def boot_table(rows: list[dict[str, Any]]) -> str:
         "to restore-unit's process",
         "its Python start",
         "restore",
+        "of it: the addresses awaited",
+        "of it: criu",
     ]
 
     def cells(r: dict[str, Any]) -> list[str] | None:
@@ -245,7 +256,8 @@ def write(results: dict[str, Any], rows: list[dict[str, Any]], command: str, md:
         body += [
             "The new boot up to the restore, from the guest's clock (medians): the new kernel's start to "
             "seamless-restore.service's process, that process's Python start and imports, its checks of "
-            "the images, systemd on to the unit's restore-unit process, its Python start, and the restore:",
+            "the images, systemd on to the unit's restore-unit process, its Python start, and the restore "
+            "(of which: waiting for the addresses its TCP connections need, and criu restore itself):",
             "",
             boot_table(rows),
             "",
