@@ -179,6 +179,10 @@ def prepare() -> int:
     )
     dropped = []
     units = state.units_with_images(manifest)
+    if units:
+        # CRIU's probe of the kernel, beside the checks rather than in the first restore. Not
+        # waited for: network-pre.target waits for this service, and the restores for the network.
+        criu.start_kernel_probe()
     opts = manifest.get("warm") or {}
     if opts.get("page_cache") or opts.get("huge_pages"):
         _hand_over_page_cache(

@@ -1,13 +1,14 @@
-"""make test's quick benchmark, smallest state: the floor (a), seamless (b), on disk (c), the cold reboot (d).
+"""make test's quick benchmark, smallest state: the floor (a), seamless (b), images on the disk (c).
 
 The full matrix is make bench (tests/vm/bench.py, docs/benchmarks.md); this
 keeps it from rotting and checks what the benchmark claims to measure: a
 client outside the guest saw the service go away and come back, the kept
 service came back as the same instance with every block of its state right,
 the floor's service did not (nothing was kept), the service kept with its
-images on the disk (pmem.mode: disk) came back the same way, and after the cold reboot a
-new instance answered with the whole state loaded from its snapshot, and that
-the kept service's page cache was read back after the kexec.
+images on the disk (pmem.mode: disk) came back the same way (the only VM test
+of that mode), and that the kept service's page cache was read back after the
+kexec. The cold reboot (d) is left to make bench: it is the benchmark's own
+machinery, not the product's, and cost make test two minutes.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ def test_quick_benchmark() -> None:
         pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
     out = vmimage.BUILD / "bench-quick"
     rc = bench.main(
-        ["--sizes", "64", "--scenarios", "a,b,c,d", "--reps", "1", "--out", str(out), "--no-docs"]
+        ["--sizes", "64", "--scenarios", "a,b,c", "--reps", "1", "--out", str(out), "--no-docs"]
     )
     results = json.loads((out / "results.json").read_text())
     assert results["done"] and not results["errors"], results["errors"]
-    floor, seamless, disk, cold = results["runs"]
-    for run in (floor, seamless, disk, cold):
+    floor, seamless, disk = results["runs"]
+    for run in (floor, seamless, disk):
         assert run["kernel_after"] == vmimage.KERNEL_B, run
         assert run["client"]["seconds"] and run["client"]["seconds"] > 0, run["client"]
     for run, images in ((seamless, "reserved"), (disk, "disk")):
@@ -50,7 +51,6 @@ def test_quick_benchmark() -> None:
     probed = (
         (floor, ("before", "right_after")),
         (seamless, ("before", "right_after", "settled")),
-        (cold, ("before", "right_after", "settled")),
     )
     for run, whens in probed:
         for when in whens:
@@ -61,12 +61,9 @@ def test_quick_benchmark() -> None:
     back = warmed.get("read_bytes", 0) + warmed.get("already_cached_bytes", 0)
     assert back >= 256 << 20, seamless["guest"]["warm"]
     assert floor["kept"] is False
-    assert cold["kept"] is False and cold["reloaded"] is True, cold
-    assert cold["full_state"]["blocks"] == 64 and cold["full_state"]["bad"] == 0, cold["full_state"]
-    (row_a, row_b, row_c, row_d) = sorted(results["summary"], key=lambda r: r["scenario"])
+    (row_a, row_b, row_c) = sorted(results["summary"], key=lambda r: r["scenario"])
     print(
         f"quick benchmark: (a) {row_a['downtime_median']} s, (b) {row_b['downtime_median']} s "
-        f"(ratio {row_b['ratio_to_a']}), (c) {row_c['downtime_median']} s (ratio {row_c['ratio_to_a']}), "
-        f"(d) {row_d['downtime_median']} s (ratio {row_d['ratio_to_a']})"
+        f"(ratio {row_b['ratio_to_a']}), (c) {row_c['downtime_median']} s (ratio {row_c['ratio_to_a']})"
     )
     assert rc == 0
