@@ -28,9 +28,7 @@ def test_quick_benchmark() -> None:
     if os.geteuid() != 0:
         pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
     out = vmimage.BUILD / "bench-quick"
-    rc = bench.main(
-        ["--sizes", "64", "--scenarios", "a,b,c", "--reps", "1", "--out", str(out), "--no-docs"]
-    )
+    rc = bench.main(["--sizes", "64", "--scenarios", "a,b,c", "--reps", "1", "--out", str(out), "--no-docs"])
     results = json.loads((out / "results.json").read_text())
     assert results["done"] and not results["errors"], results["errors"]
     floor, seamless, disk = results["runs"]
