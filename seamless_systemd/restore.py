@@ -555,9 +555,11 @@ def restore_unit(unit: str) -> int:
     finally:
         if pages is not None and pages.seconds is not None:
             record["pages_verify_seconds"] = pages.seconds
-        netlock.unlock(unit)
         if record.get("outcome") == "restored" and conns:
+            # The peers' segments pass first, then the nudge, then the chain goes (unlock).
+            netlock.let_through(unit, conns)
             _nudge_peers(unit, record, conns)
+        netlock.unlock(unit)
         state.write_json(gen.restore_info(unit), record)
 
 

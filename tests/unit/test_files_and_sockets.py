@@ -296,6 +296,35 @@ def test_lock_rules_match_any_local_address_for_containers(monkeypatch: pytest.M
     assert rules[1][-6:-2] == ["-d", "10.0.2.15", "--dport", "7790"]
 
 
+def test_segments_let_through_with_one_iptables_run_per_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the nudge: the chain emptied, once per family the remote peers need, none for loopback."""
+    calls: list[list[str]] = []
+
+    class Done:
+        returncode = 0
+        stdout = ""
+
+    def fake_run(argv: list[str], check: bool = True) -> Done:
+        calls.append(argv)
+        return Done()
+
+    monkeypatch.setattr(netlock, "run", fake_run)
+    monkeypatch.setattr(netlock.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
+    conns = [
+        ("10.0.2.15", 7790, "10.0.2.2", 40000),
+        ("10.0.2.15", 7790, "10.0.2.2", 40001),
+        ("127.0.0.1", 7791, "127.0.0.1", 40002),
+    ]
+    netlock.let_through("web.service", conns)
+    assert calls == [["iptables", "-w", "-F", netlock.chain("web.service")]]
+    calls.clear()
+    netlock.let_through("web.service", [("fd77::1", 7790, "fd77::2", 40000), conns[0]])
+    assert [c[0] for c in calls] == ["ip6tables", "iptables"]
+    calls.clear()
+    netlock.let_through("web.service", [conns[2]])
+    assert calls == []
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
 def test_outside_files_are_host_files_not_memfds(tmp_path: Path) -> None:
     """A file opened before the namespace was made is outside; a memfd (no namespace's) is not."""
