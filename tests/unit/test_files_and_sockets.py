@@ -275,7 +275,9 @@ def test_socket_kinds_a_socket_unit_passes(proto: str, state: int, remote: str, 
     assert sockets.InetSocket(1, proto, "0100007F:1E6C", remote, state).kind == kind
 
 
-def test_lock_rules_match_any_local_address_for_containers(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def iptables_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """netlock's iptables runs, noted instead of run (each succeeds)."""
     calls: list[list[str]] = []
 
     class Done:
@@ -287,6 +289,11 @@ def test_lock_rules_match_any_local_address_for_containers(monkeypatch: pytest.M
         return Done()
 
     monkeypatch.setattr(netlock, "run", fake_run)
+    return calls
+
+
+def test_lock_rules_match_any_local_address_for_containers(iptables_calls: list[list[str]]) -> None:
+    calls = iptables_calls
     n = netlock.lock(
         "web.service", [("0.0.0.0", 8080, "10.0.2.2", 40000), ("10.0.2.15", 7790, "10.0.2.2", 41000)]
     )
@@ -296,19 +303,11 @@ def test_lock_rules_match_any_local_address_for_containers(monkeypatch: pytest.M
     assert rules[1][-6:-2] == ["-d", "10.0.2.15", "--dport", "7790"]
 
 
-def test_segments_let_through_with_one_iptables_run_per_family(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_segments_let_through_with_one_iptables_run_per_family(
+    iptables_calls: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Before the nudge: the chain emptied, once per family the remote peers need, none for loopback."""
-    calls: list[list[str]] = []
-
-    class Done:
-        returncode = 0
-        stdout = ""
-
-    def fake_run(argv: list[str], check: bool = True) -> Done:
-        calls.append(argv)
-        return Done()
-
-    monkeypatch.setattr(netlock, "run", fake_run)
+    calls = iptables_calls
     monkeypatch.setattr(netlock.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
     conns = [
         ("10.0.2.15", 7790, "10.0.2.2", 40000),
