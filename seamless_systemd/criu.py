@@ -479,9 +479,14 @@ def dump(
 KERNDAT_CACHES = (Path("/run/criu/criu.kdat"), Path("/run/criu.kdat"))
 
 
+def _kernel_probed() -> bool:
+    """Whether a criu of this boot has kept what it found of the kernel."""
+    return any(p.exists() for p in KERNDAT_CACHES)
+
+
 def probe_kernel() -> None:
     """Have CRIU's kernel probe done even when /tmp takes no new directory (a full root file system)."""
-    if any(p.exists() for p in KERNDAT_CACHES):
+    if _kernel_probed():
         return
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".seamless-probe.", dir="/tmp"))
@@ -499,7 +504,7 @@ def probe_kernel() -> None:
         )
     except CommandError as e:
         log.warning("CRIU's kernel probe could not run: %s", e)
-    if not any(p.exists() for p in KERNDAT_CACHES):
+    if not _kernel_probed():
         log.warning(
             "CRIU kept no kernel probe (%s); it will try again itself", " or ".join(map(str, KERNDAT_CACHES))
         )
@@ -509,7 +514,7 @@ def probe_kernel() -> None:
 PROBE_TIMEOUT = 60
 
 
-def start_kernel_probe() -> subprocess.Popen[bytes] | None:
+def start_kernel_probe() -> None:
     """Start CRIU's probe of the kernel in the background, unless this boot has its result already.
 
     The first criu of a boot probes the kernel before anything else (see
@@ -519,10 +524,10 @@ def start_kernel_probe() -> subprocess.Popen[bytes] | None:
     checks of the images instead. A probe that fails or is not done yet costs
     nothing: the restore's own criu probes again (probe_kernel sees to a full /tmp).
     """
-    if any(p.exists() for p in KERNDAT_CACHES):
-        return None
+    if _kernel_probed():
+        return
     try:
-        return subprocess.Popen(
+        subprocess.Popen(
             ["timeout", str(PROBE_TIMEOUT), CRIU, "check", "--feature", "mem_dirty_track"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -530,7 +535,6 @@ def start_kernel_probe() -> subprocess.Popen[bytes] | None:
         )
     except OSError as e:
         log.debug("CRIU's kernel probe did not start: %s", e)
-        return None
 
 
 GHOST_LIMIT = 256 << 20
