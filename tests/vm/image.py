@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -158,8 +159,26 @@ def log(msg: str) -> None:
 
 
 # Output of the build commands goes here unless SEAMLESS_VERBOSE is set; a
-# failing command's output is shown.
+# failing command's output is shown. build_image points it at its image's own
+# directory (build/vm/image-NAME/build.log).
 BUILD_LOG = BUILD / "vm" / "build.log"
+
+
+@contextlib.contextmanager
+def build_lock() -> Iterator[None]:
+    """One image build at a time on this machine.
+
+    make test runs two VM test modules at once (pytest-xdist): each builds its
+    own image while the other's QEMU runs, but the base tree, CRIU and the
+    shared apt archives are built and filled by one of them at a time.
+    """
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "build.lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def sh(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
@@ -372,6 +391,8 @@ class Image:
     kernel_b: Path
     initrd_b: Path
     release: Release = BOOKWORM
+    # The root tree the disk was made of (the host side reads files from it, e.g. an ssh key).
+    root: Path | None = None
 
 
 def build_deb(out: Path) -> Path:
@@ -499,11 +520,42 @@ def build_image(
     Several workloads share one image and one upgrade; each lands in
     /usr/local/lib/seamless-workloads/NAME (NAME: the directory's name).
     """
+    global BUILD_LOG
+    out = BUILD / "vm" / image_name(scenario, workloads, lab_script, extra_files, release)
+    out.mkdir(parents=True, exist_ok=True)
+    BUILD_LOG = out / "build.log"
+    BUILD_LOG.unlink(missing_ok=True)
+    with build_lock():
+        return _build_image(out, scenario, workloads, lab_script, extra_files, release)
+
+
+def image_name(
+    scenario: str,
+    workloads: Sequence[Path],
+    lab_script: Path | None,
+    extra_files: dict[str, str] | None,
+    release: Release,
+) -> str:
+    """The directory name of an image: two test modules running at once never share one."""
+    name = f"image-{scenario}"
+    if release is not BOOKWORM:
+        name += f"-{release.suite}"
+    what = [[str(w) for w in workloads], str(lab_script or ""), sorted(extra_files or {})]
+    if any(what):
+        name += "-" + hashlib.sha256(json.dumps(what).encode()).hexdigest()[:8]
+    return name
+
+
+def _build_image(
+    out: Path,
+    scenario: str,
+    workloads: Sequence[Path],
+    lab_script: Path | None,
+    extra_files: dict[str, str] | None,
+    release: Release,
+) -> Image:
     base = build_base(release) / "rootfs"
     criu = build_criu(base) if release.build_criu else None
-    out = BUILD / "vm"
-    out.mkdir(parents=True, exist_ok=True)
-    BUILD_LOG.unlink(missing_ok=True)
     deb = build_deb(out)
     root = out / "rootfs"
     if root.exists():
@@ -561,7 +613,9 @@ def build_image(
     for ver, tag in ((release.kernel_a, "a"), (release.kernel_b, "b")):
         shutil.copy2(root / f"boot/vmlinuz-{ver}", boot / f"vmlinuz-{tag}")
         shutil.copy2(root / f"boot/initrd.img-{ver}", boot / f"initrd-{tag}")
-    return Image(disk, boot / "vmlinuz-a", boot / "initrd-a", boot / "vmlinuz-b", boot / "initrd-b", release)
+    return Image(
+        disk, boot / "vmlinuz-a", boot / "initrd-a", boot / "vmlinuz-b", boot / "initrd-b", release, root
+    )
 
 
 if __name__ == "__main__":

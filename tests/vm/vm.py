@@ -274,7 +274,9 @@ class SshClient:
 
     KEY = "usr/local/lib/seamless-workloads/openssh/client_key"
 
-    def __init__(self, guest_port: int = 22, target: str = "ssh") -> None:
+    def __init__(self, root: Path | None, guest_port: int = 22, target: str = "ssh") -> None:
+        # The image's root tree, where the guest's client key is.
+        self.root = root
         self.port = free_port()
         self.guest_port = guest_port
         self.target = target
@@ -284,8 +286,9 @@ class SshClient:
         out: dict[str, Any] = {"action": data.get("action"), "target": self.target}
         try:
             if data.get("action") == "connect":
-                key = vmimage.BUILD / "vm" / "ssh-client-key"
-                key.write_bytes((vmimage.BUILD / "vm" / "rootfs" / self.KEY).read_bytes())
+                assert self.root is not None, "the image has no root tree to take the client key from"
+                key = self.root.parent / "ssh-client-key"
+                key.write_bytes((self.root / self.KEY).read_bytes())
                 key.chmod(0o600)
                 self.proc = subprocess.Popen(
                     [
@@ -445,7 +448,7 @@ def run_scenario(img: vmimage.Image, out: Path, machine: Machine = DEFAULT) -> S
     clients: list[HostClient | SshClient] = [
         HostClient(CHAT_GUEST_PORT, "chat"),
         HostClient(CONTAINER_GUEST_PORT, "container", b"GET"),
-        SshClient(),
+        SshClient(img.root),
     ]
     for n in range(1, 8):
         console = out / f"console-{n}.log"
