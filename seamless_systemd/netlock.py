@@ -133,7 +133,8 @@ def wait_for_addresses(addresses: Iterable[str], timeout: float) -> list[str]:
         if not missing or time.monotonic() > deadline:
             return missing
         log.debug("Waiting for address(es) %s", ", ".join(missing))
-        time.sleep(0.5)
+        # Often: each tenth of a second here is one the restored connections are not answered.
+        time.sleep(0.1)
 
 
 def _is_local(ip: str) -> bool:

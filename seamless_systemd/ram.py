@@ -19,7 +19,6 @@ import json
 import mmap
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -129,16 +128,6 @@ def judge(f: Facts, needed: int, cmdline: str) -> tuple[list[str], list[str]]:
 # ---------------------------------------------------------------- old boot
 
 
-def _notify(message: str) -> None:
-    """sd_notify(3): tell systemd (Type=notify) how the service is doing."""
-    where = os.environ.get("NOTIFY_SOCKET")
-    if not where:
-        return
-    addr = "\0" + where[1:] if where.startswith("@") else where
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(message.encode(), addr)
-
-
 def _free_nbd() -> str:
     """The first /dev/nbdN that nothing is attached to."""
     run(["modprobe", "nbd"])
@@ -202,9 +191,9 @@ def serve() -> int:
                 took,
                 device.path,
             )
-            _notify("READY=1")
+            systemd.notify("READY=1")
             signal.sigwait({signal.SIGTERM, signal.SIGINT})
-            _notify("STOPPING=1")
+            systemd.notify("STOPPING=1")
             keep = state.ARMED.exists()
             device.close()
             mem.close()

@@ -59,6 +59,8 @@ def build(gen: state.Generation) -> dict[str, Any]:
                 "verify": (boot.get("verify_seconds") or {}).get(unit),
                 # The memory pages' checksums, checked while CRIU restored them.
                 "verify_pages": rest.get("pages_verify_seconds"),
+                # The restore waiting for its unit's verdict (seamless-restore.service's check of it).
+                "verdict_wait": rest.get("verdict_wait_seconds"),
                 # The restore waiting for the addresses its TCP connections need (the network's start).
                 "address_wait": rest.get("address_wait_seconds"),
                 # criu restore itself (with the pages' check it waits for).
@@ -105,9 +107,11 @@ def build(gen: state.Generation) -> dict[str, Any]:
             "armed": manifest.get("armed_at"),
             "kexec_requested": manifest.get("kexec_requested_at"),
             "kernel_started": kstart,
-            # seamless-restore.service: its process started, its work started, the images checked.
+            # seamless-restore.service: its process started, its work started, READY=1 (the
+            # connections held: the network and the restores start), the images checked.
             "prepare_exec": boot.get("prepare_exec_at"),
             "prepare_started": boot.get("prepare_started_at"),
+            "prepare_ready": boot.get("ready_at"),
             "images_checked": boot.get("prepare_finished_at"),
             "finished": boot.get("finished_at"),
         },

@@ -154,7 +154,28 @@ def _manifest(gen: state.Generation) -> dict[str, Any] | None:
     return manifest
 
 
+# seamless-restore.service's PID while it checks the units' images (after READY=1); gone when it is done.
+CHECKING = state.RESTORE_DIR / "checking"
+# How long restore-unit waits for its verdict before it checks the images itself.
+VERDICT_TIMEOUT = 600.0
+
+
 def prepare() -> int:
+    """seamless-restore.service (Type=notify): the connections' locks, READY=1, then each unit's verdict.
+
+    READY=1 lets the network and the units' restore-unit processes start; each
+    restore-unit then waits for its own unit's verdict (await_verdict), not
+    for the checks of every unit.
+    """
+    try:
+        return _prepare()
+    finally:
+        # On every path (not a restore boot, no manifest, a failure): the boot must not wait for it.
+        systemd.notify("READY=1")
+        CHECKING.unlink(missing_ok=True)
+
+
+def _prepare() -> int:
     gen = current_generation()
     if gen is None:
         log.info("Not a restore boot")
@@ -177,24 +198,37 @@ def prepare() -> int:
         prepare_started_at=time.time(),
         kernel=os.uname().release,
     )
-    dropped = []
     units = state.units_with_images(manifest)
     if units:
         # CRIU's probe of the kernel, beside the checks rather than in the first restore. Not
-        # waited for: network-pre.target waits for this service, and the restores for the network.
+        # waited for: the restores start at READY=1, and the first to need it probes itself.
         criu.start_kernel_probe()
     opts = manifest.get("warm") or {}
     if opts.get("page_cache") or opts.get("huge_pages"):
         _hand_over_page_cache(
             gen, units if opts.get("page_cache") else [], units if opts.get("huge_pages") else []
         )
+    # Every unit's connections are held before the network can come up (READY=1 lets
+    # network-pre.target through); a unit whose images fail the check lets its own go below.
+    locked = {unit for unit in units if _lock_connections(gen, unit)}
+    CHECKING.write_text(f"{os.getpid()}\n")
+    systemd.notify("READY=1")
+    systemd.notify(f"STATUS=Checking the images of {len(units)} unit(s)")
+    state.update_json(gen.boot, ready_at=time.time())
+    _check_all(gen, units, opts, locked)
+    return 0
 
+
+def _check_all(gen: state.Generation, units: list[str], opts: dict[str, Any], locked: set[str]) -> None:
+    """Check the units' images side by side; each unit's verdict is written as soon as it is known."""
     deferred = {u for u in units if _pages_at_restore(gen, u)}
 
     def timed(unit: str) -> tuple[str | None, float]:
         t0 = time.monotonic()
         return verify_unit(gen, unit, pages=unit not in deferred), round(time.monotonic() - t0, 3)
 
+    dropped = []
+    seconds = {}
     # The units' images are checked side by side (zlib and file reads let go of the GIL),
     # and meanwhile the paths they name are looked up (see warm).
     with (
@@ -202,32 +236,70 @@ def prepare() -> int:
         concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
     ):
         lookups = side.submit(warm.resolve, _paths_named(gen, units)) if opts.get("dentries") else None
-        verdicts = dict(zip(units, pool.map(timed, units), strict=True))
+        checks = {pool.submit(timed, unit): unit for unit in units}
+        for done in concurrent.futures.as_completed(checks):
+            unit = checks[done]
+            why, seconds[unit] = done.result()
+            if why is None:
+                _write_verdict(unit, PAGES_PENDING if unit in deferred else "ok")
+                pages = " (the memory pages as it is restored)" * (unit in deferred)
+                log.info("%s: images verified%s", unit, pages)
+                continue
+            if unit in locked:
+                # Its connections are not coming back: their peers may hear so now.
+                netlock.unlock(unit)
+            if gen.complete(unit).exists():
+                dropped.append(unit)
+                _done_path(unit).write_text(why + "\n")
+            state.write_json(gen.restore_info(unit), {"outcome": "cold-started", "reason": why})
+            _write_verdict(unit, f"bad: {why}")
+            log.warning("%s will start afresh: %s", unit, why)
         if lookups is not None:
             found = lookups.result()
             log.info("Looked up %d path(s) the images name in %.2f s", found["paths"], found["seconds"])
             state.update_json(gen.boot, dentries=found)
-    state.update_json(gen.boot, verify_seconds={u: t for u, (_, t) in verdicts.items()})
-    for unit in units:
-        why = verdicts[unit][0]
-        if why is None:
-            _verdict_path(unit).write_text((PAGES_PENDING if unit in deferred else "ok") + "\n")
-            log.info(
-                "%s: images verified%s", unit, " (the memory pages as it is restored)" * (unit in deferred)
-            )
-            _lock_connections(gen, unit)
-        else:
-            _verdict_path(unit).write_text(f"bad: {why}\n")
-            if gen.complete(unit).exists():
-                dropped.append(unit)
-                _done_path(unit).write_text(why + "\n")
-            log.warning("%s will start afresh: %s", unit, why)
-            state.write_json(gen.restore_info(unit), {"outcome": "cold-started", "reason": why})
+    state.update_json(gen.boot, verify_seconds={u: seconds[u] for u in units})
     if dropped:
-        # Their drop-ins go away, so their start jobs run the normal ExecStart.
+        # Their drop-ins go away, so a start job not begun yet runs the normal ExecStart (one that
+        # began at READY=1 reads the bad verdict, fails, and seamless-restore-finish starts it afresh).
         systemd.daemon_reload()
     state.update_json(gen.boot, prepare_finished_at=time.time())
-    return 0
+
+
+def _write_verdict(unit: str, verdict: str) -> None:
+    """Whole or not at all: restore-unit may be reading it already."""
+    tmp = _verdict_path(unit).with_suffix(".verdict-tmp")
+    tmp.write_text(verdict + "\n")
+    tmp.rename(_verdict_path(unit))
+
+
+def checks_running() -> bool:
+    """Whether seamless-restore.service is still checking images (its verdicts may still come)."""
+    try:
+        pid = int(CHECKING.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def await_verdict(unit: str, timeout: float = VERDICT_TIMEOUT) -> str | None:
+    """UNIT's verdict, waited for while seamless-restore.service still checks; None if none will come."""
+    path = _verdict_path(unit)
+    deadline = time.monotonic() + timeout
+    while not path.exists() and checks_running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _await_checks(timeout: float = VERDICT_TIMEOUT) -> None:
+    """Until seamless-restore.service is done with its checks (it writes this boot's record too)."""
+    deadline = time.monotonic() + timeout
+    while checks_running() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _paths_named(gen: state.Generation, units: list[str]) -> list[str]:
@@ -335,17 +407,27 @@ def keep_report(name: str, data: Any, last: bool = False) -> bool:
     return True
 
 
-def _lock_connections(gen: state.Generation, unit: str) -> None:
-    """Until UNIT is restored, the peers of its connections must not get a reset (see netlock)."""
-    dump = state.read_json(gen.dump_info(unit))
-    conns = [c for c in dump.get("tcp_connections", []) if not sockets.is_loopback(str(c[2]))]
+def _lock_connections(gen: state.Generation, unit: str) -> bool:
+    """Until UNIT is restored, the peers of its connections must not get a reset (see netlock).
+
+    Whether a lock was put up (a chain to remove if the unit is not restored).
+    """
+    try:
+        conns = [
+            c
+            for c in state.read_json(gen.dump_info(unit)).get("tcp_connections", [])
+            if not sockets.is_loopback(str(c[2]))
+        ]
+    except (OSError, ValueError, AttributeError, IndexError, TypeError):
+        return False  # its check says what is wrong with its images
     if not conns:
-        return
+        return False
     try:
         n = netlock.lock(unit, conns)
         log.info("%s: %d TCP connection(s) held until the restore", unit, n)
     except SeamlessError as e:
         log.warning("%s: cannot hold its TCP connections until the restore (%s)", unit, e)
+    return True
 
 
 ADDRESS_TIMEOUT = 120.0
@@ -422,16 +504,22 @@ def restore_unit(unit: str) -> int:
     if gen is None:
         raise RestoreError("not a restore boot (no seamless.restore= on the kernel command line)")
     started = time.time()
-    verdict = _verdict_path(unit).read_text().strip() if _verdict_path(unit).exists() else None
+    verdict = await_verdict(unit)
+    verdict_wait = round(time.time() - started, 3)
     if verdict is None:
+        # seamless-restore.service failed or did not run: check for itself.
         why = verify_unit(gen, unit)
         verdict = "ok" if why is None else f"bad: {why}"
-    record: dict[str, Any] = {"exec_at": process_started_at(), "started_at": started}
+    record: dict[str, Any] = {
+        "exec_at": process_started_at(),
+        "started_at": started,
+        "verdict_wait_seconds": verdict_wait,
+    }
     made: list[int] = []  # System V segments made for the restore (see sysv)
     conns: list[list[Any]] = []
-    if _done_path(unit).exists():
+    if _done_path(unit).exists() and verdict in ("ok", PAGES_PENDING):
         # A second start in this boot (e.g. after a crash) must not bring back
-        # the old images: state written since would be lost.
+        # the old images: state written since would be lost. (A bad verdict says why below.)
         raise RestoreError(
             f"{unit} was already restored or started afresh in this boot; its images are stale. "
             f"Run 'systemctl daemon-reload' and start {unit} again to start it afresh"
@@ -756,6 +844,8 @@ def finish() -> int:
             ram.give_back(ranges, gen.mount)
         return 0
     state.RESTORE_DIR.mkdir(parents=True, exist_ok=True)
+    # seamless-restore.service may still be writing this boot's record (a unit dropped at the end).
+    _await_checks()
     # Every restore is over: the host's cgroup2 has its own options, whatever they did.
     if CGROUP2_OPTIONS.exists():
         sandbox.keep_cgroup2_options(host_cgroup2_options())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,3 +248,13 @@ def daemon_reload() -> None:
         m = Manager(bus=bus)
         m.load()
         m.Manager.Reload()
+
+
+def notify(message: str) -> None:
+    """sd_notify(3): tell systemd how a Type=notify service is doing (nothing outside one)."""
+    where = os.environ.get("NOTIFY_SOCKET")
+    if not where:
+        return
+    addr = "\0" + where[1:] if where.startswith("@") else where
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(message.encode(), addr)

@@ -151,13 +151,19 @@ def test_the_new_boot_splits_at_the_guests_own_times() -> None:
     row = {"scenario": "b", "size_mib": 64, "guest_median": bench.guest_medians(runs)}
     assert bench_docs.boot_table([row]).splitlines()[-1] == (
         "| (b) seamless, images in the memmap= reservation | 64 MiB | 20.00 s | 2.50 s | 1.50 s | 1.00 s "
-        "| 2.00 s | 9.00 s | 3.25 s | 5.00 s |"
+        "| 2.00 s | 9.00 s | — | 3.25 s | 5.00 s |"
     )
     # A run before the report had the restore's parts: their cells say so.
     del unit["seconds"]["address_wait"], unit["seconds"]["criu"]
     assert bench_docs.boot_table([{**row, "guest_median": bench.guest_medians(runs)}]).endswith(
-        "| 9.00 s | — | — |"
+        "| 9.00 s | — | — | — |"
     )
+    # seamless-restore.service as Type=notify: the restore starts at its READY=1, the checks go on.
+    at.update(prepare_ready=T + 22.75, images_checked=T + 26)
+    unit["seconds"]["verdict_wait"] = 0.5
+    steps = bench.boot_steps(runs[:1])
+    assert steps["to_restore"] == [2.25] and steps["prepare_checks"] == [3.5]
+    assert bench.guest_medians(runs[:1])["verdict_wait"] == 0.5
 
 
 def test_a_scenario_at_one_size_runs_only_there_and_the_command_says_so() -> None:

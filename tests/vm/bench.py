@@ -611,8 +611,18 @@ def cache_medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-# address_wait and criu: parts of restore (the network's addresses awaited, criu restore itself).
-GUEST_FIGURES = ("frozen", "checkpoint", "checksum", "verify", "restore", "address_wait", "criu")
+# verdict_wait, address_wait and criu: parts of restore (its unit's verdict awaited, the network's
+# addresses awaited, criu restore itself).
+GUEST_FIGURES = (
+    "frozen",
+    "checkpoint",
+    "checksum",
+    "verify",
+    "restore",
+    "verdict_wait",
+    "address_wait",
+    "criu",
+)
 
 
 def guest_medians(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -635,8 +645,10 @@ def guest_medians(runs: list[dict[str, Any]]) -> dict[str, float]:
 BOOT_STEPS = (
     ("to_prepare", "kernel_started", "prepare_exec"),  # kernel, initramfs, systemd up to seamless-restore
     ("prepare_python", "prepare_exec", "prepare_started"),  # its Python started, its imports
-    ("prepare_checks", "prepare_started", "images_checked"),  # the images' checks, the dentries
-    ("to_restore", "images_checked", "restore_exec"),  # systemd starts the unit's restore
+    ("prepare_checks", "prepare_started", "images_checked"),  # the locks, the images' checks, the dentries
+    # systemd starts the unit's restore, at READY=1 (the checks go on beside it); before
+    # seamless-restore.service was Type=notify, once the checks were done.
+    ("to_restore", "prepare_ready", "restore_exec"),
     ("restore_python", "restore_exec", "restore_started"),
 )
 
@@ -650,6 +662,8 @@ def boot_steps(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
         units = g.get("units") or []
         if units:
             at.update((units[0].get("at") or {}).items())
+        # A report from before READY=1: the oneshot was ready when its checks were done.
+        at["prepare_ready"] = at.get("prepare_ready") or at.get("images_checked")
         for key, start, end in BOOT_STEPS:
             if at.get(start) and at.get(end):
                 out.setdefault(key, []).append(round(at[end] - at[start], 3))

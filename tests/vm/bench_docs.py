@@ -123,16 +123,18 @@ def boot_table(rows: list[dict[str, Any]]) -> str:
         "to_restore",
         "restore_python",
         "restore",
+        "verdict_wait",
         "address_wait",
         "criu",
     )
     headers = [
         "kernel start to seamless-restore's process",
         "its Python start",
-        "its checks",
-        "to restore-unit's process",
+        "its locks and checks",
+        "its READY=1 to restore-unit's process",
         "its Python start",
         "restore",
+        "of it: its verdict awaited",
         "of it: the addresses awaited",
         "of it: criu",
     ]
