@@ -34,11 +34,8 @@ bench: deps
 		a,b,b-lazy,c,d,$(subst $(empty) $(empty),$(comma),$(BENCH_ONOFF:%=%@$(BENCH_ONOFF_SIZE)))
 
 # Every test: unit tests, generator golden files, and the VM upgrade test.
-# TEST_JOBS test modules at a time (pytest-xdist; tests/conftest.py says how they
-# are grouped and ordered): each QEMU run keeps about one core busy.
-TEST_JOBS ?= 2
 test: deps lint
-	$(PYTHON) -m pytest -v -rs --durations=12 -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder tests
+	$(PYTHON) -m pytest -v -rs --durations=12 tests
 
 # Only what runs without root and without a VM.
 unit:

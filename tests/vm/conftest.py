@@ -26,42 +26,30 @@ from tests.vm import vm
 FAULT_ROWS: dict[str, tuple[str, str, str]] = {}
 
 
-# The VM runs some test failed on: their account (timeline, console tail) -> the failed tests' ids,
-# for the run's last lines. Made from the reports, so that it works when the tests ran in
-# pytest-xdist's workers (make test) and the reports came back to the controller.
-FAILED_RUNS: dict[str, list[str]] = {}
+# The scenarios some test failed on: id -> (scenario, the failed tests' ids), for the run's last lines.
+FAILED_RUNS: dict[int, tuple[vm.Scenario, list[str]]] = {}
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """A short account of each failed VM run, last: CI keeps the end of the output when it cuts the middle."""
-    for story, nodeids in FAILED_RUNS.items():
+    for sc, nodeids in FAILED_RUNS.values():
         terminalreporter.section("where the failed VM run got to", sep="-")
         terminalreporter.write_line("failed: " + ", ".join(n.split("::")[-1] for n in nodeids))
-        terminalreporter.write_line(story)
+        terminalreporter.write_line(sc.timeline())
+        terminalreporter.write_line(sc.console_tail(12))
 
 
 # test module -> seconds of its tests, set-up (the image, the VM run) included
 MODULE_SECONDS: dict[str, float] = {}
-STARTED = time.time()
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    # pytest-xdist: the node id carries the group ("...::test@group").
-    nodeid = report.nodeid.split("@", 1)[0]
-    module = nodeid.split("::", 1)[0]
+    module = report.nodeid.split("::", 1)[0]
     MODULE_SECONDS[module] = MODULE_SECONDS.get(module, 0.0) + report.duration
-    props = dict(report.user_properties)
-    if "vm_run" in props and report.failed:
-        FAILED_RUNS.setdefault(props["vm_run"], []).append(nodeid)
-    if "fault" in props and not (report.when != "call" and report.passed):
-        row, outcome = props["fault"]
-        result = "passed" if report.passed else ("skipped" if report.skipped else "FAILED")
-        if FAULT_ROWS.get(nodeid, ("", "", "passed"))[2] == "passed":
-            FAULT_ROWS[nodeid] = (row, outcome, result)
 
 
-def time_table(seconds: dict[str, float], commit: str, day: str, wall: float, workers: int) -> str:
+def time_table(seconds: dict[str, float], commit: str, day: str) -> str:
     lines = [
         "# How long each VM test took",
         "",
@@ -75,8 +63,6 @@ def time_table(seconds: dict[str, float], commit: str, day: str, wall: float, wo
     for module, secs in seconds.items():
         lines.append(f"| `{module}` | {secs / 60:.1f} |")
     lines.append(f"| all of them | {sum(seconds.values()) / 60:.1f} |")
-    at_once = "one module at a time" if workers == 1 else f"{workers} modules at a time (pytest-xdist)"
-    lines += ["", f"The whole pytest run (unit tests too) took {wall / 60:.1f} minutes, {at_once}."]
     return "\n".join(lines) + "\n"
 
 
@@ -89,11 +75,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         for value in getattr(item, "funcargs", {}).values():
             if isinstance(value, vm.Scenario):
                 rep.sections.append(("what the guest said", guest_story(value)))
-                rep.user_properties.append(("vm_run", value.timeline() + "\n" + value.console_tail(12)))
+                FAILED_RUNS.setdefault(id(value), (value, []))[1].append(item.nodeid)
     mark = item.get_closest_marker("fault")
-    if mark is not None:
-        # Read back by pytest_runtest_logreport, in this process or in xdist's controller.
-        rep.user_properties.append(("fault", list(mark.args)))
+    if mark is None or (rep.when != "call" and rep.passed):
+        return
+    row, outcome = mark.args
+    result = "passed" if rep.passed else ("skipped" if rep.skipped else "FAILED")
+    if FAULT_ROWS.get(item.nodeid, ("", "", "passed"))[2] == "passed":
+        FAULT_ROWS[item.nodeid] = (row, outcome, result)
 
 
 def guest_story(sc: vm.Scenario, limit: int = 24000) -> str:
@@ -126,8 +115,6 @@ def fault_table(rows: dict[str, tuple[str, str, str]], commit: str, day: str) ->
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if hasattr(session.config, "workerinput"):
-        return  # a pytest-xdist worker: the controller has every report and writes the tables
     try:
         commit = subprocess.run(
             ["git", "-C", str(vmimage.REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -138,8 +125,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     vmimage.BUILD.mkdir(parents=True, exist_ok=True)
     vm_modules = {m: s for m, s in MODULE_SECONDS.items() if m.startswith("tests/vm/")}
     if vm_modules:
-        workers = getattr(session.config.option, "numprocesses", None) or 1
-        text = time_table(vm_modules, commit or "?", day, time.time() - STARTED, workers)
+        text = time_table(vm_modules, commit or "?", day)
         (vmimage.BUILD / "vm-times.md").write_text(text)
         if os.environ.get("SEAMLESS_TIME_TABLE"):
             Path(os.environ["SEAMLESS_TIME_TABLE"]).write_text(text)

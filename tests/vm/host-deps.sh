@@ -32,9 +32,7 @@ fi
 PY=${PYTHON:-python3}
 # Pinned: a new linter release must not turn CI red on its own; dbus-fast as
 # Debian 12 ships it (the D-Bus service's library, in its unit tests here).
-# pytest-xdist: make test runs two test modules at a time (tests/conftest.py).
-if ! $PY -c 'import pytest, yaml, mypy, ruff, hypothesis, dbus_fast, xdist' 2>/dev/null; then
+if ! $PY -c 'import pytest, yaml, mypy, ruff, hypothesis, dbus_fast' 2>/dev/null; then
 	echo "Installing the Python test tools for $PY" >&2
-	$PY -m pip install -q pytest pyyaml ruff==0.17.6 mypy==2.4.1 types-PyYAML hypothesis dbus-fast==1.84.2 \
-		pytest-xdist==3.8.0 >&2
+	$PY -m pip install -q pytest pyyaml ruff==0.17.6 mypy==2.4.1 types-PyYAML hypothesis dbus-fast==1.84.2 >&2
 fi

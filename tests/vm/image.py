@@ -166,12 +166,9 @@ BUILD_LOG = BUILD / "vm" / "build.log"
 
 @contextlib.contextmanager
 def build_lock() -> Iterator[None]:
-    """One image build at a time on this machine.
-
-    make test runs two VM test modules at once (pytest-xdist): each builds its
-    own image while the other's QEMU runs, but the base tree, CRIU and the
-    shared apt archives are built and filled by one of them at a time.
-    """
+    """One image build at a time on this machine (say make demo beside make test):
+    the base tree, CRIU and the shared apt archives in the cache are built and
+    filled by one of them at a time."""
     CACHE.mkdir(parents=True, exist_ok=True)
     with (CACHE / "build.lock").open("w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -536,7 +533,7 @@ def image_name(
     extra_files: dict[str, str] | None,
     release: Release,
 ) -> str:
-    """The directory name of an image: two test modules running at once never share one."""
+    """The directory name of an image: each test module's own, so no run overwrites another's disk."""
     name = f"image-{scenario}"
     if release is not BOOKWORM:
         name += f"-{release.suite}"
