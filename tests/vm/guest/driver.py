@@ -737,11 +737,23 @@ WRITER_LOG = "/var/lib/seamless-writer/log"
 
 
 def writer_log():
-    """How much of the writer's log is whole: the numbers 1..N in order, N as long as it goes."""
+    """How much of the writer's log is whole: the numbers 1..N in order, N as long as it goes.
+
+    A line cut short by a full disk or a power cut (the first digits of the next
+    number; the writer goes on after it on a line of its own) is counted as torn
+    and skipped: it is not a line lost, and the lines after it still count.
+    """
     text = Path(WRITER_LOG).read_text(errors="replace") if os.path.exists(WRITER_LOG) else ""
-    numbers = [int(x) for x in text.split("\n") if x.isdigit()]
-    whole = next((i for i, n in enumerate(numbers) if n != i + 1), len(numbers))
-    return {"lines": len(numbers), "whole_up_to": whole}
+    lines = [x for x in text.split("\n") if x.isdigit()]
+    expected, torn = 1, 0
+    for x in lines:
+        if int(x) == expected:
+            expected += 1
+        elif str(expected).startswith(x):
+            torn += 1
+        else:
+            break
+    return {"lines": len(lines), "whole_up_to": expected - 1, "torn": torn}
 
 
 def writer_now():
