@@ -74,7 +74,7 @@ def test_cut_during_the_kexec(power: vm.Scenario) -> None:
 
 
 @pytest.mark.fault(
-    "power cut in the new boot, once the images are checked",
+    "power cut in the new boot as the restores start (seamless-restore.service ready, images being checked)",
     "an ordinary boot, services afresh, report interrupted; the writer lost no fsync'ed line",
 )
 def test_cut_during_the_restore(power: vm.Scenario) -> None:

@@ -726,7 +726,9 @@ def came_back():
 # The power scenario: phase -> (what the host waits for on the console to cut the power, next phase).
 POWER_CUTS = {
     "": (["kexec_core: Starting new kernel"], "cut-kexec"),
-    "cut-kexec": (["Finished", "seamless-restore.", "before restoring"], "cut-restore"),
+    # seamless-restore.service's READY=1 (Type=notify: "Started"): the connections held, the
+    # restores starting, the images being checked.
+    "cut-kexec": (["Started", "seamless-restore.", "before restoring"], "cut-restore"),
     # The checkpoint's own log line, on the console through journald (see power).
     "cut-restore": (["Checkpointing seamless-demo@7778.service"], "cut-dump"),
 }
