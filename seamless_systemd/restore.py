@@ -213,13 +213,15 @@ def _prepare() -> int:
     locked = {unit for unit in units if _lock_connections(gen, unit)}
     CHECKING.write_text(f"{os.getpid()}\n")
     systemd.notify("READY=1")
+    ready_at = time.time()
     systemd.notify(f"STATUS=Checking the images of {len(units)} unit(s)")
-    state.update_json(gen.boot, ready_at=time.time())
-    _check_all(gen, units, opts, locked)
+    _check_all(gen, units, opts, locked, ready_at)
     return 0
 
 
-def _check_all(gen: state.Generation, units: list[str], opts: dict[str, Any], locked: set[str]) -> None:
+def _check_all(
+    gen: state.Generation, units: list[str], opts: dict[str, Any], locked: set[str], ready_at: float
+) -> None:
     """Check the units' images side by side; each unit's verdict is written as soon as it is known."""
     deferred = {u for u in units if _pages_at_restore(gen, u)}
 
@@ -258,12 +260,17 @@ def _check_all(gen: state.Generation, units: list[str], opts: dict[str, Any], lo
             found = lookups.result()
             log.info("Looked up %d path(s) the images name in %.2f s", found["paths"], found["seconds"])
             state.update_json(gen.boot, dentries=found)
-    state.update_json(gen.boot, verify_seconds={u: seconds[u] for u in units})
     if dropped:
         # Their drop-ins go away, so a start job not begun yet runs the normal ExecStart (one that
         # began at READY=1 reads the bad verdict, fails, and seamless-restore-finish starts it afresh).
         systemd.daemon_reload()
-    state.update_json(gen.boot, prepare_finished_at=time.time())
+    # One write of this boot's record for the whole check (the verdicts went out as they came).
+    state.update_json(
+        gen.boot,
+        ready_at=ready_at,
+        verify_seconds={u: seconds[u] for u in units},
+        prepare_finished_at=time.time(),
+    )
 
 
 def _write_verdict(unit: str, verdict: str) -> None:
@@ -283,23 +290,20 @@ def checks_running() -> bool:
     return True
 
 
+def _await_checks(timeout: float = VERDICT_TIMEOUT, until: Path | None = None) -> None:
+    """While seamless-restore.service checks images (at most TIMEOUT), or until the file UNTIL exists."""
+    deadline = time.monotonic() + timeout
+    while not (until is not None and until.exists()) and checks_running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def await_verdict(unit: str, timeout: float = VERDICT_TIMEOUT) -> str | None:
     """UNIT's verdict, waited for while seamless-restore.service still checks; None if none will come."""
-    path = _verdict_path(unit)
-    deadline = time.monotonic() + timeout
-    while not path.exists() and checks_running() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _await_checks(timeout, until=_verdict_path(unit))
     try:
-        return path.read_text().strip()
+        return _verdict_path(unit).read_text().strip()
     except FileNotFoundError:
         return None
-
-
-def _await_checks(timeout: float = VERDICT_TIMEOUT) -> None:
-    """Until seamless-restore.service is done with its checks (it writes this boot's record too)."""
-    deadline = time.monotonic() + timeout
-    while checks_running() and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def _paths_named(gen: state.Generation, units: list[str]) -> list[str]:
