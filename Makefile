@@ -42,7 +42,7 @@ unit:
 	$(PYTHON) -m pytest -v -m "not integration" tests
 
 lint:
-	shellcheck -s sh packaging/debian/seamless-systemd.prerm packaging/debian/seamless-systemd.postrm initramfs-tools/hooks/seamless initramfs-tools/scripts/*/seamless initrd/* dracut/90seamless/*.sh libexec/criu-action kernel-hooks/* tests/vm/host-deps.sh packaging/rpm/build.sh .ci/run
+	shellcheck -s sh packaging/debian/seamless-systemd.prerm packaging/debian/seamless-systemd.postrm initramfs-tools/hooks/seamless initramfs-tools/scripts/*/seamless initrd/* dracut/90seamless/*.sh libexec/criu-action kernel-hooks/* tests/vm/host-deps.sh tests/vm/guest/kexec-pause packaging/rpm/build.sh .ci/run
 	shellcheck -s bash dracut/90seamless/module-setup.sh packaging/files/bash-completion/seamless-upgrade
 	$(PYTHON) -m ruff format --check seamless_systemd tests generators/seamless-generator bin/seamless-upgrade
 	$(PYTHON) -m ruff check seamless_systemd tests

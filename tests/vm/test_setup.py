@@ -112,3 +112,12 @@ def test_package_reinstalled_while_armed_removed_and_purged(setup_run: vm.Scenar
     assert not purged["config"] and not purged["state_dir"], purged
     assert not purged["grub_dropin"] and purged["grub"] == [], purged
     assert same_services(before, purged["states"]) == [], (before, purged["states"])
+    # The triggers of the three (run once, as apt would): the initramfs rebuilt, none of our files in it.
+    rc, out = pkg["triggers"]
+    assert rc == 0 and "update-initramfs: Generating" in out, out
+    images = pkg["initramfs"]
+    assert pkg["rebuilt"] and set(pkg["rebuilt"]) < set(images), (pkg["rebuilt"], images)
+    for img, got in images.items():
+        assert got["files"] > 100, (img, got)
+        # The one not rebuilt still has our hook: what the check looks for is there to be seen.
+        assert (got["ours"] == []) == (img in pkg["rebuilt"]), (img, got)

@@ -10,18 +10,21 @@ the ordinary reboot ends QEMU (-no-reboot) and boot 3 is a new QEMU process.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.vm import image as vmimage
+from tests.vm import tbflush
 
 # Generous: under TCG a kexec can take minutes to reach userspace (PLATFORM.md),
 # and the full scenario's one QEMU run (boot A, refused and real upgrades, 21
@@ -168,12 +171,16 @@ def qemu_argv(
     forwards: dict[int, int] | None = None,
     machine: Machine = DEFAULT,
     kernel_b: bool = False,
+    gdb: Path | None = None,
 ) -> list[str]:
     """FORWARDS: host port -> guest port, through QEMU's user-mode network (none: no network).
 
-    KERNEL_B: boot kernel B (a cold boot into the new kernel), not A.
+    KERNEL_B: boot kernel B (a cold boot into the new kernel), not A. GDB: QEMU's gdb stub on
+    this unix socket (tbflush).
     """
-    words = ("root=/dev/vda rw console=ttyS0", machine.memmap, machine.panic, append)
+    # seamless_test.tbflush: the guest waits for the flush before a kexec (tests/vm/guest/kexec-pause).
+    pause = "seamless_test.tbflush" if os.environ.get("SEAMLESS_QEMU_TBFLUSH") == "shutdown" else ""
+    words = ("root=/dev/vda rw console=ttyS0", machine.memmap, machine.panic, pause, append)
     cmdline = " ".join(w for w in words if w)
     fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in (forwards or {}).items())
     return (
@@ -201,6 +208,7 @@ def qemu_argv(
             f"file:{console}",
         ]
         + _network(console, fwd if forwards else None)
+        + (["-gdb", f"unix:{gdb},server=on,wait=off"] if gdb is not None else [])
         + [
             "-no-reboot",
             "-drive",
@@ -353,6 +361,31 @@ QEMU_STARTED = "[vm] QEMU started"  # the pseudo console lines boot() gives ON_L
 QEMU_EXITED = "[vm] QEMU exited"
 
 
+_QEMU_RUNS = itertools.count(1)
+
+
+def _gdb_socket() -> Path:
+    # Short and unique: a unix socket's path has room for 107 bytes, a fresh clone's build/ may not.
+    return Path(tempfile.gettempdir()) / f"seamless-qemu-{os.getpid()}-{next(_QEMU_RUNS)}.gdb"
+
+
+def _flush_translations(gdb: Path) -> None:
+    """After a kexec: QEMU drops its translated code (tbflush, docs/platform.md)."""
+    try:
+        paused = tbflush.flush(gdb)
+    except (OSError, RuntimeError) as e:
+        # The boot goes on as it would have without: only slower (QEMU's artifact, not the guest's).
+        print(
+            f"[vm] could not flush QEMU's translated code after the kexec: {e}", file=sys.stderr, flush=True
+        )
+        return
+    print(
+        f"[vm] kexec: QEMU's translated code dropped (guest paused {paused * 1000:.0f} ms)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def boot(
     img: vmimage.Image,
     console: Path,
@@ -374,12 +407,17 @@ def boot(
     """
     console.unlink(missing_ok=True)
     by_target = {c.target: c for c in clients or []}
+    # SEAMLESS_QEMU_TBFLUSH=shutdown|kexec|clocksource: QEMU drops its translated code at each
+    # kexec, through its gdb stub (tests/vm/tbflush.py: when exactly; an experiment, docs/platform.md).
+    flush_at = tbflush.WHEN.get(os.environ.get("SEAMLESS_QEMU_TBFLUSH", ""), "")
+    gdb = _gdb_socket() if flush_at else None
     argv = qemu_argv(
         img,
         console,
         forwards={**{c.port: c.guest_port for c in by_target.values()}, **(forwards or {})},
         machine=machine,
         kernel_b=kernel_b,
+        gdb=gdb,
     )
     print(f"[vm] booting kernel {'B' if kernel_b else 'A'}, console: {console}", file=sys.stderr, flush=True)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -391,6 +429,7 @@ def boot(
     reader = ConsoleEvents()
     # The guest's 'cut-power' event: kill QEMU (a power cut) at the first console line holding all of these.
     cut: list[str] | None = None
+    kexeced = False  # the guest kexec'd, its translated code not yet flushed
     try:
         while True:
             if console.exists():
@@ -409,6 +448,11 @@ def boot(
                         events.append(Event("power-cut", {"when": cut, "line": line[-300:]}, time.time()))
                         print(f"[vm] power cut at: {line[-200:]}", file=sys.stderr, flush=True)
                         return
+                    if gdb is not None and (tbflush.KEXEC_LINE in line or tbflush.SHUTDOWN_LINE in line):
+                        kexeced = True
+                    if kexeced and gdb is not None and flush_at in line and proc.poll() is None:
+                        kexeced = False
+                        _flush_translations(gdb)
                     got = reader.feed(line)
                     if got is None:
                         continue
@@ -431,11 +475,14 @@ def boot(
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"QEMU did not finish within {timeout:.0f} s")
-            time.sleep(0.5)
+            # Flushing at a kexec: the lines come 0.1 s apart, and the guest waits 0.3 s.
+            time.sleep(0.05 if gdb is not None else 0.5)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if gdb is not None:
+            gdb.unlink(missing_ok=True)
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         if err.strip():
             print(f"[vm] qemu stderr: {err.strip()[-2000:]}", file=sys.stderr)

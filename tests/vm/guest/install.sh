@@ -3,6 +3,7 @@
 set -e
 cd /usr/local/lib/seamless-test
 cp seamless-*.service seamless-*.socket /etc/systemd/system/
+install -D -m 0755 kexec-pause /usr/lib/systemd/system-shutdown/seamless-test-kexec-pause
 SCENARIO=$(cat /etc/seamless-test/scenario)
 systemctl enable seamless-test.service seamless-spoiler.service
 if [ "$SCENARIO" = bench ]; then
