@@ -28,8 +28,7 @@ SHUTDOWN_LINE = "seamless-test: kexec next"
 # SEAMLESS_QEMU_TBFLUSH's values: the console line after which the harness flushes.
 # - shutdown: just before the kexec (the guest waits for it; cmdline seamless_test.tbflush).
 # - kexec: at the old kernel's last line. Polled every 50 ms, the flush may land in the new
-#   kernel's first steps: once (polled every 0.5 s) it came in the TSC calibration and a soft
-#   lockup followed in that boot.
+#   kernel's first steps: once (polled every 0.5 s) a soft lockup followed in that boot.
 # - clocksource: once the new kernel has switched its clocksource (past the calibration and the
 #   secondary CPUs' start): most of the gain is gone, the slow stores come before it.
 # (docs/platform.md, "Kexec'd boots under TCG").
