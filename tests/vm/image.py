@@ -585,7 +585,11 @@ def _build_image(
     archives.mkdir(parents=True, exist_ok=True)
     with chroot_mounts(root), bind_mount(archives, root / "var/cache/apt/archives"):
         in_chroot(root, "dpkg", "-i", "/tmp/seamless-systemd.deb")
-        in_chroot(root, "sh", "/usr/local/lib/seamless-test/install.sh")
+        # SEAMLESS_QEMU_TBFLUSH=shutdown: the image waits for the harness's flush before a kexec.
+        flush = os.environ.get("SEAMLESS_QEMU_TBFLUSH", "")
+        in_chroot(
+            root, "env", f"SEAMLESS_QEMU_TBFLUSH={flush}", "sh", "/usr/local/lib/seamless-test/install.sh"
+        )
         if scenario == "dracut":
             for ver in (release.kernel_a, release.kernel_b):
                 in_chroot(root, "dracut", "--force", "--no-hostonly", f"/boot/initrd.img-{ver}", ver)

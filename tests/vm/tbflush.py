@@ -1,17 +1,18 @@
 """Empty QEMU's translation buffer early in a kexec'd boot, through QEMU's gdb stub.
 
-An experiment of the test bed, off by default (SEAMLESS_QEMU_TBFLUSH=shutdown,
-kexec or clocksource turns it on, see WHEN; docs/platform.md, "Kexec'd boots under TCG"). QEMU 7.2 keeps every
-guest page it has translated code from on its slow write path until that code
-is invalidated or the whole translation buffer is flushed, and a store that
-misses the translated bytes invalidates nothing. After a kexec the new kernel
-reuses the old system's code pages for everything, and each store to them
-takes the slow path until the buffer fills up (1 GiB by default: a minute or
-more). Real CPUs have no such thing. QEMU 7.2 flushes the whole buffer when
-the guest stops for its debugger (gdbstub.c, gdb_vm_state_change: tb_flush on
-RUN_STATE_DEBUG), so the harness, at the kexec, connects to the gdb stub (which pauses the guest),
-single-steps one instruction (the stop flushes) and detaches (which resumes
-the guest): a pause of some milliseconds.
+An experiment of the test bed, measured and left off (SEAMLESS_QEMU_TBFLUSH=
+shutdown, kexec or clocksource turns it on, see WHEN; docs/platform.md,
+"Kexec'd boots under TCG"). QEMU 7.2 keeps every guest page it has translated
+code from on its slow write path until that code is invalidated or the whole
+translation buffer is flushed, and a store that misses the translated bytes
+invalidates nothing. After a kexec the new kernel reuses the old system's code
+pages for everything, and each store to them takes the slow path until the
+buffer fills up (1 GiB by default: a minute or more). Real CPUs have no such
+thing. QEMU 7.2 flushes the whole buffer when the guest stops for its debugger
+(gdbstub.c, gdb_vm_state_change: tb_flush on RUN_STATE_DEBUG), so the harness,
+at the kexec, connects to the gdb stub (which pauses the guest), single-steps
+one instruction (the stop flushes) and detaches (which resumes the guest): a
+pause of some milliseconds.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ KEXEC_LINE = "kexec_core: Starting new kernel"
 # moment for the flush, the old system stopped and the kexec next.
 SHUTDOWN_LINE = "seamless-test: kexec next"
 # SEAMLESS_QEMU_TBFLUSH's values: the console line after which the harness flushes.
-# - shutdown: just before the kexec (the guest waits for it; cmdline seamless_test.tbflush).
+# - shutdown: just before the kexec (the guest waits for it; the image must be built with the
+#   same setting, which installs the waiting program).
 # - kexec: at the old kernel's last line. Polled every 50 ms, the flush may land in the new
 #   kernel's first steps: once (polled every 0.5 s) a soft lockup followed in that boot.
 # - clocksource: once the new kernel has switched its clocksource (past the calibration and the

@@ -178,9 +178,7 @@ def qemu_argv(
     KERNEL_B: boot kernel B (a cold boot into the new kernel), not A. GDB: QEMU's gdb stub on
     this unix socket (tbflush).
     """
-    # seamless_test.tbflush: the guest waits for the flush before a kexec (tests/vm/guest/kexec-pause).
-    pause = "seamless_test.tbflush" if os.environ.get("SEAMLESS_QEMU_TBFLUSH") == "shutdown" else ""
-    words = ("root=/dev/vda rw console=ttyS0", machine.memmap, machine.panic, pause, append)
+    words = ("root=/dev/vda rw console=ttyS0", machine.memmap, machine.panic, append)
     cmdline = " ".join(w for w in words if w)
     fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in (forwards or {}).items())
     return (
@@ -448,11 +446,11 @@ def boot(
                         events.append(Event("power-cut", {"when": cut, "line": line[-300:]}, time.time()))
                         print(f"[vm] power cut at: {line[-200:]}", file=sys.stderr, flush=True)
                         return
-                    if gdb is not None and (tbflush.KEXEC_LINE in line or tbflush.SHUTDOWN_LINE in line):
-                        kexeced = True
-                    if kexeced and gdb is not None and flush_at in line and proc.poll() is None:
-                        kexeced = False
-                        _flush_translations(gdb)
+                    if gdb is not None:
+                        kexeced = kexeced or tbflush.KEXEC_LINE in line or tbflush.SHUTDOWN_LINE in line
+                        if kexeced and flush_at in line and proc.poll() is None:
+                            kexeced = False
+                            _flush_translations(gdb)
                     got = reader.feed(line)
                     if got is None:
                         continue

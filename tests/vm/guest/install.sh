@@ -3,7 +3,11 @@
 set -e
 cd /usr/local/lib/seamless-test
 cp seamless-*.service seamless-*.socket /etc/systemd/system/
-install -D -m 0755 kexec-pause /usr/lib/systemd/system-shutdown/seamless-test-kexec-pause
+# Only for an image booted with the flush of QEMU's code before each kexec (tests/vm/tbflush.py):
+# elsewhere nothing of the test bed's runs on the shutdown path.
+if [ "${SEAMLESS_QEMU_TBFLUSH:-}" = shutdown ]; then
+	install -D -m 0755 kexec-pause /usr/lib/systemd/system-shutdown/seamless-test-kexec-pause
+fi
 SCENARIO=$(cat /etc/seamless-test/scenario)
 systemctl enable seamless-test.service seamless-spoiler.service
 if [ "$SCENARIO" = bench ]; then
