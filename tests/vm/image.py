@@ -8,10 +8,15 @@ Two layers, so that a code change does not rebuild the world:
 * CRIU 4.1.1 (Debian 13's), built once from its release tarball in a copy of
   the base tree and cached under ``criu-4.1.1-KEY`` (Debian 12's 3.17 cannot
   keep ``NoNewPrivileges=``);
-* the *test* image is made for every run: a copy of the base tree, this
-  project's Debian package (built from ``packaging/``) and the guest test
-  files installed into it, initramfs images regenerated, then packed into a
-  raw ext4 image with ``mkfs.ext4 -d`` (no loop device needed).
+* the *prepared* tree, one per release and state of this checkout: a copy
+  of the base tree with this project's Debian package (built from
+  ``packaging/``) and the guest test files installed and the initramfs
+  images regenerated (some 25 s), shared by every test image built from the
+  same checkout (``build/vm/prepared-SUITE``, KEY: a hash of the checkout's
+  files);
+* the *test* image is made for every run: a copy of the prepared tree, the
+  scenario's units and configuration (tests/vm/guest/install.sh), then
+  packed into a raw ext4 image with ``mkfs.ext4 -d`` (no loop device needed).
 
 Run as root (debootstrap and chroot need it). ``python3 -m tests.vm.image``
 builds the image and prints its paths.
@@ -543,6 +548,58 @@ def image_name(
     return name
 
 
+DEB_NAME = "seamless-systemd.deb"
+
+
+def checkout_key(release: Release) -> str:
+    """A hash of the checkout's files (what the package and the guest's test files are made from)."""
+    files = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    h = hashlib.sha256(release.suite.encode())
+    for name in sorted(filter(None, files.decode().split("\0"))):
+        p = REPO / name
+        if p.is_file():
+            h.update(name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def build_prepared(release: Release) -> Path:
+    """The base tree with this checkout's package, the guest's test files and the initramfs images.
+
+    Made once per checkout state and release, shared by the test images (each
+    copies it and adds its scenario): a make test builds some ten images.
+    """
+    out = BUILD / "vm" / f"prepared-{release.suite}"
+    key = checkout_key(release)
+    stamp = out / "key"
+    if stamp.exists() and stamp.read_text().strip() == key and (out / "rootfs").is_dir():
+        log(f"prepared tree {out} is current ({key})")
+        return out
+    stamp.unlink(missing_ok=True)
+    base = build_base(release) / "rootfs"
+    criu = build_criu(base) if release.build_criu else None
+    deb = build_deb(out)
+    shutil.copy2(deb, out / DEB_NAME)
+    root = out / "rootfs"
+    if root.exists():
+        shutil.rmtree(root)
+    sh("cp", "-a", "--reflink=auto", base, root)
+    shutil.copy2(deb, root / "tmp" / DEB_NAME)
+    if criu is not None:
+        shutil.copy2(criu, root / "usr/local/sbin/criu")
+    guest = REPO / "tests/vm/guest"
+    sh("cp", "-a", f"{guest}/.", root / "usr/local/lib/seamless-test")
+    with chroot_mounts(root):
+        in_chroot(root, "dpkg", "-i", f"/tmp/{DEB_NAME}")
+        in_chroot(root, "update-initramfs", "-u", "-k", "all")
+    (root / "tmp" / DEB_NAME).unlink()
+    stamp.write_text(key + "\n")
+    return out
+
+
 def _build_image(
     out: Path,
     scenario: str,
@@ -551,18 +608,11 @@ def _build_image(
     extra_files: dict[str, str] | None,
     release: Release,
 ) -> Image:
-    base = build_base(release) / "rootfs"
-    criu = build_criu(base) if release.build_criu else None
-    deb = build_deb(out)
+    prepared = build_prepared(release)
     root = out / "rootfs"
     if root.exists():
         shutil.rmtree(root)
-    sh("cp", "-a", "--reflink=auto", base, root)
-    shutil.copy2(deb, root / "tmp/seamless-systemd.deb")
-    if criu is not None:
-        shutil.copy2(criu, root / "usr/local/sbin/criu")
-    guest = REPO / "tests/vm/guest"
-    sh("cp", "-a", f"{guest}/.", root / "usr/local/lib/seamless-test")
+    sh("cp", "-a", "--reflink=auto", prepared / "rootfs", root)
     if lab_script is not None:
         shutil.copy(lab_script, root / "usr/local/lib/seamless-test/lab.sh")
     names = [w.name for w in workloads]
@@ -584,7 +634,6 @@ def _build_image(
     archives = CACHE / "apt-archives"
     archives.mkdir(parents=True, exist_ok=True)
     with chroot_mounts(root), bind_mount(archives, root / "var/cache/apt/archives"):
-        in_chroot(root, "dpkg", "-i", "/tmp/seamless-systemd.deb")
         # SEAMLESS_QEMU_TBFLUSH=shutdown: the image waits for the harness's flush before a kexec.
         flush = os.environ.get("SEAMLESS_QEMU_TBFLUSH", "")
         in_chroot(
@@ -593,15 +642,15 @@ def _build_image(
         if scenario == "dracut":
             for ver in (release.kernel_a, release.kernel_b):
                 in_chroot(root, "dracut", "--force", "--no-hostonly", f"/boot/initrd.img-{ver}", ver)
-        else:
+        elif workloads:
+            # The workloads' packages may bring initramfs hooks of their own.
             in_chroot(root, "update-initramfs", "-u", "-k", "all")
         if scenario == "setup":
             install_grub(root)
     if scenario == "setup":
         # The setup scenario installs it again, removes and purges it.
         (root / "var/cache/seamless-test").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / "tmp/seamless-systemd.deb", root / "var/cache/seamless-test/seamless-systemd.deb")
-    (root / "tmp/seamless-systemd.deb").unlink()
+        shutil.copy2(prepared / DEB_NAME, root / "var/cache/seamless-test/seamless-systemd.deb")
     disk = out / "disk.raw"
     if disk.exists():
         disk.unlink()

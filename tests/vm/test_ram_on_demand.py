@@ -7,6 +7,11 @@ damaged). Its before.sh checks that the old kernel reserves nothing (no
 memmap=, no /dev/pmem*); its after.sh checks the same process has the same
 bytes, that the new kernel was told the ranges on its command line only, that
 the images' mount and table are gone and MemTotal is back (docs/ram-on-demand.md).
+
+The same upgrade carries the README's example workload (make demo
+WORKLOAD=tests/workloads/nginx): Debian's nginx, its master and workers the
+same processes after it, serving the same page, reloadable. One image and one
+QEMU run for both (a run of its own cost make test 2 minutes).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from tests.vm import vm
 pytestmark = pytest.mark.integration
 
 WORKLOAD = vmimage.REPO / "tests/workloads/ram-on-demand"
+NGINX = vmimage.REPO / "tests/workloads/nginx"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +38,7 @@ def ram_demo() -> tuple[int, dict[str, Any]]:
         pytest.skip("the VM test builds its image with debootstrap and chroot: run it as root")
     out = vmimage.BUILD / "demo-ram-on-demand"
     shutil.rmtree(out, ignore_errors=True)
-    rc = vm.demo(out, [WORKLOAD], vm.NO_RESERVATION)
+    rc = vm.demo(out, [WORKLOAD, NGINX], vm.NO_RESERVATION)
     return rc, json.loads((out / "report.json").read_text())
 
 
@@ -73,3 +79,15 @@ def test_too_much_ram_is_refused_and_disarm_gives_it_all_back(ram_demo: tuple[in
     assert "64G refused:" in tail and "MiB is available (MemAvailable" in tail, tail
     nothing_held = "{'hugepages': 0, 'mounted': False, 'nbd_attached': [], 'ram_service': 'inactive'}"
     assert f"disarmed: {nothing_held}" in tail, tail
+
+
+def test_nginx_workload_survives_the_upgrade(ram_demo: tuple[int, dict[str, Any]]) -> None:
+    _, rep = ram_demo
+    scripts = rep["workload"]["scripts"]
+    assert scripts["nginx/before.sh"]["rc"] == 0, scripts["nginx/before.sh"]
+    # after.sh: the same master and workers, the same page, and a reload works.
+    assert scripts["nginx/after.sh"]["rc"] == 0, scripts["nginx/after.sh"]
+    nginx = next(u for u in rep["units"] if u["unit"] == "nginx.service")
+    assert nginx["outcome"] == "restored", nginx
+    assert nginx["main_pid_before"] == nginx["main_pid_after"]
+    assert nginx["state_ok"] is True

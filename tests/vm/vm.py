@@ -121,9 +121,10 @@ class Scenario:
             out += text[-lines:]
         return "\n".join(out)
 
-    def timeline(self) -> str:
-        """One line per event the host saw, in order: how far the guest got."""
-        t0 = self.events[0].at if self.events else 0.0
+    def timeline(self, t0: float | None = None) -> str:
+        """One line per event the host saw, in order: how far the guest got (times from T0, or the first)."""
+        if t0 is None:
+            t0 = self.events[0].at if self.events else 0.0
         out = []
         for e in self.events:
             if e.name == "debug":
@@ -497,24 +498,41 @@ def run_scenario(img: vmimage.Image, out: Path, machine: Machine = DEFAULT) -> S
         HostClient(CONTAINER_GUEST_PORT, "container", b"GET"),
         SshClient(img.root),
     ]
-    for n in range(1, 8):
-        console = out / f"console-{n}.log"
-        sc.consoles.append(console)
-        seen = len(sc.events)
-        try:
-            boot(img, console, sc.events, set(), clients, machine, timeout=machine.timeout)
-        except TimeoutError as e:
-            sc.events.append(Event("timeout", {"error": str(e)}, time.time()))
-            return sc
-        names = {e.name for e in sc.events}
-        # Done, failed, or no progress in this QEMU run: stop.
-        if names & {"error", "done", "idle"} or len(sc.events) == seen:
-            break
-    for c in clients:
-        if isinstance(c, SshClient) and c.proc is not None:
-            c.proc.kill()
-            c.proc.wait()
+    runs: list[tuple[int, float, float]] = []  # QEMU run, started, ended (host time)
+    try:
+        for n in range(1, 8):
+            console = out / f"console-{n}.log"
+            sc.consoles.append(console)
+            seen = len(sc.events)
+            started = time.time()
+            try:
+                boot(img, console, sc.events, set(), clients, machine, timeout=machine.timeout)
+            except TimeoutError as e:
+                sc.events.append(Event("timeout", {"error": str(e)}, time.time()))
+                return sc
+            finally:
+                runs.append((n, started, time.time()))
+            names = {e.name for e in sc.events}
+            # Done, failed, or no progress in this QEMU run: stop.
+            if names & {"error", "done", "idle"} or len(sc.events) == seen:
+                break
+    finally:
+        for c in clients:
+            if isinstance(c, SshClient) and c.proc is not None:
+                c.proc.kill()
+                c.proc.wait()
+        t0 = runs[0][1] if runs else None
+        (out / "timeline.txt").write_text(run_times(runs) + "\n" + sc.timeline(t0) + "\n")
     return sc
+
+
+def run_times(runs: list[tuple[int, float, float]]) -> str:
+    """Each QEMU run's start and length, from the first run's start: where a test's minutes went."""
+    t0 = runs[0][1] if runs else 0.0
+    lines = [f"QEMU run {n}: +{a - t0:.1f} s, {b - a:.1f} s" for n, a, b in runs]
+    if runs:
+        lines.append(f"all runs: {runs[-1][2] - t0:.1f} s")
+    return "\n".join(lines)
 
 
 def demo(workdir: Path, workloads: list[Path] | None = None, machine: Machine = DEFAULT) -> int:

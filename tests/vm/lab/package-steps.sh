@@ -5,13 +5,8 @@
 # removed), the same without compression (is it the compressor?), arm and
 # disarm, and a whole dpkg -r with its trigger.
 # python3 -m tests.vm.vm lab tests/vm/lab/package-steps.sh
-t() {
-	s=$(date +%s.%N)
-	"$@" >/tmp/lab-step.log 2>&1
-	rc=$?
-	e=$(date +%s.%N)
-	printf '%-60s rc=%s %6.1f s\n' "$*" "$rc" "$(awk "BEGIN{print $e - $s}")"
-}
+# shellcheck source=/dev/null
+. /usr/local/lib/seamless-test/lab-timer.sh
 B=6.1.0-53-cloud-amd64
 t update-initramfs -u -k "$B"
 t mkinitramfs -c none -o /tmp/initrd-none "$B"
