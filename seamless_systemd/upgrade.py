@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import errno
 import fcntl
@@ -772,67 +773,82 @@ def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan, pre_dump: bool)
     """Dump every unit once while it keeps running: what fails here fails before the kexec.
 
     PRE_DUMP: keep each trial as round 0 of the pre-dump rounds (see predump).
+    The units are dumped side by side, as many at a time as there are CPUs
+    (each dump freezes only its own tree); every unit that fails is named.
     """
-    for up in plan.units:
-        if not up.preserved:
-            continue
-        info = systemd.unit_info(up.unit)
-        trial = gen.unit_dir(up.unit) / "trial"
-        log_path = gen.unit_dir(up.unit) / "trial-dump.log"
-        what = f"Trial checkpoint of {up.unit} (it keeps running)"
-        try:
-            with progress.growing("trial-dump", what, up.unit, gen.unit_dir(up.unit)):
-                if up.container:
-                    ctr = podman.of_unit(info.main_pid)
-                    if ctr is None:
-                        raise CheckpointError("its container stopped running")
-                    podman.checkpoint(
-                        ctr,
-                        trial / podman.ARCHIVE,
-                        log_path,
-                        leave_running=True,
-                        timeout=cfg.checkpoint_timeout,
-                        tcp=bool(podman.connections(ctr)),
-                    )
-                elif pre_dump:
-                    # The trial is round 0 of the pre-dump (see predump): kept, with memory tracking.
-                    facts = criu.inspect(info)
-                    images = gen.images(up.unit)
-                    criu.dump(
-                        facts,
-                        images / f"{predump.ROUND_PREFIX}0",
-                        log_path,
-                        leave_running=True,
-                        timeout=cfg.checkpoint_timeout,
-                        track_mem=True,
-                    )
-                    record = predump.rounds(
-                        facts.main_pid, facts.pids, images, gen.unit_dir(up.unit), cfg.checkpoint_timeout
-                    )
-                    state.write_json(gen.unit_dir(up.unit) / predump.RECORD, record)
-                    # Hashed now, while the service runs, not in the shutdown (imagesums).
-                    t0 = time.monotonic()
-                    rounds = [f"{predump.ROUND_PREFIX}{r['round']}" for r in record["rounds"]]
-                    noted = imagesums.note_rounds(images, rounds, cfg.image_checksum)
-                    state.write_json(gen.unit_dir(up.unit) / ROUND_SUMS, noted)
-                    log.info("%s: the rounds' checksums took %.1f s", up.unit, time.monotonic() - t0)
-                    log.info(
-                        "%s: pre-dump rounds wrote %s MiB",
-                        up.unit,
-                        " + ".join(str(int(r["bytes"]) >> 20) for r in record["rounds"]),
-                    )
-                else:
-                    criu.dump(
-                        criu.inspect(info),
-                        trial,
-                        log_path,
-                        leave_running=True,
-                        timeout=cfg.checkpoint_timeout,
-                    )
-        except CheckpointError as e:
-            raise PreflightError([f"{up.unit}: trial checkpoint failed: {e}"]) from e
-        finally:
-            shutil.rmtree(trial, ignore_errors=True)
+    units = [up for up in plan.units if up.preserved]
+    if not units:
+        return
+    problems: list[str] = []
+    workers = max(1, min(len(units), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        tried = {pool.submit(_trial_dump, cfg, gen, up, pre_dump): up.unit for up in units}
+        for done in concurrent.futures.as_completed(tried):
+            try:
+                done.result()
+            except CheckpointError as e:
+                problems.append(f"{tried[done]}: trial checkpoint failed: {e}")
+    if problems:
+        raise PreflightError(sorted(problems))
+
+
+def _trial_dump(cfg: Config, gen: state.Generation, up: UnitPlan, pre_dump: bool) -> None:
+    """One unit's trial dump (see _trial_dumps); a CheckpointError says why it failed."""
+    info = systemd.unit_info(up.unit)
+    trial = gen.unit_dir(up.unit) / "trial"
+    log_path = gen.unit_dir(up.unit) / "trial-dump.log"
+    what = f"Trial checkpoint of {up.unit} (it keeps running)"
+    try:
+        with progress.growing("trial-dump", what, up.unit, gen.unit_dir(up.unit)):
+            if up.container:
+                ctr = podman.of_unit(info.main_pid)
+                if ctr is None:
+                    raise CheckpointError("its container stopped running")
+                podman.checkpoint(
+                    ctr,
+                    trial / podman.ARCHIVE,
+                    log_path,
+                    leave_running=True,
+                    timeout=cfg.checkpoint_timeout,
+                    tcp=bool(podman.connections(ctr)),
+                )
+            elif pre_dump:
+                # The trial is round 0 of the pre-dump (see predump): kept, with memory tracking.
+                facts = criu.inspect(info)
+                images = gen.images(up.unit)
+                criu.dump(
+                    facts,
+                    images / f"{predump.ROUND_PREFIX}0",
+                    log_path,
+                    leave_running=True,
+                    timeout=cfg.checkpoint_timeout,
+                    track_mem=True,
+                )
+                record = predump.rounds(
+                    facts.main_pid, facts.pids, images, gen.unit_dir(up.unit), cfg.checkpoint_timeout
+                )
+                state.write_json(gen.unit_dir(up.unit) / predump.RECORD, record)
+                # Hashed now, while the service runs, not in the shutdown (imagesums).
+                t0 = time.monotonic()
+                rounds = [f"{predump.ROUND_PREFIX}{r['round']}" for r in record["rounds"]]
+                noted = imagesums.note_rounds(images, rounds, cfg.image_checksum)
+                state.write_json(gen.unit_dir(up.unit) / ROUND_SUMS, noted)
+                log.info("%s: the rounds' checksums took %.1f s", up.unit, time.monotonic() - t0)
+                log.info(
+                    "%s: pre-dump rounds wrote %s MiB",
+                    up.unit,
+                    " + ".join(str(int(r["bytes"]) >> 20) for r in record["rounds"]),
+                )
+            else:
+                criu.dump(
+                    criu.inspect(info),
+                    trial,
+                    log_path,
+                    leave_running=True,
+                    timeout=cfg.checkpoint_timeout,
+                )
+    finally:
+        shutil.rmtree(trial, ignore_errors=True)
 
 
 def _kexec_load(kernel: kernels.Kernel, cmdline: str, window: hugemem.Range | None = None) -> None:

@@ -361,3 +361,33 @@ def test_lazy_restore_on_a_kernel_without_userfaultfd_is_a_note() -> None:
     lazy_whole = Config(units=("app.service",), lazy_restore=True, pre_dump=False)
     assert not any("last round" in n for n in decide(lazy_whole, facts(target_config=with_uffd)).notes)
     assert not any("USERFAULTFD" in n for n in decide(CFG, facts()).notes)
+
+
+def test_trial_dumps_run_side_by_side_and_name_every_unit_that_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from seamless_systemd.errors import CheckpointError
+
+    units = tuple(UnitPlan(f"u{i}.service", 100 + i, (100 + i,), MiB, MiB, None) for i in range(4))
+    skipped = UnitPlan("once.service", 0, (), 0, 0, None, stateless=True)
+    plan = decide(CFG, facts(units=(*units, skipped)))
+    together = threading.Barrier(2, timeout=5)
+    seen = []
+
+    def dump(cfg: Config, gen: object, up: UnitPlan, pre_dump: bool) -> None:
+        seen.append(up.unit)
+        together.wait()  # two at a time, or this times out
+        if up.unit in ("u1.service", "u3.service"):
+            raise CheckpointError("criu said no")
+
+    monkeypatch.setattr(upgrade.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(upgrade, "_trial_dump", dump)
+    with pytest.raises(PreflightError) as got:
+        upgrade._trial_dumps(CFG, None, plan, False)  # type: ignore[arg-type]
+    assert sorted(seen) == [u.unit for u in units]  # a stateless unit has nothing to dump
+    assert got.value.problems == [
+        "u1.service: trial checkpoint failed: criu said no",
+        "u3.service: trial checkpoint failed: criu said no",
+    ]
