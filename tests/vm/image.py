@@ -1,6 +1,6 @@
 """Build the Debian bookworm guest image the VM tests boot.
 
-Two layers, so that a code change does not rebuild the world:
+Layers, so that a code change does not rebuild the world:
 
 * the *base* root tree (debootstrap + both kernels + criu + kexec-tools + the
   Python libraries) is cached under ``~/.cache/seamless-systemd/base-KEY``,
