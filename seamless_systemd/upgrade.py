@@ -780,8 +780,7 @@ def _trial_dumps(cfg: Config, gen: state.Generation, plan: Plan, pre_dump: bool)
     if not units:
         return
     problems: list[str] = []
-    workers = max(1, min(len(units), os.cpu_count() or 1))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(units), os.cpu_count() or 1)) as pool:
         tried = {pool.submit(_trial_dump, cfg, gen, up, pre_dump): up.unit for up in units}
         for done in concurrent.futures.as_completed(tried):
             try:

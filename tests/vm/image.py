@@ -397,20 +397,23 @@ class Image:
     root: Path | None = None
 
 
-def build_deb(out: Path) -> Path:
-    """Build this project's Debian package from packaging/ and return its path."""
-    src = out / "src"
-    if src.exists():
-        shutil.rmtree(src)
+def checkout_files() -> list[str]:
+    """The checkout's files, sorted (tracked, and new ones git does not ignore): the package's sources."""
     files = subprocess.run(
         ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         check=True,
         capture_output=True,
     ).stdout
-    for name in filter(None, files.decode().split("\0")):
+    return sorted(n for n in files.decode().split("\0") if n and (REPO / n).is_file())
+
+
+def build_deb(out: Path) -> Path:
+    """Build this project's Debian package from packaging/ and return its path."""
+    src = out / "src"
+    if src.exists():
+        shutil.rmtree(src)
+    for name in checkout_files():
         p = REPO / name
-        if not p.is_file():
-            continue
         d = src / name
         d.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(p, d)
@@ -553,16 +556,9 @@ DEB_NAME = "seamless-systemd.deb"
 
 def checkout_key(release: Release) -> str:
     """A hash of the checkout's files (what the package and the guest's test files are made from)."""
-    files = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        check=True,
-        capture_output=True,
-    ).stdout
     h = hashlib.sha256(release.suite.encode())
-    for name in sorted(filter(None, files.decode().split("\0"))):
-        p = REPO / name
-        if p.is_file():
-            h.update(name.encode() + b"\0" + p.read_bytes() + b"\0")
+    for name in checkout_files():
+        h.update(name.encode() + b"\0" + (REPO / name).read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
