@@ -24,6 +24,7 @@ from seamless_systemd import (
     hugemem,
     imagesums,
     inflight,
+    initrd,
     journal,
     kernels,
     openfiles,
@@ -146,17 +147,6 @@ def _kexec_supported() -> str | None:
     return None
 
 
-def _initrd_listing(initrd: Path) -> list[str] | None:
-    """The paths INITRD holds; None if that cannot be told."""
-    lister = shutil.which("lsinitramfs") or shutil.which("lsinitrd")
-    if lister is None:
-        return None
-    try:
-        return run([lister, str(initrd)], timeout=120).stdout.split()
-    except CommandError:
-        return None
-
-
 @dataclasses.dataclass(frozen=True)
 class HostFacts:
     """Everything the plan looks at, gathered in one place so decisions can be tested."""
@@ -206,7 +196,7 @@ def gather(cfg: Config, kernel: str | None = None, check_initrd: bool = True) ->
         # Old generations are removed when arming: count the whole file system.
         capacity = pmem.capacity_bytes(cfg.pmem_mountpoint) if pmem.is_mounted(cfg.pmem_mountpoint) else None
         capacity = capacity if capacity is not None else int(size * 0.95)
-    listing = _initrd_listing(target.initrd) if check_initrd and target.initrd else None
+    listing = initrd.listing(target.initrd) if check_initrd and target.initrd else None
     return HostFacts(
         running_kernel=os.uname().release,
         target=target,
