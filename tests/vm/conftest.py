@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +49,20 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     MODULE_SECONDS[module] = MODULE_SECONDS.get(module, 0.0) + report.duration
 
 
-def time_table(seconds: dict[str, float], commit: str, day: str) -> str:
+def time_table(
+    seconds: dict[str, float], commit: str, day: str, cache_builds: Sequence[tuple[str, float]] = ()
+) -> str:
+    if cache_builds:
+        built = ", ".join(f"{what} ({secs / 60:.1f} min)" for what, secs in cache_builds)
+        cache = f"their minutes including what this run built into the cache: {built}."
+    else:
+        cache = "with the base trees and CRIU cached."
     lines = [
         "# How long each VM test took",
         "",
         f"Written by the VM tests (tests/vm/conftest.py) in the run of {day} on commit {commit}:",
         "each module's tests with their set-up (building the image, the QEMU runs), under TCG on",
-        "the 2-core machine docs/platform.md describes, with the base images cached.",
+        f"the 2-core machine docs/platform.md describes, {cache}",
         "",
         "| test module | minutes |",
         "|---|---|",
@@ -125,7 +132,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     vmimage.BUILD.mkdir(parents=True, exist_ok=True)
     vm_modules = {m: s for m, s in MODULE_SECONDS.items() if m.startswith("tests/vm/")}
     if vm_modules:
-        text = time_table(vm_modules, commit or "?", day)
+        text = time_table(vm_modules, commit or "?", day, vmimage.CACHE_BUILDS)
         (vmimage.BUILD / "vm-times.md").write_text(text)
         if os.environ.get("SEAMLESS_TIME_TABLE"):
             Path(os.environ["SEAMLESS_TIME_TABLE"]).write_text(text)

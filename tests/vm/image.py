@@ -33,12 +33,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("SEAMLESS_CACHE", Path.home() / ".cache" / "seamless-systemd"))
+# What this process built into the cache, and in how many seconds (the VM tests' time table says so).
+CACHE_BUILDS: list[tuple[str, float]] = []
 BUILD = Path(os.environ.get("SEAMLESS_BUILD", REPO / "build"))
 
 MIRROR = "http://deb.debian.org/debian"
@@ -266,6 +269,7 @@ def build_base(release: Release = BOOKWORM) -> Path:
     if (dest / ".complete").exists():
         log(f"base tree cached: {dest}")
         return dest
+    started = time.monotonic()
     tmp = dest.with_name(dest.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -310,6 +314,7 @@ def build_base(release: Release = BOOKWORM) -> Path:
         shutil.rmtree(dest)
     tmp.rename(dest)
     log(f"base tree built: {dest}")
+    CACHE_BUILDS.append((f"the Debian {release.suite} base tree", time.monotonic() - started))
     return dest
 
 
@@ -361,6 +366,7 @@ def build_criu(base: Path) -> Path:
     if (dest / "criu").exists():
         log(f"CRIU {CRIU_VERSION} cached: {dest}")
         return dest / "criu"
+    started = time.monotonic()
     tarball = fetch(CRIU_TARBALL, CRIU_SHA256)
     work = CACHE / f"criu-build-{key[:16]}"
     if work.exists():
@@ -382,6 +388,7 @@ def build_criu(base: Path) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(f"CRIU {CRIU_VERSION} built: {dest}")
+    CACHE_BUILDS.append((f"CRIU {CRIU_VERSION}", time.monotonic() - started))
     return dest / "criu"
 
 
