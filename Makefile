@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: all demo test unit lint deps clean rpm bench
+.PHONY: all demo test unit lint deps clean rpm deb bench
 
 all: unit
 
@@ -47,6 +47,11 @@ lint:
 	$(PYTHON) -m ruff format --check seamless_systemd tests generators/seamless-generator bin/seamless-upgrade
 	$(PYTHON) -m ruff check seamless_systemd tests
 	$(PYTHON) -m mypy seamless_systemd
+
+# The Debian package, from the files git knows and packaging/debian, into build/deb/
+# (what the VM tests install): apt install ./build/deb/seamless-systemd_*_all.deb
+deb: deps
+	$(PYTHON) -c 'import pathlib, tests.vm.image as i; print(i.build_deb(pathlib.Path("build/deb")))'
 
 # The RPM (Fedora/RHEL: dracut), from the files git knows, into build/rpm/RPMS.
 rpm: deps
