@@ -31,6 +31,7 @@ from seamless_systemd.run import run
 _NEWC = (b"070701", b"070702")
 _HEADER = 110
 _TRAILER = "TRAILER!!!"
+_NAME_MAX = 4096  # PATH_MAX: a longer name means a damaged header, not a file
 # Magic numbers of the compressors initramfs-tools and dracut use, and the command
 # that decompresses to stdout when Python has no reader of its own.
 _ZSTD = b"\x28\xb5\x2f\xfd"
@@ -81,6 +82,8 @@ def _archive(f: _Readable, first: bytes, names: list[str]) -> int:
             filesize = int(header[54:62], 16)
         except ValueError as e:
             raise Unreadable("bad cpio header") from e
+        if not 1 <= namesize <= _NAME_MAX:
+            raise Unreadable(f"a cpio name of {namesize} bytes")
         name = _read_exact(f, namesize)[:-1].decode("utf-8", "surrogateescape")
         name_pad = -(_HEADER + namesize) % 4
         _skip(f, name_pad + filesize + (-filesize % 4))

@@ -95,3 +95,11 @@ def test_damaged_image_asks_the_distributions_lister(tmp_path: Path, monkeypatch
 def test_unknown_data_and_no_lister_is_not_known(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(initrd.shutil, "which", lambda name: None)
     assert names_of(tmp_path, b"MZ not an initramfs" * 10) is None
+
+
+def test_a_garbled_name_size_is_unreadable_not_a_huge_read(tmp_path: Path) -> None:
+    image = bytearray(newc(MAIN))
+    image[94:102] = b"FFFFFFF0"  # the first entry's name size
+    (tmp_path / "garbled.img").write_bytes(bytes(image))
+    with pytest.raises(initrd.Unreadable, match="cpio name of"):
+        initrd.names(tmp_path / "garbled.img")
