@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from seamless_systemd import procs, sockets
-from seamless_systemd.errors import CommandError
+from seamless_systemd.errors import CommandError, SeamlessError
 from seamless_systemd.log import log
 from seamless_systemd.run import run
 
@@ -60,24 +61,36 @@ def _plain(ip: str) -> str:
 
 
 def lock(unit: str, conns: Iterable[Conn]) -> int:
-    """Drop incoming segments of UNIT's dumped connections; return how many are locked."""
+    """Drop incoming segments of UNIT's dumped connections; return how many are locked.
+
+    One iptables-restore run per address family puts up the chain, its jump
+    from INPUT and every rule: the lock is on the restore's path (the network
+    waits for it), and under emulation each iptables run costs some 0.3 s.
+    """
     name = chain(unit)
-    locked = 0
-    made: set[str] = set()
+    rules: dict[str, list[str]] = {}
     for local, lport, remote, rport in conns:
         local_ip, remote_ip = str(local), str(remote)
-        tool = _tool(remote_ip)
-        if tool not in made:
-            run([tool, "-w", "-N", name], check=False)
-            run([tool, "-w", "-I", "INPUT", "-j", name])
-            made.add(tool)
-        peer = ["-s", _plain(remote_ip), "--sport", str(rport)]
-        # A container's connection comes in through a published port on any local address.
-        here = [] if local_ip in ANY else ["-d", _plain(local_ip)]
-        here += ["--dport", str(lport)]
-        run([tool, "-w", "-A", name, "-p", "tcp", *peer, *here, "-j", "DROP"])
-        locked += 1
-    return locked
+        try:
+            # Checked, as they go into iptables-restore's input: addresses and ports, nothing else.
+            peer = f"-s {ipaddress.ip_address(_plain(remote_ip))} --sport {_port(rport)}"
+            # A container's connection comes in through a published port on any local address.
+            here = "" if local_ip in ANY else f"-d {ipaddress.ip_address(_plain(local_ip))} "
+            here += f"--dport {_port(lport)}"
+        except ValueError as e:
+            raise SeamlessError(f"a recorded connection of {unit} is not an address and port: {e}") from e
+        rules.setdefault(_tool(remote_ip), []).append(f"-A {name} -p tcp {peer} {here} -j DROP")
+    for tool, lines in rules.items():
+        text = "\n".join(["*filter", f":{name} - [0:0]", f"-I INPUT -j {name}", *lines, "COMMIT", ""])
+        run([f"{tool}-restore", "-w", "--noflush"], input=text)
+    return sum(map(len, rules.values()))
+
+
+def _port(value: object) -> int:
+    port = int(str(value))
+    if not 0 < port < 65536:
+        raise ValueError(f"port {value}")
+    return port
 
 
 def unlock(unit: str) -> None:

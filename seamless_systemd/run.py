@@ -18,8 +18,9 @@ def run(
     timeout: float | None = None,
     inherit_stdout: bool = False,
     pass_fds: Sequence[int] = (),
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ARGV (no shell, stdin closed); raise CommandError on failure.
+    """Run ARGV (no shell, stdin closed or INPUT); raise CommandError on failure.
 
     Output is captured as text unless INHERIT_STDOUT, in which case the
     child's stdout/stderr are ours (used when the child must write to the
@@ -30,7 +31,8 @@ def run(
     try:
         proc = subprocess.run(
             args,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if input is None else None,
+            input=input,
             capture_output=not inherit_stdout,
             text=True,
             env=None if env is None else dict(env),

@@ -6,6 +6,7 @@ import mmap
 import os
 import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from seamless_systemd import netlock, sandbox, sockets, volatile
+from seamless_systemd.errors import SeamlessError
 
 SHM = Path("/dev/shm")
 
@@ -292,15 +294,51 @@ def iptables_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return calls
 
 
-def test_lock_rules_match_any_local_address_for_containers(iptables_calls: list[list[str]]) -> None:
-    calls = iptables_calls
+def restore_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], str]]:
+    """netlock's iptables-restore runs with their input, noted instead of run."""
+    runs: list[tuple[list[str], str]] = []
+
+    def fake_run(argv: list[str], check: bool = True, input: str | None = None) -> object:
+        runs.append((argv, input or ""))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(netlock, "run", fake_run)
+    return runs
+
+
+def test_lock_rules_match_any_local_address_for_containers(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = restore_runs(monkeypatch)
     n = netlock.lock(
         "web.service", [("0.0.0.0", 8080, "10.0.2.2", 40000), ("10.0.2.15", 7790, "10.0.2.2", 41000)]
     )
     assert n == 2
-    rules = [c for c in calls if "-A" in c]
-    assert rules[0][-8:] == ["-s", "10.0.2.2", "--sport", "40000", "--dport", "8080", "-j", "DROP"]
-    assert rules[1][-6:-2] == ["-d", "10.0.2.15", "--dport", "7790"]
+    name = netlock.chain("web.service")
+    assert runs == [
+        (
+            ["iptables-restore", "-w", "--noflush"],
+            f"*filter\n:{name} - [0:0]\n-I INPUT -j {name}\n"
+            f"-A {name} -p tcp -s 10.0.2.2 --sport 40000 --dport 8080 -j DROP\n"
+            f"-A {name} -p tcp -s 10.0.2.2 --sport 41000 -d 10.0.2.15 --dport 7790 -j DROP\n"
+            "COMMIT\n",
+        )
+    ]
+
+
+def test_lock_takes_one_run_per_family_and_refuses_what_is_not_an_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs = restore_runs(monkeypatch)
+    conns = [("fd77::1", 7790, "fd77::2", 40000), ("10.0.2.15", 7790, "10.0.2.2", 40001)]
+    assert netlock.lock("web.service", [*conns, ("::ffff:10.0.2.15", 7790, "::ffff:10.0.2.2", 40002)]) == 3
+    assert [(argv[0], text.count("-j DROP")) for argv, text in runs] == [
+        ("ip6tables-restore", 1),
+        ("iptables-restore", 2),
+    ]
+    runs.clear()
+    for bad in [("10.0.2.15", 7790, "10.0.2.2\n-F INPUT", 1), ("10.0.2.15", 0, "10.0.2.2", 1)]:
+        with pytest.raises(SeamlessError, match="not an address and port"):
+            netlock.lock("web.service", [bad])
+    assert runs == []
 
 
 def test_segments_let_through_with_one_iptables_run_per_family(
