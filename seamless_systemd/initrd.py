@@ -95,7 +95,7 @@ def _archive(f: _Readable, first: bytes, names: list[str]) -> int:
 
 
 def _compressed(head: bytes) -> bool:
-    return head.startswith((_ZSTD, _LZ4, _LZO, _GZIP, _XZ, _BZIP2, _LZMA))
+    return _python_reader(head) is not None or head.startswith(tuple(_COMMANDS))
 
 
 def _python_reader(head: bytes) -> Callable[[IO[bytes]], _Readable] | None:

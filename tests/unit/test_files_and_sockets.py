@@ -278,24 +278,8 @@ def test_socket_kinds_a_socket_unit_passes(proto: str, state: int, remote: str, 
 
 
 @pytest.fixture
-def iptables_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """netlock's iptables runs, noted instead of run (each succeeds)."""
-    calls: list[list[str]] = []
-
-    class Done:
-        returncode = 0
-        stdout = ""
-
-    def fake_run(argv: list[str], check: bool = True) -> Done:
-        calls.append(argv)
-        return Done()
-
-    monkeypatch.setattr(netlock, "run", fake_run)
-    return calls
-
-
-def restore_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], str]]:
-    """netlock's iptables-restore runs with their input, noted instead of run."""
+def iptables_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], str]]:
+    """netlock's iptables runs with their input, noted instead of run (each succeeds)."""
     runs: list[tuple[list[str], str]] = []
 
     def fake_run(argv: list[str], check: bool = True, input: str | None = None) -> object:
@@ -306,8 +290,10 @@ def restore_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], str]]
     return runs
 
 
-def test_lock_rules_match_any_local_address_for_containers(monkeypatch: pytest.MonkeyPatch) -> None:
-    runs = restore_runs(monkeypatch)
+def test_lock_rules_match_any_local_address_for_containers(
+    iptables_runs: list[tuple[list[str], str]],
+) -> None:
+    runs = iptables_runs
     n = netlock.lock(
         "web.service", [("0.0.0.0", 8080, "10.0.2.2", 40000), ("10.0.2.15", 7790, "10.0.2.2", 41000)]
     )
@@ -325,9 +311,9 @@ def test_lock_rules_match_any_local_address_for_containers(monkeypatch: pytest.M
 
 
 def test_lock_takes_one_run_per_family_and_refuses_what_is_not_an_address(
-    monkeypatch: pytest.MonkeyPatch,
+    iptables_runs: list[tuple[list[str], str]],
 ) -> None:
-    runs = restore_runs(monkeypatch)
+    runs = iptables_runs
     conns = [("fd77::1", 7790, "fd77::2", 40000), ("10.0.2.15", 7790, "10.0.2.2", 40001)]
     assert netlock.lock("web.service", [*conns, ("::ffff:10.0.2.15", 7790, "::ffff:10.0.2.2", 40002)]) == 3
     assert [(argv[0], text.count("-j DROP")) for argv, text in runs] == [
@@ -342,10 +328,10 @@ def test_lock_takes_one_run_per_family_and_refuses_what_is_not_an_address(
 
 
 def test_segments_let_through_with_one_iptables_run_per_family(
-    iptables_calls: list[list[str]], monkeypatch: pytest.MonkeyPatch
+    iptables_runs: list[tuple[list[str], str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Before the nudge: the chain emptied, once per family the remote peers need, none for loopback."""
-    calls = iptables_calls
+    runs = iptables_runs
     monkeypatch.setattr(netlock.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
     conns = [
         ("10.0.2.15", 7790, "10.0.2.2", 40000),
@@ -353,13 +339,13 @@ def test_segments_let_through_with_one_iptables_run_per_family(
         ("127.0.0.1", 7791, "127.0.0.1", 40002),
     ]
     netlock.let_through("web.service", conns)
-    assert calls == [["iptables", "-w", "-F", netlock.chain("web.service")]]
-    calls.clear()
+    assert runs == [(["iptables", "-w", "-F", netlock.chain("web.service")], "")]
+    runs.clear()
     netlock.let_through("web.service", [("fd77::1", 7790, "fd77::2", 40000), conns[0]])
-    assert [c[0] for c in calls] == ["ip6tables", "iptables"]
-    calls.clear()
+    assert [argv[0] for argv, _ in runs] == ["ip6tables", "iptables"]
+    runs.clear()
     netlock.let_through("web.service", [conns[2]])
-    assert calls == []
+    assert runs == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
