@@ -169,13 +169,23 @@ def test_the_new_boot_splits_at_the_guests_own_times() -> None:
 def test_a_scenario_at_one_size_runs_only_there_and_the_command_says_so() -> None:
     plan = bench.make_plan([64, 1024], "a,b,b-nopre@1024", reps=2)
     assert [(p["scenario"], p["size"]) for p in plan] == [
-        ("a", 64), ("b", 64), ("a", 64), ("b", 64),
-        ("a", 1024), ("b", 1024), ("b-nopre", 1024), ("a", 1024), ("b", 1024), ("b-nopre", 1024),
+        ("a", 64), ("b", 64), ("b", 64), ("a", 64),
+        ("a", 1024), ("b", 1024), ("b-nopre", 1024), ("b-nopre", 1024), ("b", 1024), ("a", 1024),
     ]  # fmt: skip
     command = bench.plan_command(plan)
     assert command == "python3 -m tests.vm.bench --sizes 64,1024 --scenarios a,b,b-nopre@1024 --reps 2"
     words = command.split()
     assert bench.make_plan([64, 1024], words[words.index("--scenarios") + 1], 2) == plan
+
+
+def test_every_scenario_goes_both_ways_in_two_reps() -> None:
+    # The guest switches to the other kernel in each run: run i goes A -> B when i is even.
+    for scenarios in ("a,b", "a,b,c", "a,b,b-lazy,c,d,b-nopre@256,b-nowarm@256"):
+        plan = bench.make_plan([64, 256], scenarios, reps=2)
+        ways: dict[tuple[str, int], set[int]] = {}
+        for i, p in enumerate(plan):
+            ways.setdefault((p["scenario"], p["size"]), set()).add(i % 2)
+        assert all(w == {0, 1} for w in ways.values()), (scenarios, ways)
 
 
 def test_a_scenario_at_a_size_not_run_is_refused() -> None:

@@ -3,7 +3,8 @@
 ``python3 -m tests.vm.bench [--sizes 64,256] [--scenarios a,b,b-ram] [--reps 3]``
 (``make bench``) builds the "bench" image with the list of runs, boots it
 once, and follows the guest (tests/vm/guest/bench.py), which does one kernel
-switch A -> B per run and goes back to A unmeasured. Meanwhile, on the host,
+switch per run, each to the other kernel (A -> B, B -> A, ...), every one
+measured. Meanwhile, on the host,
 outside the guest, through QEMU's forwarded port:
 
 - the prober sends GET every 10 ms on a connection it re-opens whenever it
@@ -260,7 +261,8 @@ class Run:
     seed: int = 0
     estimate_bytes: int | None = None  # plan's estimate of the unit's images
     switch_at: float = 0.0  # host time of the bench-switch event
-    after_at: float = 0.0  # ... and of bench-after (the guest is about to go back to A)
+    after_at: float = 0.0  # ... and of bench-after (the guest is about to start the next run)
+    switch: dict[str, str] = dataclasses.field(default_factory=dict)  # the kernels: from, to
     established: Established | None = None
     cache: dict[str, Any] = dataclasses.field(default_factory=dict)  # the page-cache probes
     state: dict[str, Any] | None = None
@@ -388,6 +390,7 @@ class Bench:
             run.cache["before"] = cache_probe(self.port)
         elif ev.name == "bench-switch":
             run.switch_at = ev.at
+            run.switch = {k: str(ev.data[k]) for k in ("from", "to") if k in ev.data}
             if run.established is not None:
                 run.established.since = ev.at
                 run.established.start()
@@ -408,7 +411,7 @@ class Bench:
                 return
         run.cache["right_after"] = cache_probe(self.port)
         if run.scenario == "a":
-            return  # nothing to check; the guest goes back to A soon
+            return  # nothing to check; the guest starts the next run soon
         try:
             run.state = full_state(self.port, run.seed, run.size)
         except (OSError, ValueError, KeyError) as e:
@@ -448,6 +451,8 @@ class Bench:
         # (d): a new instance, with the whole state loaded from its snapshot.
         state_ok = bool(run.state and run.state.get("bad") == 0 and run.state.get("blocks") == run.size)
         out["reloaded"] = run.scenario == "d" and after.get("token") != run.token and state_ok
+        out["kernel_before"] = run.switch.get("from")
+        out["kernel_to"] = run.switch.get("to")
         out["kernel_after"] = after.get("uname")
         out["page_cache"] = dict(run.cache)
         if down["first_after"] and "at" in run.cache.get("right_after", {}):
@@ -483,9 +488,9 @@ def run_bench(plan: list[dict[str, Any]], out: Path, machine: vm.Machine) -> dic
     bench.prober.start()
     events: list[vm.Event] = []
     t0 = time.time()
-    # Each run: a switch there and one back, and the state made and checked.
+    # Each run: a switch, and the state made and checked.
     deadline = time.monotonic() + vm.QEMU_TIMEOUT + sum(400 + 2 * r["size"] for r in plan)
-    kernel_b = False
+    kernel_b = False  # the first boot: kernel A
 
     def on_event(ev: vm.Event) -> None:
         bench.on_event(ev)
@@ -520,7 +525,7 @@ def run_bench(plan: list[dict[str, Any]], out: Path, machine: vm.Machine) -> dic
             )
             if not cold:
                 break
-            kernel_b = True
+            kernel_b = last is not None and last.data.get("to") == vmimage.KERNEL_B
     except TimeoutError as e:
         events.append(vm.Event("error", {"error": str(e)}, time.time()))
     finally:
@@ -673,7 +678,10 @@ def boot_steps(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
 def make_plan(sizes: list[int], scenarios: str, reps: int) -> list[dict[str, Any]]:
     """The runs: every scenario at every size, but SCENARIO@SIZE only at that size (an on/off figure).
 
-    Interleaved: rep 1 of every scenario, then rep 2, ... (drift hits all alike).
+    Interleaved: rep 1 of every scenario, then rep 2, ... (drift hits all alike),
+    every second rep in the reverse order. The guest switches to the other
+    kernel in each run, so a run's place says its direction (A -> B first);
+    the reversal gives each scenario both directions in any two reps in a row.
     """
     wanted: list[tuple[str, int | None]] = []
     for word in scenarios.split(","):
@@ -684,8 +692,8 @@ def make_plan(sizes: list[int], scenarios: str, reps: int) -> list[dict[str, Any
     return [
         {"scenario": sc, "size": size}
         for size in sizes
-        for _ in range(reps)
-        for sc, at in wanted
+        for rep in range(reps)
+        for sc, at in (wanted if rep % 2 == 0 else wanted[::-1])
         if at in (None, size)
     ]
 

@@ -230,8 +230,14 @@ def write(results: dict[str, Any], rows: list[dict[str, Any]], command: str, md:
         "",
         f"Made by `{command}` on {time.strftime('%Y-%m-%d', time.gmtime())}: one QEMU/TCG run of "
         f"{results['host_seconds'] / 60:.0f} minutes; {guests}; "
-        f"kernels {results['kernels'][0]} -> {results['kernels'][1]}, {len(results['runs'])} switches "
-        "interleaved. Times are the host's clock, seen by the client."
+        f"kernels {results['kernels'][0]} and {results['kernels'][1]}, {len(results['runs'])} switches "
+        "interleaved, "
+        + (
+            "each to the other kernel (A -> B, B -> A, ...; every second rep in reverse order)"
+            if any(r.get("kernel_before") == results["kernels"][1] for r in results["runs"])
+            else "each from A to B"
+        )
+        + ". Times are the host's clock, seen by the client."
         + (
             " The client figures were computed again from the run's recorded probes "
             "(`python3 -m tests.vm.bench --recompute build/bench/results.json`) after a fix of the rule "

@@ -32,8 +32,10 @@ def test_quick_benchmark() -> None:
     results = json.loads((out / "results.json").read_text())
     assert results["done"] and not results["errors"], results["errors"]
     floor, seamless, disk = results["runs"]
-    for run in (floor, seamless, disk):
-        assert run["kernel_after"] == vmimage.KERNEL_B, run
+    # Each run switches to the other kernel: A -> B, B -> A, A -> B.
+    kernels = (vmimage.KERNEL_A, vmimage.KERNEL_B)
+    for run, (before, to) in zip((floor, seamless, disk), (kernels, kernels[::-1], kernels), strict=True):
+        assert (run["kernel_before"], run["kernel_to"], run["kernel_after"]) == (before, to, to), run
         assert run["client"]["seconds"] and run["client"]["seconds"] > 0, run["client"]
     for run, images in ((seamless, "reserved"), (disk, "disk")):
         assert run["kept"] is True, run

@@ -11,9 +11,10 @@ page of a block starts elsewhere in it, and a page lost, stale or moved
 shows. A thread rewrites 1 % of the blocks every second (at least one) to
 a new version, so that an incremental dump has something to do. One request per line:
 
-  GET        {"token", "pid", "size_mib", "ready", "checked"}: token is
-             random per start (a fresh start has a new one); checked counts
-             the blocks BLOCK has hashed since the start
+  GET        {"token", "pid", "size_mib", "ready", "checked", "reads"}: token
+             is random per start (a fresh start has a new one); checked counts
+             the blocks BLOCK has hashed since the start, reads the READS
+             answered (the guest's driver waits for the host's probes with them)
   BLOCK i    {"i", "v", "sha256"} of block i as it is now
   SEED       {"seed"}: what a client needs to check blocks
   READS n    {"n", "p50_us", "p99_us"}: n reads of 4 KiB at random offsets
@@ -59,6 +60,7 @@ class State:
         self.versions = [0] * size
         self.lock = threading.Lock()
         self.checked = 0
+        self.reads_answered = 0
         self.ready = False
         self.snapshot = snapshot
         cache = os.environ.get("BENCH_CACHE_FILE")
@@ -142,7 +144,9 @@ class State:
         if words == ["SEED"]:
             return {"seed": self.seed}
         if words[:1] == ["READS"] and len(words) == 2 and words[1].isdigit() and self.cache is not None:
-            return self.reads(int(words[1]))
+            got = self.reads(int(words[1]))
+            self.reads_answered += 1
+            return got
         return {
             "token": self.token,
             "seed": self.seed,
@@ -150,6 +154,7 @@ class State:
             "size_mib": self.size,
             "ready": self.ready,
             "checked": self.checked,
+            "reads": self.reads_answered,
         }
 
 
