@@ -14,6 +14,7 @@ loopback device need none: their peer is on this machine.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import ipaddress
@@ -209,6 +210,25 @@ def _tree_sockets(
             os.close(pidfd)
 
 
+@contextlib.contextmanager
+def _reuse_kept(fd: int) -> Iterator[None]:
+    """SO_REUSEADDR of the socket FD as it was before, once the block's TCP repairs are done.
+
+    Leaving TCP repair mode resets it (the kernel's sk_reuse goes to "no";
+    CRIU sets it back after its restore, and these repairs come after CRIU's).
+    Without it, the connection, closed when the service stops, lingers as a
+    FIN-WAIT-2 or TIME-WAIT socket for a minute and keeps the service's next
+    listener from binding its port: a restart of the service fails with
+    "Address already in use".
+    """
+    with socket.socket(fileno=os.dup(fd)) as s:
+        reuse = s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        try:
+            yield
+        finally:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
+
+
 def nudge(pids: Iterable[int], conns: Iterable[Conn]) -> int:
     """Ask the peers of the restored trees' connections CONNS to retransmit now; how many were asked.
 
@@ -222,13 +242,14 @@ def nudge(pids: Iterable[int], conns: Iterable[Conn]) -> int:
     nudged = 0
     for sock, fd in _tree_sockets(pids, wanted):
         try:
-            _setsockopt(libc, fd, TCP_REPAIR, 1)
-            _setsockopt(libc, fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
-            peer_una = _getsockopt_u32(libc, fd, TCP_QUEUE_SEQ)
-            _setsockopt(libc, fd, TCP_REPAIR, 0)
-            for _ in range(NUDGES - 1):
+            with _reuse_kept(fd):
                 _setsockopt(libc, fd, TCP_REPAIR, 1)
+                _setsockopt(libc, fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
+                peer_una = _getsockopt_u32(libc, fd, TCP_QUEUE_SEQ)
                 _setsockopt(libc, fd, TCP_REPAIR, 0)
+                for _ in range(NUDGES - 1):
+                    _setsockopt(libc, fd, TCP_REPAIR, 1)
+                    _setsockopt(libc, fd, TCP_REPAIR, 0)
             local, lport, remote, rport = sock.connection()
             send_unreachable(local, lport, remote, rport, peer_una)
             nudged += 1
@@ -344,12 +365,13 @@ def repair_window_scales(pids: Iterable[int]) -> list[str]:
         if agreed:
             continue
         try:
-            _setsockopt(libc, fd, TCP_REPAIR, 1)
-            try:
-                # struct tcp_repair_opt: code, snd | rcv << 16
-                _setsockopt(libc, fd, TCP_REPAIR_OPTIONS, (ctypes.c_uint32 * 2)(TCPOPT_WINDOW, 0))
-            finally:
-                _setsockopt(libc, fd, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+            with _reuse_kept(fd):
+                _setsockopt(libc, fd, TCP_REPAIR, 1)
+                try:
+                    # struct tcp_repair_opt: code, snd | rcv << 16
+                    _setsockopt(libc, fd, TCP_REPAIR_OPTIONS, (ctypes.c_uint32 * 2)(TCPOPT_WINDOW, 0))
+                finally:
+                    _setsockopt(libc, fd, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
             fixed.append(" ".join(map(str, sock.connection())))
         except OSError as e:
             log.warning("Could not give %s its window scale back: %s", sock.connection(), e)

@@ -68,7 +68,12 @@ def test_container_names_match_config_rules() -> None:
     assert config.check_container_name("-web") is not None
 
 
-def test_container_without_rm_is_found_before_the_upgrade() -> None:
+def test_container_without_rm_is_found_before_the_upgrade(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # No such process here: its connections are none, whatever this machine's PID 100 is
+    # (a thread of a process with TCP connections made this test fail).
+    monkeypatch.setattr(procs, "PROC", tmp_path)
     kept = podman.Container("c0ffee", "web", True, 100, 99, "runc", auto_remove=True)
     left = podman.Container("c0ffee", "web", True, 100, 99, "runc", auto_remove=False)
     assert podman.problems(kept) == []

@@ -263,6 +263,7 @@ class Run:
     switch_at: float = 0.0  # host time of the bench-switch event
     after_at: float = 0.0  # ... and of bench-after (the guest is about to start the next run)
     switch: dict[str, str] = dataclasses.field(default_factory=dict)  # the kernels: from, to
+    port_busy: dict[str, Any] | None = None  # the service's port still taken when the run started it
     established: Established | None = None
     cache: dict[str, Any] = dataclasses.field(default_factory=dict)  # the page-cache probes
     state: dict[str, Any] | None = None
@@ -398,6 +399,8 @@ class Bench:
             self.checker.start()
         elif ev.name == "bench-after":
             run.after, run.after_at = ev.data, ev.at
+        elif ev.name == "bench-port-busy":
+            run.port_busy = ev.data
 
     def _check_state(self, run: Run) -> None:
         """Once the service answers correctly again: its page cache, its whole state, its page cache."""
@@ -451,6 +454,7 @@ class Bench:
         # (d): a new instance, with the whole state loaded from its snapshot.
         state_ok = bool(run.state and run.state.get("bad") == 0 and run.state.get("blocks") == run.size)
         out["reloaded"] = run.scenario == "d" and after.get("token") != run.token and state_ok
+        out["port_busy"] = run.port_busy
         out["kernel_before"] = run.switch.get("from")
         out["kernel_to"] = run.switch.get("to")
         out["kernel_after"] = after.get("uname")

@@ -7,7 +7,9 @@ service came back as the same instance with every block of its state right,
 the floor's service did not (nothing was kept), the service kept with its
 images on the disk (pmem.mode: disk) came back the same way (the only VM test
 of that mode), and that the kept service's page cache was read back after the
-kexec. The cold reboot (d) is left to make bench: it is the benchmark's own
+kexec. Each run goes from the kernel the one before brought, so (c) starts
+the service (b) restored again in the boot that restored it: its port must
+be free at once. The cold reboot (d) is left to make bench: it is the benchmark's own
 machinery, not the product's, and cost make test two minutes.
 """
 
@@ -32,6 +34,9 @@ def test_quick_benchmark() -> None:
     results = json.loads((out / "results.json").read_text())
     assert results["done"] and not results["errors"], results["errors"]
     floor, seamless, disk = results["runs"]
+    # The service restored by (b) is stopped and started again for (c) in the boot that
+    # restored it: its port is free at once (its restored connections keep SO_REUSEADDR).
+    assert disk["port_busy"] is None, disk["port_busy"]
     # Each run switches to the other kernel: A -> B, B -> A, A -> B.
     kernels = (vmimage.KERNEL_A, vmimage.KERNEL_B)
     for run, (before, to) in zip((floor, seamless, disk), (kernels, kernels[::-1], kernels), strict=True):

@@ -108,10 +108,12 @@ def wait_answer(limit):
 def start_service(step, limit):
     """Start the service and wait for its answer.
 
-    Right after a restored instance of it stops, its port can still be taken
-    for a while (bind: Address already in use; 2026-12-08, the first runs
-    that started it again in the boot that restored it): say what held the
-    port, and start it again until it binds.
+    Should its port still be taken (bind: Address already in use), say what
+    held it ("bench-port-busy"), and start it again until it binds. The first
+    runs that started it again in the boot that restored it (2026-12-08) found
+    the restored instance's connections keeping the port for a minute after it
+    stopped: restore-unit's TCP repairs had reset their SO_REUSEADDR
+    (netlock._reuse_kept; tests/unit/test_tcp_restart.py).
     """
     began = time.monotonic()
     sh("systemctl", "start", UNIT)
@@ -366,10 +368,6 @@ def after_run(plan, state):
     save(nxt)
     set_size(0)  # should the machine start again, the service starts empty; the next run sets its size
     SNAPSHOT.unlink(missing_ok=True)
-    # The connections a restored instance holds would outlive it as FIN-WAIT-2
-    # and TIME-WAIT sockets that keep its port from the next start for a minute
-    # (docs/services.md, "Starting a restored service again"): reset them first.
-    sh("ss", "-K", "state", "established", f"sport = :{PORT}")
     sh("systemctl", "stop", UNIT)
     SNAPSHOT.unlink(missing_ok=True)
     # The next run goes from here, in the same QEMU (docs/benchmarks.md: one QEMU run).
