@@ -170,7 +170,8 @@ def cache_table(rows: list[dict[str, Any]]) -> str:
 
 def svg(rows: list[dict[str, Any]]) -> str:
     """Downtime (median, min-max bar) against state size, one line per scenario."""
-    w, h, left, bottom, top, right = 640, 360, 60, 40, 20, 200
+    # Room on the right for the legend's whole names (the longest some 50 characters).
+    w, h, left, bottom, top, right = 920, 360, 60, 40, 20, 380
     sizes = sorted({r["size_mib"] for r in rows})
     ymax = max((r["downtime_max"] or 0 for r in rows), default=1) * 1.1 or 1
 
@@ -214,8 +215,8 @@ def svg(rows: list[dict[str, Any]]) -> str:
                 f'<circle cx="{cx:.1f}" cy="{y(r["downtime_median"]):.1f}" r="3.5" fill="{colour}"/>'
             )
         ly = top + 16 * n + 10
-        parts.append(f'<rect x="{w - right + 12}" y="{ly - 8}" width="10" height="10" fill="{colour}"/>')
-        parts.append(f'<text x="{w - right + 28}" y="{ly + 1}">{NAMES.get(sc, sc)[:30]}</text>')
+        parts.append(f'<rect x="{w - right + 44}" y="{ly - 8}" width="10" height="10" fill="{colour}"/>')
+        parts.append(f'<text x="{w - right + 60}" y="{ly + 1}">{NAMES.get(sc, sc)}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
