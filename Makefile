@@ -20,13 +20,15 @@ demo: deps
 # lazily (b-lazy), images on the disk (c), the cold reboot (d); and at
 # BENCH_ONOFF_SIZE each optimization's "off" beside (b) (without pre-dump, without
 # the warm-up, sha256 checksums), RAM taken at arm time (b-ram), huge pages
-# collapsed again (b-thp). Interleaved repetitions; rewrites docs/benchmarks.*.
-# 60 switches, each to the other kernel: 84 minutes in one QEMU run under TCG on two
-# cores (2026-12-08; a 64 MiB switch about a minute, 256 MiB 1.3, 1 GiB 2.5).
+# collapsed again (b-thp), the early writeback on and off with a service writing
+# 32 MiB/s (b-write, b-write-nowb). Interleaved repetitions; rewrites docs/benchmarks.*.
+# 66 switches, each to the other kernel: the 60 before b-write took 84 minutes in one
+# QEMU run under TCG on two cores (2026-12-08; a 64 MiB switch about a minute, 256 MiB
+# 1.3, 1 GiB 2.5).
 BENCH_SIZES ?= 64,256,1024
 BENCH_ONOFF_SIZE ?= 256
 BENCH_REPS ?= 3
-BENCH_ONOFF = b-nopre b-nowarm b-sha256 b-ram b-thp
+BENCH_ONOFF = b-nopre b-nowarm b-sha256 b-ram b-thp b-write b-write-nowb
 empty :=
 comma := ,
 bench: deps

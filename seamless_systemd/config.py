@@ -36,6 +36,7 @@ _TOP: dict[str, type | tuple[type, ...]] = {
     "images": dict,
     "warm": dict,
     "lazy_restore": bool,
+    "early_writeback": bool,
 }
 _IMAGES: dict[str, type | tuple[type, ...]] = {"checksum": str, "pre_dump": bool}
 # How the images are checked at the restore: crc32 catches a flipped bit (the
@@ -128,6 +129,10 @@ class Config:
     # (criu lazy-pages): the service answers before its memory is all back.
     # Off by default until the benchmark and the VM tests say (docs/lazy-restore.md).
     lazy_restore: bool = False
+    # seamless-upgrade run writes the dirty page cache back (sync) while the
+    # services still run, so that the shutdown's own sync, in the downtime, has
+    # little left; off: only the shutdown's.
+    early_writeback: bool = True
     # Per unit: more files (or directories) whose page cache is kept warm.
     unit_warm_paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
     sources: tuple[Path, ...] = ()
@@ -297,6 +302,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
     restore_timeout = Config.restore_timeout
     panic_reboot = Config.panic_reboot
     lazy_restore = Config.lazy_restore
+    early_writeback = Config.early_writeback
     images: dict[str, Any] = {}
     warm: dict[str, Any] = {}
     warm_paths: dict[str, list[str]] = {}
@@ -321,6 +327,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         restore_timeout = data.get("restore_timeout", restore_timeout)
         panic_reboot = data.get("panic_reboot", panic_reboot)
         lazy_restore = data.get("lazy_restore", lazy_restore)
+        early_writeback = data.get("early_writeback", early_writeback)
         images.update(data.get("images", {}))
         warm.update(data.get("warm", {}))
     device = Path(pmem.get("device", str(DEFAULT_DEVICE)))
@@ -340,6 +347,7 @@ def load(config_dir: Path = DEFAULT_DIR) -> Config:
         restore_timeout=restore_timeout,
         panic_reboot=panic_reboot,
         lazy_restore=lazy_restore,
+        early_writeback=early_writeback,
         image_checksum=images.get("checksum", Config.image_checksum),
         pre_dump=images.get("pre_dump", Config.pre_dump),
         warm_page_cache=warm.get("page_cache", Config.warm_page_cache),

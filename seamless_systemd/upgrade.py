@@ -928,11 +928,13 @@ def run_upgrade(cfg: Config, kernel: str | None = None) -> state.Generation:
     gen = arm(cfg, kernel)
     # Early writeback: the dirty page cache goes to disk while the services still
     # run, so that the sync in the shutdown, inside the downtime, has little left.
-    t0 = time.monotonic()
-    progress.step("writeback", "Writing back the dirty page cache while the services run")
-    os.sync()
-    writeback = round(time.monotonic() - t0, 3)
-    log.info("Wrote back the dirty page cache in %.2f s", writeback)
+    writeback = None
+    if cfg.early_writeback:
+        t0 = time.monotonic()
+        progress.step("writeback", "Writing back the dirty page cache while the services run")
+        os.sync()
+        writeback = round(time.monotonic() - t0, 3)
+        log.info("Wrote back the dirty page cache in %.2f s", writeback)
     state.update_json(gen.manifest, kexec_requested_at=criu.now(), writeback_seconds=writeback)
     manifest = state.read_json(gen.manifest)
     progress.step("kexec", f"Starting kexec.target into {manifest['kernel']['to']}")

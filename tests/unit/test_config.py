@@ -30,6 +30,15 @@ def test_fragments_merge_in_order(tmp_path: Path) -> None:
     assert cfg.kernel == "6.1.0-2"
 
 
+def test_early_writeback_is_on_unless_turned_off(tmp_path: Path) -> None:
+    assert config.load(tmp_path).early_writeback is True
+    write(tmp_path, "conf.d/50-off.yaml", "early_writeback: false\n")
+    assert config.load(tmp_path).early_writeback is False
+    write(tmp_path, "conf.d/60-bad.yaml", "early_writeback: sometimes\n")
+    with pytest.raises(ConfigError, match="early_writeback"):
+        config.load(tmp_path)
+
+
 def test_empty_file_is_fine(tmp_path: Path) -> None:
     write(tmp_path, "config.yaml", "# nothing yet\n")
     assert config.load(tmp_path).units == ()
@@ -40,8 +49,8 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
     [
         (
             "unit: [a.service]\n",
-            "unknown key 'unit' (allowed: checkpoint_timeout, containers, images, kernel, lazy_restore, "
-            "on_unsupported, panic_reboot, pmem, restore_timeout, units, warm)",
+            "unknown key 'unit' (allowed: checkpoint_timeout, containers, early_writeback, images, kernel, "
+            "lazy_restore, on_unsupported, panic_reboot, pmem, restore_timeout, units, warm)",
         ),
         ("images: {checksum: md5}\n", "'images.checksum' must be one of crc32, sha256, not 'md5'"),
         ("images: {hash: crc32}\n", "unknown key 'images.hash' (allowed: images.checksum, images.pre_dump)"),

@@ -17,6 +17,8 @@ NAMES = {
     "b-warm-early": "(b) with the page cache read back during the restore",
     "b-lazy": "(b) with the lazy restore",
     "b-lazy-nopre": "(b) with the lazy restore, without pre-dump rounds",
+    "b-write": "(b) with the service writing 32 MiB/s to a file",
+    "b-write-nowb": "(b) writing 32 MiB/s, without the early writeback",
     "c": "(c) seamless, images on the virtual disk",
     "d": "(d) cold: reboot, state reloaded from disk",
 }
@@ -31,6 +33,8 @@ COLOURS = {
     "b-warm-early": "#98df8a",
     "b-lazy": "#bcbd22",
     "b-lazy-nopre": "#aec7e8",
+    "b-write": "#393b79",
+    "b-write-nowb": "#c5b0d5",
     "c": "#17becf",
     "d": "#d62728",
 }

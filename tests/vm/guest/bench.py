@@ -24,6 +24,9 @@ it goes to):
             round: CRIU 4.1.1 restores the pages a final dump left to its parent eagerly)
   b-lazy-nopre  (b-lazy) without the pre-dump rounds: all the memory lazy, and the
             whole of it dumped in the freeze
+  b-write   (b) with the service also writing 32 MiB/s into a file, never synced
+  b-write-nowb  (b-write) with early_writeback: false: all the dirty page cache
+            left to the shutdown's sync
   c      (b) with pmem.mode: disk: the images on the virtual disk, not in RAM
   d      cold: the service saves its state to a snapshot on disk when it is
          stopped and loads it when it starts (what a sysadmin does today);
@@ -68,7 +71,10 @@ SCENARIO_CONFIG = {
     "b-lazy": "lazy_restore: true\n",
     "b-lazy-nopre": "lazy_restore: true\nimages: {pre_dump: false}\n",
     "c": "pmem: {mode: disk}\n",
+    "b-write-nowb": "early_writeback: false\n",
 }
+# Scenarios whose service also writes files while it runs (dirty page cache), and how fast.
+WRITERS = {"b-write": 32, "b-write-nowb": 32}
 # The page-cache probe: a file the service reads at random (READS), read whole once before each switch.
 CACHE_FILE = Path("/var/lib/seamless-bench/cache.dat")
 CACHE_MIB = 256
@@ -233,10 +239,13 @@ def probe(tag, step):
     return PROBE_BLOCKS
 
 
-def set_size(size, snapshot=False):
-    """The service's state size from its next start; SNAPSHOT: saved at stop, loaded at start."""
+def set_size(size, snapshot=False, write=0):
+    """The service's state size from its next start; SNAPSHOT: saved at stop, loaded at start;
+    WRITE: MiB a second it writes into a file while it runs."""
     DROPIN.parent.mkdir(parents=True, exist_ok=True)
     text = f"[Service]\nEnvironment=BENCH_SIZE_MIB={size}\nEnvironment=BENCH_CACHE_FILE={CACHE_FILE}\n"
+    if write:
+        text += f"Environment=BENCH_WRITE_MIB_S={write}\n"
     if snapshot:
         SNAPSHOT.parent.mkdir(parents=True, exist_ok=True)
         text += f"Environment=BENCH_SNAPSHOT={SNAPSHOT}\nTimeoutStopSec=900\n"
@@ -285,7 +294,7 @@ def start_run(plan, state):
     if sh("mountpoint", "-q", "/run/seamless/pmem")[0] == 0:
         sh("umount", "/run/seamless/pmem")
     cache_file()
-    set_size(run["size"], snapshot=run["scenario"] == "d")
+    set_size(run["size"], snapshot=run["scenario"] == "d", write=WRITERS.get(run["scenario"], 0))
     before = start_service(state["step"], 600 + 2 * run["size"])
     seed = ask("SEED")["seed"]
     estimate = None

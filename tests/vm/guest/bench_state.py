@@ -21,6 +21,10 @@ a new version, so that an incremental dump has something to do. One request per 
              of the file BENCH_CACHE_FILE names (kept open), each timed:
              how warm its page cache is
 
+With BENCH_WRITE_MIB_S=N (and BENCH_WRITE_FILE) it also writes N MiB a
+second into a file of WRITE_FILE_MIB, round and round, never synced: dirty
+page cache for the shutdown's sync (the early writeback's on/off figure).
+
 With BENCH_SNAPSHOT=FILE in the environment (scenario d, the cold reboot)
 it behaves like a database that persists its state: on SIGTERM it writes
 seed, versions and every block to FILE (fsync'ed, renamed into place) and
@@ -158,6 +162,22 @@ class State:
         }
 
 
+WRITE_FILE_MIB = 256
+
+
+def write_on(path: str, mib_per_s: int) -> None:
+    """MIB_PER_S MiB a second into PATH (WRITE_FILE_MIB, rewritten round and round), never synced."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    chunk = os.urandom(MIB)
+    n = 0
+    while True:
+        t0 = time.monotonic()
+        for _ in range(mib_per_s):
+            os.pwrite(fd, chunk, (n % WRITE_FILE_MIB) * MIB)
+            n += 1
+        time.sleep(max(0.0, 1 - (time.monotonic() - t0)))
+
+
 def serve(state: State, conn: socket.socket) -> None:
     with conn:
         reader = conn.makefile("r")
@@ -172,6 +192,10 @@ def main() -> None:
     if snapshot:
         signal.signal(signal.SIGTERM, state.save)
     threading.Thread(target=state.rewrite, daemon=True).start()
+    rate = int(os.environ.get("BENCH_WRITE_MIB_S") or 0)
+    if rate > 0:
+        where = os.environ.get("BENCH_WRITE_FILE", "/var/lib/seamless-bench/written.dat")
+        threading.Thread(target=write_on, args=(where, rate), daemon=True).start()
     srv = socket.create_server(("0.0.0.0", port), backlog=64)
     while True:
         conn, _ = srv.accept()
